@@ -1,0 +1,1 @@
+"""frcnn: Faster R-CNN."""

@@ -1,0 +1,90 @@
+"""ResNet-C4: the stride-16 trunk (stem, res2-res4) feeds the RPN, res5 is the RoI box head.
+
+He et al. (2016) and Ren et al. (2015) sec. 4: RoI pooling is placed before conv5 and the conv5
+block plays the role of VGG's fc layers. The same layout as detectron2's R50-C4.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.ops import FrozenBatchNorm2d
+
+from frcnn.backbones.weights import load_into, load_state_dict
+
+_ARCH = {18: (resnet18, 256, 512), 34: (resnet34, 256, 512), 50: (resnet50, 1024, 2048), 101: (resnet101, 1024, 2048)}
+
+Norm = Literal["auto", "frozen_bn", "bn", "gn"]
+
+
+def _norm_layer(norm: str):
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(32, channels)
+    raise ValueError(f"model.backbone.norm must be auto, frozen_bn, bn or gn, got {norm!r}")
+
+
+class ResNetC4(nn.Module):
+    """ResNet-{18,34,50,101} split at res4 / res5.
+
+    Normalization: ``"frozen_bn"`` (fixed ImageNet statistics, the standard for fine-tuning with small
+    per-GPU batches), ``"bn"`` (trainable BatchNorm, synchronized across GPUs under DDP when the trainer
+    converts it), or ``"gn"`` (GroupNorm, 32 groups; batch-independent). ``"auto"`` picks
+    ``frozen_bn`` with pretrained weights and ``bn`` from scratch: frozen statistics of a random network
+    are an identity, which leaves a deep network from scratch unnormalized.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        weights: ``None`` (from scratch), a torchvision weights name (``"IMAGENET1K_V1"``) or a local path.
+        norm: see above.
+        freeze_at: freeze the stem (1), plus res2 (2), res3 (3), res4 (4); 0 trains everything.
+            ``None`` picks 2 with pretrained weights (detectron2's default) and 0 from scratch.
+        out_channels: must equal the trunk's width (256 for 18/34, 1024 for 50/101); stated in the
+            config so the RPN and box head can be wired to it.
+        head_channels: must equal res5's width (512 / 2048).
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        weights: str | None = None,
+        norm: Norm = "auto",
+        freeze_at: int | None = None,
+        out_channels: int | None = None,
+        head_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if depth not in _ARCH:
+            raise ValueError(f"model.backbone.depth must be one of {sorted(_ARCH)}, got {depth}")
+        build, trunk_ch, head_ch = _ARCH[depth]
+        for name, given, actual in (("out_channels", out_channels, trunk_ch), ("head_channels", head_channels, head_ch)):
+            if given is not None and given != actual:
+                raise ValueError(f"model.backbone.{name}={given} but ResNet-{depth}-C4 has {actual}")
+        if norm == "auto":
+            norm = "frozen_bn" if weights else "bn"
+        if freeze_at is None:
+            freeze_at = 2 if weights else 0
+        net = build(weights=None, norm_layer=_norm_layer(norm))
+        if weights:
+            load_into(net, load_state_dict(weights, f"ResNet{depth}_Weights"), weights)
+        self.out_channels = trunk_ch
+        self.head_channels = head_ch
+        self.stride = 16
+        self.norm = norm
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.trunk = nn.Sequential(stem, net.layer1, net.layer2, net.layer3)
+        self.box_head = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        for stage in list(self.trunk)[: max(0, min(freeze_at, 4))]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` → ``[B, out_channels, H/16, W/16]``."""
+        return self.trunk(images)

@@ -1,0 +1,72 @@
+"""From box-head outputs to final detections: softmax, class-specific decoding, per-class NMS.
+
+Shape shorthand: ``B`` images, ``R`` RoIs per image, ``K`` object classes (``K + 1`` with
+background), ``D`` detections per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from frcnn.box_coder import decode_boxes
+from frcnn.structures import Detections, clip_boxes, pack_per_image
+
+
+@torch.no_grad()
+def postprocess_detections(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    rois: Tensor,
+    roi_valid: Tensor,
+    image_sizes: Tensor,
+    *,
+    bbox_reg_weights: tuple[float, float, float, float],
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_image: int = 100,
+) -> Detections:
+    """Per-class detections in network-input pixels (py-faster-rcnn ``test.py`` / ``im_detect``).
+
+    Every RoI yields one candidate per object class: the class's softmax probability and the RoI
+    decoded with that class's deltas, clipped to the image. Candidates scoring ≤ ``score_thresh``
+    (0.05) or with an empty box are dropped; NMS at ``nms_thresh`` (0.5) runs per class and per image
+    (one ``batched_nms`` with group ``image * K + class``); the ``detections_per_image`` (100) best
+    survivors of each image are kept.
+
+    Args:
+        class_logits: ``[B, R, K+1]``.
+        box_deltas: ``[B, R, K+1, 4]`` class-specific deltas.
+        rois: ``[B, R, 4]`` the boxes the deltas apply to.
+        roi_valid: ``[B, R]`` bool.
+        image_sizes: ``[B, 2]`` ``(height, width)``.
+
+    Returns:
+        :class:`Detections` with ``D = detections_per_image``.
+    """
+    batch, num_rois, num_cls1 = class_logits.shape
+    k = num_cls1 - 1
+    scores = F.softmax(class_logits.float(), dim=-1)[..., 1:]  # [B, R, K]
+    boxes = decode_boxes(box_deltas[:, :, 1:], rois[:, :, None, :], bbox_reg_weights)  # [B, R, K, 4]
+    boxes = clip_boxes(boxes.reshape(batch, num_rois * k, 4), image_sizes).reshape(batch, num_rois, k, 4)
+    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    keep_mask = (scores > score_thresh) & nonempty & roi_valid[..., None]  # [B, R, K]
+
+    image_of = torch.arange(batch, device=scores.device)[:, None, None].expand_as(scores)
+    class_of = torch.arange(k, device=scores.device)[None, None, :].expand_as(scores)
+    # Host sync: the number of candidates above the score threshold is data-dependent (test time only).
+    cand = keep_mask.reshape(-1).nonzero().squeeze(1)
+    cand_boxes = boxes.reshape(-1, 4)[cand]
+    cand_scores = scores.reshape(-1)[cand]
+    cand_image = image_of.reshape(-1)[cand]
+    keep = batched_nms(cand_boxes, cand_scores, cand_image * k + class_of.reshape(-1)[cand], nms_thresh)
+    table = pack_per_image(keep, cand_image, batch, detections_per_image)  # [B, D], -1 = padding
+    cand_labels = class_of.reshape(-1)[cand] + 1
+    return Detections(
+        boxes=torch.cat([cand_boxes, cand_boxes.new_zeros(1, 4)])[table],
+        scores=torch.cat([cand_scores, cand_scores.new_zeros(1)])[table],
+        labels=torch.cat([cand_labels, cand_labels.new_zeros(1)])[table],
+        valid=table >= 0,
+    )

@@ -1,0 +1,116 @@
+"""Normalize, resize, pad and batch images; map detections back to the original pixels.
+
+Shape shorthand: ``B`` images, ``H_i x W_i`` original sizes, ``H x W`` the padded batch size.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frcnn.structures import Detections, ImageBatch, clip_boxes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Preprocessor(nn.Module):
+    """Turns a list of RGB images into an :class:`ImageBatch`, rescaling boxes to match.
+
+    Each image is resized so its shorter side is ``min_size`` unless the longer side would then exceed
+    ``max_size``, in which case the longer side is ``max_size`` (Ren et al.: 600 / 1000; detectron2
+    and torchvision: 800 / 1333). In training, ``min_size`` may be a sequence: each image draws one at
+    random (multi-scale training). Images are then zero-padded at the bottom/right to a common size
+    that is a multiple of ``size_divisibility`` (32), after normalization, so padding is mean colour.
+
+    Args:
+        min_size: shorter side, or a sequence of choices for training.
+        max_size: cap on the longer side.
+        min_size_test: shorter side at test time (default: the largest of ``min_size``).
+        size_divisibility: pad height and width to a multiple of this.
+        mean / std: per-channel normalization of ``[0, 1]`` RGB (ImageNet statistics).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_size: int | Sequence[int] = 600,
+        max_size: int = 1000,
+        min_size_test: int | None = None,
+        size_divisibility: int = 32,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.min_sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
+        self.max_size = max_size
+        self.min_size_test = min_size_test if min_size_test is not None else max(self.min_sizes)
+        self.size_divisibility = size_divisibility
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None], persistent=False)
+
+    def target_size(self, height: int, width: int, short: int) -> tuple[int, int]:
+        """``(new_height, new_width)`` for an image, by the shorter-side / longer-side rule."""
+        scale = min(short / min(height, width), self.max_size / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
+        """Preprocess a batch.
+
+        Args:
+            images: ``B`` tensors ``[3, H_i, W_i]``, float in ``[0, 1]`` or uint8 in ``[0, 255]``.
+            targets: optional per-image dicts with ``"boxes"`` ``[G_i, 4]`` in original pixels.
+
+        Returns:
+            ``(batch, targets)``, the targets' boxes rescaled to network-input pixels.
+        """
+        device = self.mean.device
+        resized, sizes, scales, originals = [], [], [], []
+        for img in images:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected an image tensor [3, H, W], got shape {tuple(img.shape)}")
+            img = img.to(device)
+            img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            h, w = img.shape[-2:]
+            short = random.choice(self.min_sizes) if self.training else self.min_size_test
+            nh, nw = self.target_size(h, w, short)
+            x = (img - self.mean) / self.std
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            resized.append(x)
+            sizes.append((nh, nw))
+            scales.append((nh / h, nw / w))
+            originals.append((h, w))
+        d = self.size_divisibility
+        max_h = -(-max(s[0] for s in sizes) // d) * d
+        max_w = -(-max(s[1] for s in sizes) // d) * d
+        tensor = torch.zeros(len(resized), 3, max_h, max_w, device=device)
+        for i, x in enumerate(resized):
+            tensor[i, :, : x.shape[1], : x.shape[2]] = x
+        batch = ImageBatch(
+            tensor=tensor,
+            image_sizes=torch.tensor(sizes, dtype=torch.long, device=device),
+            scales=torch.tensor(scales, dtype=torch.float32, device=device),
+            original_sizes=torch.tensor(originals, dtype=torch.long, device=device),
+        )
+        if targets is None:
+            return batch, None
+        scaled = []
+        for t, (sy, sx) in zip(targets, scales):
+            factor = torch.tensor([sx, sy, sx, sy], dtype=torch.float32, device=device)
+            scaled.append({**t, "boxes": t["boxes"].to(device).float() * factor})
+        return batch, scaled
+
+
+def to_original_pixels(detections: Detections, images: ImageBatch) -> Detections:
+    """Map detections from network-input pixels back to each original image, clipped to it."""
+    sy, sx = images.scales[:, 0], images.scales[:, 1]
+    factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [B, 1, 4]
+    boxes = clip_boxes(detections.boxes / factor, images.original_sizes)
+    return Detections(boxes=boxes, scores=detections.scores, labels=detections.labels, valid=detections.valid)

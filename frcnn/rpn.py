@@ -1,0 +1,247 @@
+"""Region Proposal Network (Ren et al., 2015, sec. 3.1): head, anchor targets, loss, proposals.
+
+Shape shorthand: ``B`` images, ``C`` feature channels, ``Hf x Wf`` feature map, ``A`` anchors per
+cell (9), ``N = Hf * Wf * A`` anchors per image, ``G`` padded ground truth, ``P`` proposals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frcnn.anchors import AnchorGenerator
+from frcnn.box_coder import encode_boxes
+from frcnn.matching import FOREGROUND, BACKGROUND, match
+from frcnn.proposals import generate_proposals
+from frcnn.sampling import sample_mask
+from frcnn.structures import ImageBatch, Proposals, Targets, batched_pairwise_iou
+
+
+class RPNHead(nn.Module):
+    """A 3x3 conv (+ReLU) sliding over the feature map, then sibling 1x1 convs (paper, fig. 3).
+
+    Args:
+        in_channels: ``C`` of the backbone feature map.
+        num_anchors: ``A`` anchors per location.
+        conv_channels: width of the 3x3 conv (paper: 512 for VGG16, 256 for ZF; default = ``C``).
+    """
+
+    def __init__(self, *, in_channels: int, num_anchors: int = 9, conv_channels: int | None = None) -> None:
+        super().__init__()
+        width = conv_channels or in_channels
+        self.conv = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+        self.objectness = nn.Conv2d(width, num_anchors, kernel_size=1)
+        self.deltas = nn.Conv2d(width, 4 * num_anchors, kernel_size=1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)  # paper sec. 3.1.3: zero-mean Gaussian, std 0.01
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-anchor logits and deltas, flattened in anchor order ``(y, x, a)``.
+
+        Args:
+            features: ``[B, C, Hf, Wf]``.
+
+        Returns:
+            ``(objectness [B, N], deltas [B, N, 4])``.
+        """
+        x = F.relu(self.conv(features))
+        logits = self.objectness(x)  # [B, A, Hf, Wf]
+        deltas = self.deltas(x)  # [B, 4A, Hf, Wf]
+        b, a, h, w = logits.shape
+        logits = logits.permute(0, 2, 3, 1).reshape(b, h * w * a)  # [B, Hf*Wf*A]
+        deltas = deltas.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4)  # [B, N, 4]
+        return logits, deltas
+
+
+@dataclass
+class RPNTargets:
+    """Anchor targets for one batch (all ``[B, N, ...]``, computed without gradient).
+
+    Attributes:
+        sampled_pos / sampled_neg: ``[B, N]`` bool, the 256-anchor minibatch per image.
+        deltas: ``[B, N, 4]`` regression targets to each anchor's matched ground truth.
+    """
+
+    sampled_pos: Tensor
+    sampled_neg: Tensor
+    deltas: Tensor
+
+
+class RPN(nn.Module):
+    """The RPN stage: head → (targets, loss) → proposals.
+
+    Args:
+        head: :class:`RPNHead`.
+        anchor_generator: :class:`AnchorGenerator` (its ``num_anchors`` must match the head).
+        fg_iou_thresh: anchors at IoU ≥ this are positive (paper: 0.7).
+        bg_iou_thresh: anchors at IoU < this are negative (paper: 0.3).
+        allow_low_quality_matches: each ground truth's best anchor(s) are positive (paper: yes).
+        straddle_thresh: anchors crossing the image border by more than this many pixels are ignored
+            in training (paper sec. 3.3: 0, i.e. every cross-boundary anchor); ``-1`` keeps them all.
+        batch_size_per_image: anchors sampled per image (paper: 256).
+        positive_fraction: at most this share of them positive (paper: 0.5, i.e. ≤ 128).
+        loss_normalization: ``"paper"``: ``1/N_cls Σ L_cls + λ/N_reg Σ p* L_reg`` with ``N_cls`` the
+            sampled anchors and ``N_reg`` the anchor locations (``Hf * Wf`` per image, about 2400 in the
+            paper), λ = ``reg_loss_weight`` = 10; ``"sampled"``: both terms divided by the sampled
+            count, the common alternative (detectron2, torchvision), with λ = 1.
+        reg_loss_weight: λ; ``None`` picks 10 for ``"paper"`` and 1 for ``"sampled"``.
+        smooth_l1_beta: smooth-L1 transition point; py-faster-rcnn's RPN uses sigma = 3, beta = 1/9.
+        pre_nms_topk_train / pre_nms_topk_test: proposals kept before NMS (6000 / 6000).
+        post_nms_topk_train / post_nms_topk_test: proposals kept after NMS (2000 / 300).
+        nms_thresh: NMS IoU threshold for proposals (0.7).
+        min_size: proposals with a side under this many pixels *of the original image* are dropped (16).
+    """
+
+    def __init__(
+        self,
+        *,
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        allow_low_quality_matches: bool = True,
+        straddle_thresh: float = 0.0,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        loss_normalization: Literal["paper", "sampled"] = "paper",
+        reg_loss_weight: float | None = None,
+        smooth_l1_beta: float = 1.0 / 9.0,
+        pre_nms_topk_train: int = 6000,
+        post_nms_topk_train: int = 2000,
+        pre_nms_topk_test: int = 6000,
+        post_nms_topk_test: int = 300,
+        nms_thresh: float = 0.7,
+        min_size: float = 16.0,
+    ) -> None:
+        super().__init__()
+        if loss_normalization not in ("paper", "sampled"):
+            raise ValueError(f"rpn.loss_normalization must be 'paper' or 'sampled', got {loss_normalization!r}")
+        if head.objectness.out_channels != anchor_generator.num_anchors:
+            raise ValueError(
+                f"RPN head predicts {head.objectness.out_channels} anchors per location but the anchor "
+                f"generator makes {anchor_generator.num_anchors}: set rpn.head.num_anchors to "
+                "len(sizes) * len(aspect_ratios)"
+            )
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.allow_low_quality_matches = allow_low_quality_matches
+        self.straddle_thresh = straddle_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.loss_normalization = loss_normalization
+        self.reg_loss_weight = reg_loss_weight if reg_loss_weight is not None else (
+            10.0 if loss_normalization == "paper" else 1.0
+        )
+        self.smooth_l1_beta = smooth_l1_beta
+        self.pre_nms_topk_train = pre_nms_topk_train
+        self.post_nms_topk_train = post_nms_topk_train
+        self.pre_nms_topk_test = pre_nms_topk_test
+        self.post_nms_topk_test = post_nms_topk_test
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+
+    def forward(
+        self, images: ImageBatch, features: Tensor, targets: Targets | None = None
+    ) -> tuple[Proposals, dict[str, Tensor]]:
+        """Proposals for every image, and the two RPN losses when ``targets`` are given.
+
+        Args:
+            images: the preprocessed batch (sizes and scales are used).
+            features: ``[B, C, Hf, Wf]``.
+            targets: ground truth in network-input pixels, or None.
+
+        Returns:
+            ``(proposals, losses)`` with losses ``{"loss_rpn_cls", "loss_rpn_reg"}`` (empty without targets).
+        """
+        logits, deltas = self.head(features)
+        hf, wf = features.shape[-2:]
+        anchors = self.anchor_generator(hf, wf)  # [N, 4]
+        logits, deltas = logits.float(), deltas.float()  # box math and losses in fp32 under autocast
+        # 16 px of the original image, in network-input pixels (the paper's rule is stated in original pixels).
+        min_box_size = self.min_size * images.scales.min(dim=1).values
+        training = self.training
+        proposals = generate_proposals(
+            anchors,
+            logits.detach(),
+            deltas.detach(),
+            images.image_sizes,
+            min_box_size,
+            pre_nms_topk=self.pre_nms_topk_train if training else self.pre_nms_topk_test,
+            nms_thresh=self.nms_thresh,
+            post_nms_topk=self.post_nms_topk_train if training else self.post_nms_topk_test,
+        )
+        losses: dict[str, Tensor] = {}
+        if targets is not None:
+            rpn_targets = self.assign_targets(anchors, images.image_sizes, targets)
+            losses = self.losses(logits, deltas, rpn_targets, num_locations=hf * wf)
+        return proposals, losses
+
+    @torch.no_grad()
+    def assign_targets(self, anchors: Tensor, image_sizes: Tensor, targets: Targets) -> RPNTargets:
+        """Label anchors (IoU ≥ 0.7 / best anchor → positive, < 0.3 → negative), sample 256 per image.
+
+        Args:
+            anchors: ``[N, 4]``.
+            image_sizes: ``[B, 2]``.
+            targets: padded ground truth ``[B, G, ...]``.
+        """
+        batch = targets.boxes.shape[0]
+        anchors_b = anchors[None].expand(batch, -1, -1)  # [B, N, 4]
+        if self.straddle_thresh >= 0:
+            t = self.straddle_thresh
+            h = image_sizes[:, 0, None].to(anchors.dtype)
+            w = image_sizes[:, 1, None].to(anchors.dtype)
+            inside = (
+                (anchors_b[..., 0] >= -t)
+                & (anchors_b[..., 1] >= -t)
+                & (anchors_b[..., 2] <= w + t)
+                & (anchors_b[..., 3] <= h + t)
+            )  # [B, N]
+        else:
+            inside = torch.ones(anchors_b.shape[:2], dtype=torch.bool, device=anchors.device)
+        iou = batched_pairwise_iou(anchors_b, targets.boxes)  # [B, N, G]
+        m = match(
+            iou,
+            box_valid=inside,
+            gt_valid=targets.valid,
+            fg_iou_thresh=self.fg_iou_thresh,
+            bg_iou_thresh_hi=self.bg_iou_thresh,
+            bg_iou_thresh_lo=0.0,
+            allow_low_quality_matches=self.allow_low_quality_matches,
+        )
+        sampled_pos, sampled_neg = sample_mask(
+            m.labels == FOREGROUND,
+            m.labels == BACKGROUND,
+            num_samples=self.batch_size_per_image,
+            positive_fraction=self.positive_fraction,
+        )
+        matched = targets.boxes.gather(1, m.gt_index[..., None].expand(-1, -1, 4))  # [B, N, 4]
+        deltas = encode_boxes(anchors_b, matched, (1.0, 1.0, 1.0, 1.0))
+        # Only positives are regressed; elsewhere the matched box may be padding (log 0 = -inf).
+        deltas = torch.where(sampled_pos[..., None], deltas, torch.zeros_like(deltas))
+        return RPNTargets(sampled_pos=sampled_pos, sampled_neg=sampled_neg, deltas=deltas)
+
+    def losses(self, logits: Tensor, deltas: Tensor, t: RPNTargets, *, num_locations: int) -> dict[str, Tensor]:
+        """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives.
+
+        Args:
+            logits: ``[B, N]``.
+            deltas: ``[B, N, 4]``.
+            t: targets from :meth:`assign_targets`.
+            num_locations: ``Hf * Wf`` (``N_reg`` per image under ``"paper"`` normalization).
+        """
+        sampled = t.sampled_pos | t.sampled_neg
+        num_sampled = sampled.sum().clamp(min=1)
+        cls = F.binary_cross_entropy_with_logits(logits, t.sampled_pos.float(), reduction="none")
+        loss_cls = (cls * sampled).sum() / num_sampled
+        reg = F.smooth_l1_loss(deltas, t.deltas, beta=self.smooth_l1_beta, reduction="none").sum(-1)  # [B, N]
+        reg = (reg * t.sampled_pos).sum()
+        n_reg = num_locations * logits.shape[0] if self.loss_normalization == "paper" else num_sampled
+        return {"loss_rpn_cls": loss_cls, "loss_rpn_reg": self.reg_loss_weight * reg / n_reg}

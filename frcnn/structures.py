@@ -1,0 +1,197 @@
+"""Typed contracts between the pipeline stages, and the box conventions they share.
+
+Conventions used everywhere in frcnn:
+
+* Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the image the tensor lives in, with
+  continuous coordinates: a pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, so a box's width is
+  ``x2 - x1`` (no ``+1``, unlike py-faster-rcnn's integer convention).
+* Label 0 is background, labels ``1..K`` are the object classes. The mapping between labels and a
+  data set's category ids lives in :class:`frcnn.data.coco.CategoryMap` and travels in checkpoints.
+* Per-image variable-length data is *padded* to a common length and carried with a boolean
+  ``valid`` mask, so every stage works on the whole batch at once.
+
+Shape shorthand: ``B`` images, ``G`` padded ground-truth boxes per image, ``A`` anchors per image,
+``P`` proposals per image, ``R`` sampled RoIs per image, ``K`` object classes, ``D`` detections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ImageBatch:
+    """Images after preprocessing, ready for the backbone.
+
+    Attributes:
+        tensor: ``[B, 3, H, W]`` float, normalized, zero-padded at the bottom/right so that
+            ``H`` and ``W`` are multiples of the size divisor.
+        image_sizes: ``[B, 2]`` long, ``(height, width)`` of each resized image before padding.
+            Boxes are clipped to this, not to the padded size.
+        scales: ``[B, 2]`` float, ``(sy, sx)``: resized size / original size, per axis.
+        original_sizes: ``[B, 2]`` long, ``(height, width)`` of each image as given.
+    """
+
+    tensor: Tensor
+    image_sizes: Tensor
+    scales: Tensor
+    original_sizes: Tensor
+
+
+@dataclass
+class Targets:
+    """Ground truth for a batch, padded to ``G`` boxes per image.
+
+    Attributes:
+        boxes: ``[B, G, 4]`` float XYXY in the pixels of the (resized) network input.
+        labels: ``[B, G]`` long in ``1..K`` (padding holds 0).
+        valid: ``[B, G]`` bool, False for padding.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+
+
+@dataclass
+class Proposals:
+    """Region proposals from the RPN, detached from the graph.
+
+    Attributes:
+        boxes: ``[B, P, 4]`` float XYXY in network-input pixels, clipped to the image.
+        scores: ``[B, P]`` objectness probability in ``[0, 1]``, sorted descending per image.
+        valid: ``[B, P]`` bool; padding (an image with fewer than ``P`` survivors) is False.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    valid: Tensor
+
+
+@dataclass
+class SampledRois:
+    """The fixed-size RoI sample the box head trains on (``R`` per image, e.g. 128).
+
+    Attributes:
+        boxes: ``[B, R, 4]`` float XYXY in network-input pixels.
+        labels: ``[B, R]`` long, ``0`` for background, ``1..K`` for foreground.
+        regression_targets: ``[B, R, 4]`` encoded deltas to the matched ground truth
+            (meaningful only where ``labels > 0``).
+        valid: ``[B, R]`` bool; False only when an image had no candidate at all.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    regression_targets: Tensor
+    valid: Tensor
+
+
+@dataclass
+class Detections:
+    """Final detections, padded to ``D`` per image (e.g. 100).
+
+    Attributes:
+        boxes: ``[B, D, 4]`` float XYXY, in original-image pixels once postprocessed.
+        scores: ``[B, D]`` float class probability, sorted descending per image.
+        labels: ``[B, D]`` long in ``1..K``.
+        valid: ``[B, D]`` bool.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    valid: Tensor
+
+    def per_image(self) -> list[dict[str, Tensor]]:
+        """Unpad into one ``{"boxes", "scores", "labels"}`` dict per image (host sync: unpadding)."""
+        out = []
+        for b in range(self.boxes.shape[0]):
+            keep = self.valid[b]
+            out.append(
+                {"boxes": self.boxes[b][keep], "scores": self.scores[b][keep], "labels": self.labels[b][keep]}
+            )
+        return out
+
+
+def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> Targets:
+    """Pad a list of per-image ``{"boxes": [G_i, 4], "labels": [G_i]}`` into :class:`Targets`.
+
+    ``G = max(1, max_i G_i)``: one padded slot is kept even when no image has a box, so that
+    reductions over ground truth never see an empty dimension.
+    """
+    num = max([1] + [int(t["boxes"].shape[0]) for t in targets])  # list lengths: no device sync
+    batch = len(targets)
+    boxes = torch.zeros(batch, num, 4, device=device)
+    labels = torch.zeros(batch, num, dtype=torch.long, device=device)
+    valid = torch.zeros(batch, num, dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):
+        n = t["boxes"].shape[0]
+        boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
+        labels[i, :n] = t["labels"].to(device)
+        valid[i, :n] = True
+    return Targets(boxes=boxes, labels=labels, valid=valid)
+
+
+def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU between every pair of boxes of the same image, for the whole batch.
+
+    ``torchvision.ops.box_iou`` computes one image's ``[N, M]`` matrix; this is the same formula
+    broadcast over a leading batch dimension (tested equal to ``box_iou`` image by image).
+
+    Args:
+        boxes1: ``[B, N, 4]`` XYXY.
+        boxes2: ``[B, M, 4]`` XYXY.
+
+    Returns:
+        ``[B, N, M]`` IoU in ``[0, 1]`` (0 where the union is empty).
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp(min=0) * (boxes1[..., 3] - boxes1[..., 1]).clamp(min=0)
+    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
+    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # [B, N, M, 2]
+    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])  # [B, N, M, 2]
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, :, None] + area2[:, None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
+
+
+def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """Clip ``[B, N, 4]`` boxes to each image's ``(height, width)`` from ``[B, 2]``.
+
+    The batched form of ``torchvision.ops.clip_boxes_to_image`` (one size per image).
+    """
+    h = image_sizes[:, 0, None].to(boxes.dtype)
+    w = image_sizes[:, 1, None].to(boxes.dtype)
+    x1 = torch.minimum(boxes[..., 0].clamp(min=0), w)
+    y1 = torch.minimum(boxes[..., 1].clamp(min=0), h)
+    x2 = torch.minimum(boxes[..., 2].clamp(min=0), w)
+    y2 = torch.minimum(boxes[..., 3].clamp(min=0), h)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def pack_per_image(keep: Tensor, image_of: Tensor, num_images: int, k: int) -> Tensor:
+    """Lay out the first ``k`` survivors of each image in a padded ``[num_images, k]`` table.
+
+    ``keep`` comes from ``batched_nms`` (indices sorted by score over the whole batch) and
+    ``image_of[keep]`` says which image each belongs to. A stable sort by image keeps the score order
+    inside each image; the rank of a survivor inside its image is its position minus the image's first
+    position. Works on device, with no host synchronization beyond the one ``batched_nms`` made.
+
+    Returns:
+        ``[num_images, k]`` long indices into the flat candidates, ``-1`` where an image has fewer
+        than ``k`` survivors: callers append one sentinel row to the candidates, which ``-1`` picks.
+    """
+    keep_image = image_of[keep]
+    order = torch.sort(keep_image, stable=True).indices
+    keep, keep_image = keep[order], keep_image[order]
+    counts = torch.bincount(keep_image, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(keep.numel(), device=keep.device) - starts[keep_image]
+    # Ranks past k land in a spare column that is dropped.
+    slot = keep_image * (k + 1) + rank.clamp(max=k)
+    table = torch.full((num_images * (k + 1),), -1, dtype=torch.long, device=keep.device)
+    table[slot] = keep
+    return table.view(num_images, k + 1)[:, :k]
