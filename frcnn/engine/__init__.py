@@ -1,0 +1,1 @@
+"""Training machinery: the step and the loop, checkpoints, schedules, distributed set-up."""

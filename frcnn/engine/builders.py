@@ -1,0 +1,140 @@
+"""Turn a composed Hydra config into data sets, loaders, a model, an optimizer and a schedule."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from frcnn.data.coco import CategoryMap, CocoDetection, collate
+from frcnn.data.samplers import GroupedBatchSampler
+from frcnn.data.synthetic import generate
+from frcnn.engine.distributed import DistInfo, barrier
+
+
+def ensure_synthetic(cfg: DictConfig, dist_info: DistInfo) -> None:
+    """Generate the built-in synthetic data set if the config asks for it and it is missing."""
+    gen = cfg.data.get("generate")
+    if gen is None:
+        return
+    root = Path(cfg.data.root)
+    if dist_info.is_main and not (root / "READY").exists():
+        print(f"generating the synthetic data set in {root} ...", flush=True)
+        generate(root, **gen)
+    barrier()
+
+
+def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: CategoryMap | None = None) -> CocoDetection:
+    split_cfg = cfg.data[split]
+    return CocoDetection(
+        split_cfg.images,
+        split_cfg.annotations,
+        transforms=instantiate(cfg.data.augment) if train and cfg.data.get("augment") else None,
+        drop_empty=bool(cfg.data.drop_empty) if train else False,
+        category_map=categories,
+        min_box_size=float(cfg.data.min_box_size),
+        max_pixels=cfg.data.get("max_pixels"),
+    )
+
+
+class InfiniteBatches(torch.utils.data.Sampler):
+    """An endless, deterministic stream of aspect-grouped batches for one rank, epoch after epoch.
+
+    The stream depends only on ``(seed, rank, world_size)``, so a resumed run skips the batches it
+    already consumed (``start``) and continues with the very batch it would have seen next. Under
+    DDP every rank draws from its own ``DistributedSampler`` shard, and training is counted in
+    iterations, so ranks always take the same number of steps.
+    """
+
+    def __init__(self, dataset: CocoDetection, batch_size: int, seed: int, dist_info: DistInfo, start: int = 0) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dist_info = dist_info
+        self.start = start
+        groups = [dataset.aspect_ratio_group(i) for i in range(len(dataset))]
+        if dist_info.world_size > 1:
+            base = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed, drop_last=True)
+        else:
+            base = _SeededRandomSampler(len(dataset), seed)
+        self.batches = GroupedBatchSampler(base, groups, batch_size, drop_last=True)
+
+    def _stream(self) -> Iterator[list[int]]:
+        for epoch in itertools.count():
+            self.batches.set_epoch(epoch)
+            yield from self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(self._stream(), self.start, None)
+
+
+class _SeededRandomSampler(RandomSampler):
+    """A random permutation per epoch determined by ``seed + epoch``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int) -> DataLoader:
+    batches = InfiniteBatches(dataset, int(cfg.data.batch_size), int(cfg.seed), dist_info, start=start_batch)
+    workers = int(cfg.data.num_workers)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=_pin(cfg),
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(int(cfg.seed) + 7919 * dist_info.rank + start_batch),
+    )
+
+
+def eval_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo) -> DataLoader:
+    """Sequential batches of this rank's shard (``rank::world_size``) of the evaluation split."""
+    indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    subset = torch.utils.data.Subset(dataset, indices)
+    return DataLoader(
+        subset,
+        sampler=SequentialSampler(subset),
+        batch_size=int(cfg.data.get("eval_batch_size", cfg.data.batch_size)),
+        num_workers=int(cfg.data.num_workers),
+        pin_memory=_pin(cfg),
+        collate_fn=collate,
+    )
+
+
+def _pin(cfg: DictConfig) -> bool:
+    pin = cfg.data.get("pin_memory", "auto")
+    return torch.cuda.is_available() if pin == "auto" else bool(pin)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict]:
+    """Weight decay on conv/linear weights only; none on biases and normalization parameters."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm))
+            (no_decay if name == "bias" or is_norm else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": norm_weight_decay})
+    return groups

@@ -1,0 +1,1 @@
+"""COCO-style evaluation (pycocotools' COCOeval is the reference)."""

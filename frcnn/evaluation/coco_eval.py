@@ -1,0 +1,107 @@
+"""Run a detector over a split, write COCO results, and score them with pycocotools' COCOeval."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from frcnn.data.coco import CategoryMap
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    loader: Iterable,
+    categories: CategoryMap,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """COCO result dicts (``image_id``, ``category_id``, ``bbox`` as ``[x, y, w, h]``, ``score``)."""
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, Any]] = []
+    try:
+        for images, targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            images = [im.to(device, non_blocking=True) for im in images]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                dets = model(images).detections
+            for det, tgt in zip(dets, targets):
+                image_id = int(tgt["image_id"])
+                boxes = det["boxes"].float().cpu().numpy()
+                scores = det["scores"].float().cpu().numpy()
+                labels = det["labels"].cpu().numpy()
+                for (x1, y1, x2, y2), s, lab in zip(boxes, scores, labels):
+                    results.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": categories.category_id(int(lab)),
+                            "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
+                            "score": round(float(s), 5),
+                        }
+                    )
+    finally:
+        model.train(was_training)
+    return results
+
+
+def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score COCO-format ``results`` against ``coco_gt`` (bbox IoU type).
+
+    Returns:
+        ``{"stats": {name: value for the 12 standard stats}, "per_class_ap": {name: AP},
+        "precision": array [T, R, K, A, M] from COCOeval (for curves)}``. No detections → every stat 0.
+
+    Raises:
+        ValueError: a result names a category or image that is not in the ground truth.
+    """
+    known_cats = set(coco_gt.getCatIds())
+    known_imgs = set(coco_gt.getImgIds())
+    for r in results:
+        if r["category_id"] not in known_cats:
+            raise ValueError(
+                f"detection for image {r['image_id']} has category_id {r['category_id']}, which is not in the "
+                f"ground truth's categories {sorted(known_cats)}; map labels back to the data set's category ids"
+            )
+        if r["image_id"] not in known_imgs:
+            raise ValueError(f"detection has image_id {r['image_id']}, which is not in the ground truth")
+    names = {c["id"]: c["name"] for c in coco_gt.loadCats(sorted(known_cats))}
+    if not results:
+        return {
+            "stats": {n: 0.0 for n in STAT_NAMES},
+            "per_class_ap": {names[c]: 0.0 for c in sorted(known_cats)},
+            "precision": None,
+        }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}
+    precision = ev.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]
+    per_class = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class[names[cat_id]] = float(p.mean()) if p.size else float("nan")
+    return {"stats": stats, "per_class_ap": per_class, "precision": precision}
+
+
+def per_class_table(per_class_ap: dict[str, float]) -> str:
+    """A markdown table of AP@[.5:.95] per class."""
+    rows = ["| class | AP |", "|---|---|"]
+    rows += [f"| {name} | {ap:.4f} |" if np.isfinite(ap) else f"| {name} | n/a (no ground truth) |" for name, ap in per_class_ap.items()]
+    return "\n".join(rows)

@@ -1,0 +1,22 @@
+"""Train Faster R-CNN: ``python scripts/train.py [hydra overrides]``.
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=N scripts/train.py ...``.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from frcnn.cli import friendly_errors
+from frcnn.engine.trainer import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@friendly_errors
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    print(f"finished at iteration {metrics['iteration']}; best val AP {metrics['best_ap']:.4f}; run dir {cfg.run_dir}")
+    return float(metrics["best_ap"])  # the objective for sweeps
+
+
+if __name__ == "__main__":
+    main()

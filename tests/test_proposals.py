@@ -1,0 +1,65 @@
+import torch
+from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
+
+from frcnn.anchors import AnchorGenerator
+from frcnn.box_coder import decode_boxes
+from frcnn.proposals import generate_proposals
+
+
+def reference(anchors, logits, deltas, size, min_size, pre, thresh, post):
+    """Plain per-image proposal layer built from torchvision.ops."""
+    boxes = clip_boxes_to_image(decode_boxes(deltas, anchors, (1.0, 1.0, 1.0, 1.0)), size)
+    keep = remove_small_boxes(boxes, min_size)
+    boxes, logits = boxes[keep], logits[keep]
+    order = logits.argsort(descending=True)[:pre]
+    boxes, logits = boxes[order], logits[order]
+    keep = nms(boxes, logits, thresh)[:post]
+    return boxes[keep], torch.sigmoid(logits[keep])
+
+
+def test_batched_equals_per_image_reference(device):
+    g = torch.Generator().manual_seed(0)
+    anchors = AnchorGenerator(sizes=[32, 64, 128])(12, 16).to(device)
+    b, a = 3, anchors.shape[0]
+    logits = torch.randn(b, a, generator=g).to(device)
+    deltas = (torch.randn(b, a, 4, generator=g) * 0.5).to(device)
+    sizes = torch.tensor([[192, 256], [180, 240], [150, 256]], device=device)
+    min_sizes = torch.tensor([16.0, 20.0, 12.0], device=device)
+    out = generate_proposals(anchors, logits, deltas, sizes, min_sizes, pre_nms_topk=600, nms_thresh=0.7, post_nms_topk=100)
+    assert out.boxes.shape == (3, 100, 4)
+    for i in range(b):
+        rb, rs = reference(anchors, logits[i], deltas[i], tuple(sizes[i].tolist()), float(min_sizes[i]), 600, 0.7, 100)
+        n = rb.shape[0]
+        assert int(out.valid[i].sum()) == n
+        torch.testing.assert_close(out.boxes[i, :n], rb)
+        torch.testing.assert_close(out.scores[i, :n], rs)
+        assert not out.valid[i, n:].any()
+
+
+def test_images_do_not_suppress_each_other():
+    anchors = torch.tensor([[0.0, 0.0, 50.0, 50.0]])
+    logits = torch.tensor([[1.0], [2.0]])
+    out = generate_proposals(
+        anchors, logits, torch.zeros(2, 1, 4), torch.tensor([[100, 100]] * 2), torch.tensor([1.0, 1.0]),
+        pre_nms_topk=10, nms_thresh=0.7, post_nms_topk=10,
+    )
+    assert out.valid.tolist() == [[True], [True]]
+
+
+def test_all_boxes_too_small_gives_no_valid_proposal():
+    anchors = torch.tensor([[0.0, 0.0, 4.0, 4.0], [10.0, 10.0, 13.0, 13.0]])
+    out = generate_proposals(
+        anchors, torch.zeros(1, 2), torch.zeros(1, 2, 4), torch.tensor([[100, 100]]), torch.tensor([16.0]),
+        pre_nms_topk=10, nms_thresh=0.7, post_nms_topk=10,
+    )
+    assert not out.valid.any()
+    assert (out.boxes == 0).all()
+
+
+def test_proposals_are_detached():
+    anchors = torch.tensor([[0.0, 0.0, 50.0, 50.0]])
+    logits = torch.zeros(1, 1, requires_grad=True)
+    deltas = torch.zeros(1, 1, 4, requires_grad=True)
+    out = generate_proposals(anchors, logits, deltas, torch.tensor([[100, 100]]), torch.tensor([1.0]),
+                             pre_nms_topk=5, nms_thresh=0.7, post_nms_topk=5)
+    assert not out.boxes.requires_grad and not out.scores.requires_grad
