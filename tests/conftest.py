@@ -39,3 +39,45 @@ def small_model(num_classes: int = 3, overrides: list[str] | None = None) -> tor
     """ResNet-18-C4 Faster R-CNN at 128 px, built from conf/ exactly as training builds it."""
     cfg = compose_train(SMALL + [f"data.num_classes={num_classes}"] + (overrides or []))
     return instantiate(cfg.model)
+
+
+TINY_TRAIN = [
+    "data.batch_size=2",
+    "data.eval_batch_size=4",
+    "data.num_workers=0",
+    "data.min_size_train=[128]",
+    "data.min_size_test=128",
+    "data.max_size=192",
+    "model.rpn.anchor_generator.sizes=[32,64,128]",
+    "model.roi_heads.pooler_resolution=7",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.rpn.post_nms_topk_test=50",
+    "optim.reference_batch_size=2",
+    "optim.lr=0.01",
+    "schedule.warmup_iters=2",
+    "trainer.device=cpu",
+    "trainer.log_period=1",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A synthetic COCO-format data set of 8 training and 4 validation images."""
+    from frcnn.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, num_train=8, num_val=4, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
+    """A checkpoint from a 2-iteration training run through ``train(cfg)`` (for inference tests)."""
+    from frcnn.engine.trainer import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=2", "trainer.eval_period=0", f"run_dir={run}"])
+    train(cfg)
+    return run / "last.pt"

@@ -23,6 +23,12 @@ class DistInfo:
 
 def init_distributed(device: str) -> DistInfo:
     """Join the process group torchrun describes (NCCL on GPU, gloo on CPU); a no-op when run plainly."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # Launched by SLURM (e.g. hydra-submitit-launcher, one task per GPU): submitit derives the
+        # torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) from SLURM's.
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()

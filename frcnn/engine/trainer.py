@@ -125,7 +125,9 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     if cfg.model.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     world = dist_info.world_size
-    if world > 1 and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+    # Trainable BN sees 2-8 images per GPU: synchronize its statistics across GPUs. (SyncBatchNorm is
+    # CUDA-only; on CPU, DDP broadcasts rank 0's BN buffers at every forward instead.)
+    if world > 1 and device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     total_batch = int(cfg.data.batch_size) * world
     # Linear scaling rule (Goyal et al., 2017): lr ∝ total batch, relative to optim.reference_batch_size.
@@ -166,6 +168,11 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
 
     def checkpoint(name: str, it: int) -> None:
         rngs = gather_objects(rng_state())
+        if world > 1:
+            # Replicas must hold identical weights; log each rank's checksum so a drift is visible.
+            sums = gather_objects(float(sum(p.detach().double().sum() for p in model.parameters())))
+            if is_main:
+                _log(metrics_file, None, {"iteration": it, "replica_checksums": sums}, it)
         if is_main:
             save_checkpoint(
                 {
@@ -241,13 +248,12 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", it_s=f"{rate:.2f}")
                     _log(metrics_file, writer, record, it)
             if val_set is not None and int(cfg.trainer.eval_period) > 0 and (it % int(cfg.trainer.eval_period) == 0 or it == max_iters):
-                last_metrics = evaluate(it)
+                last_metrics = evaluate(it)  # the same dict on every rank
                 if is_main:
                     _log(metrics_file, writer, last_metrics, it)
-                    if last_metrics["val/AP"] > best_ap:
-                        best_ap = last_metrics["val/AP"]
-                        checkpoint("best.pt", it)
-                barrier()
+                if last_metrics["val/AP"] > best_ap:
+                    best_ap = last_metrics["val/AP"]
+                    checkpoint("best.pt", it)  # collective: every rank takes part
             if it % int(cfg.trainer.checkpoint_period) == 0 or it == max_iters:
                 checkpoint("last.pt", it)
             if not all_true(stop.signal is None, device):

@@ -1,0 +1,115 @@
+"""COCO evaluation against pycocotools run directly, on hand-made fixtures."""
+
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table
+from frcnn.evaluation.plots import plot_pr_curves
+
+GT = {
+    "images": [{"id": 1, "width": 200, "height": 200, "file_name": "1.png"}, {"id": 2, "width": 200, "height": 100, "file_name": "2.png"}],
+    "categories": [{"id": 3, "name": "cat"}, {"id": 8, "name": "dog"}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 50, 40], "area": 2000, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 8, "bbox": [100, 100, 80, 90], "area": 7200, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0},
+        {"id": 4, "image_id": 2, "category_id": 8, "bbox": [120, 10, 60, 60], "area": 3600, "iscrowd": 1},
+    ],
+}
+
+
+def gt_coco() -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(GT)
+        coco.createIndex()
+    return coco
+
+
+def perfect():
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in GT["annotations"] if not a["iscrowd"]]
+
+
+def reference(results):
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = gt_coco()
+        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
+        ev.evaluate(); ev.accumulate(); ev.summarize()
+    return dict(zip(STAT_NAMES, ev.stats))
+
+
+def test_perfect_detections_score_one():
+    stats = evaluate_results(gt_coco(), perfect())["stats"]
+    for name in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):
+        assert stats[name] == pytest.approx(1.0), name
+    # areas 2000 and 400 are small/medium, 7200 medium: no large ground truth, so APl is undefined (-1)
+    assert stats["APs"] == pytest.approx(1.0) and stats["APm"] == pytest.approx(1.0)
+    assert stats["APl"] == -1.0
+
+
+@pytest.mark.parametrize(
+    "results",
+    [
+        perfect()[:-1],  # one missed box
+        perfect() + [{"image_id": 1, "category_id": 3, "bbox": [150, 10, 30, 30], "score": 0.99}],  # high false positive
+        perfect() + [{"image_id": 2, "category_id": 8, "bbox": [121, 11, 58, 58], "score": 0.95}],  # on a crowd region: ignored
+        [{**r, "bbox": [r["bbox"][0] + 4, r["bbox"][1] + 3, r["bbox"][2], r["bbox"][3]]} for r in perfect()],  # shifted
+    ],
+    ids=["missed", "false_positive", "crowd", "shifted"],
+)
+def test_agrees_with_pycocotools(results):
+    ours = evaluate_results(gt_coco(), results)["stats"]
+    ref = reference(results)
+    for name in STAT_NAMES:
+        assert ours[name] == pytest.approx(ref[name], abs=1e-12), name
+
+
+def test_crowd_detection_does_not_count_as_false_positive():
+    with_crowd_hit = perfect() + [{"image_id": 2, "category_id": 8, "bbox": [121, 11, 58, 58], "score": 0.95}]
+    assert evaluate_results(gt_coco(), with_crowd_hit)["stats"]["AP"] == pytest.approx(1.0)
+
+
+def test_empty_detections_give_zero():
+    out = evaluate_results(gt_coco(), [])
+    assert all(v == 0.0 for v in out["stats"].values())
+    assert out["per_class_ap"] == {"cat": 0.0, "dog": 0.0}
+
+
+def test_unknown_category_is_a_clear_error():
+    with pytest.raises(ValueError, match="category_id 5, which is not in the ground truth"):
+        evaluate_results(gt_coco(), [{"image_id": 1, "category_id": 5, "bbox": [0, 0, 5, 5], "score": 0.5}])
+
+
+def test_per_class_table_and_pr_plot(tmp_path):
+    out = evaluate_results(gt_coco(), perfect()[:-1])
+    table = per_class_table(out["per_class_ap"])
+    assert "| cat |" in table and "| dog |" in table
+    png = plot_pr_curves(out["precision"], list(out["per_class_ap"]), tmp_path / "pr.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_script_scores_a_results_file(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "res.json").write_text(json.dumps(perfect()[:-1]))
+    res = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "evaluate.py"), f"predictions={tmp_path / 'res.json'}",
+         f"annotations={tmp_path / 'gt.json'}", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=repo, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["stats"]["AP"] == pytest.approx(reference(perfect()[:-1])["AP"])
+    assert (tmp_path / "out" / "pr_curves.png").is_file() and (tmp_path / "out" / "per_class_ap.md").is_file()

@@ -1,0 +1,83 @@
+"""The inference script end to end, on a trained tiny checkpoint and every kind of image users have."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def make_images(folder: Path) -> dict[str, tuple[int, int]]:
+    """Files of each kind, and the (width, height) each must be seen at (display orientation)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    rgb.save(folder / "photo.jpg")
+    rgb.save(folder / "plain.png")
+    rgb.save(folder / "bitmap.bmp")
+    rgb.save(folder / "web.webp")
+    rgb.convert("L").save(folder / "gray.png")
+    rgb.convert("RGBA").save(folder / "alpha.png")
+    rgb.convert("P").save(folder / "palette.png")
+    Image.fromarray((rng.integers(0, 65535, (90, 120))).astype(np.uint16)).save(folder / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.save(folder / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(rng.integers(0, 255, (12, 9, 3), dtype=np.uint8)).save(folder / "tiny.png")
+    Image.fromarray(rng.integers(0, 255, (20, 600, 3), dtype=np.uint8)).save(folder / "long.png")
+    sizes = {p.stem: (120, 90) for p in folder.iterdir()}
+    sizes.update(rotated=(90, 120), tiny=(9, 12), long=(600, 20))
+    return sizes
+
+
+def test_infer_every_image_kind(tiny_checkpoint, tmp_path):
+    sizes = make_images(tmp_path / "in")
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "infer.py"), f"checkpoint={tiny_checkpoint}", f"image={tmp_path / 'in'}",
+         "score_thresh=0.0", "device=cpu", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count(" ms -> ") == len(sizes)
+    for stem, (w, h) in sizes.items():
+        png = Image.open(out / f"{stem}.png")
+        assert png.size == (w, h) and png.mode == "RGB", stem
+        data = json.loads((out / f"{stem}.json").read_text())
+        assert (data["width"], data["height"]) == (w, h)
+        for det in data["detections"]:
+            x1, y1, x2, y2 = det["box_xyxy"]
+            assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h, (stem, det)
+            assert det["category"] in {"circle", "square", "triangle", "star", "cross"}
+            assert det["category_id"] in {1, 3, 5, 7, 9}
+
+
+def test_infer_unreadable_file_is_a_clear_error(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "infer.py"), f"checkpoint={tiny_checkpoint}", f"image={bad}", f"hydra.run.dir={tmp_path / 'o'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "broken.jpg" in res.stderr
+
+
+def test_evaluate_script_on_a_checkpoint(tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"checkpoint={tiny_checkpoint}", "device=cpu", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["stats"]) >= {"AP", "AP50", "AR100"}
+    dets = json.loads((out / "detections.json").read_text())
+    assert all(d["category_id"] in {1, 3, 5, 7, 9} for d in dets)
