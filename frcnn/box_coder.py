@@ -24,6 +24,14 @@ from torch import Tensor
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
+def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(cx, cy, w, h)`` of ``[..., 4]`` XYXY boxes, in float32."""
+    boxes = boxes.float()
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 def encode_boxes(reference: Tensor, target: Tensor, weights: tuple[float, float, float, float]) -> Tensor:
     """Deltas that turn ``reference`` boxes into ``target`` boxes.
 
@@ -35,17 +43,9 @@ def encode_boxes(reference: Tensor, target: Tensor, weights: tuple[float, float,
     Returns:
         ``[..., 4]`` deltas ``(tx, ty, tw, th)``, float32.
     """
-    reference = reference.float()
-    target = target.float()
     wx, wy, ww, wh = weights
-    pw = reference[..., 2] - reference[..., 0]
-    ph = reference[..., 3] - reference[..., 1]
-    px = reference[..., 0] + 0.5 * pw
-    py = reference[..., 1] + 0.5 * ph
-    gw = target[..., 2] - target[..., 0]
-    gh = target[..., 3] - target[..., 1]
-    gx = target[..., 0] + 0.5 * gw
-    gy = target[..., 1] + 0.5 * gh
+    px, py, pw, ph = _centre_size(reference)
+    gx, gy, gw, gh = _centre_size(target)
     return torch.stack(
         [wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)], dim=-1
     )
@@ -70,12 +70,8 @@ def decode_boxes(
         ``[..., 4]`` decoded XYXY boxes, float32.
     """
     deltas = deltas.float()
-    reference = reference.float()
     wx, wy, ww, wh = weights
-    pw = reference[..., 2] - reference[..., 0]
-    ph = reference[..., 3] - reference[..., 1]
-    px = reference[..., 0] + 0.5 * pw
-    py = reference[..., 1] + 0.5 * ph
+    px, py, pw, ph = _centre_size(reference)
     dx = deltas[..., 0] / wx
     dy = deltas[..., 1] / wy
     dw = (deltas[..., 2] / ww).clamp(max=scale_clamp)

@@ -3,6 +3,8 @@
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=N scripts/train.py ...``.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -14,6 +16,9 @@ from frcnn.engine.trainer import train
 @friendly_errors
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
+    if metrics["stopped_by_signal"] is not None:
+        # Preempted: last.pt is saved; a non-zero status tells the scheduler the run is unfinished.
+        sys.exit(128 + int(metrics["stopped_by_signal"]))
     print(f"finished at iteration {metrics['iteration']}; best val AP {metrics['best_ap']:.4f}; run dir {cfg.run_dir}")
     return float(metrics["best_ap"])  # the objective for sweeps
 

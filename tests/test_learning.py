@@ -40,6 +40,7 @@ def test_overfits_a_handful_of_images(tmp_path):
             results = predict(model, [(images, targets)], data.categories, device)
             ap50 = evaluate_results(data.coco, results)["stats"]["AP50"]
             history.append((step, round(float(loss), 3), round(ap50, 3)))
+            print(history[-1], flush=True)
             if ap50 == 1.0:
                 break
     assert history[-1][2] == 1.0, f"did not reach AP50 = 1.0 in {MAX_STEPS} steps: (step, loss, AP50) = {history}"

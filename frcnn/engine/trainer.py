@@ -269,7 +269,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             metrics_file.close()
         if writer:
             writer.close()
-    return {"iteration": it, "best_ap": best_ap, **last_metrics}
+    return {"iteration": it, "best_ap": best_ap, "stopped_by_signal": stop.signal, **last_metrics}
 
 
 def _tensorboard(run_dir: Path):

@@ -1,0 +1,61 @@
+"""Training faults: a non-finite loss stops the run cleanly; SIGTERM saves and resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from frcnn.engine.trainer import TrainingError, train
+from frcnn.model import FasterRCNN
+from tests.conftest import TINY_TRAIN, compose_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    real_forward = FasterRCNN.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4 and out.losses:
+            out.losses["loss_cls"] = out.losses["loss_cls"] * float("nan")
+        return out
+
+    monkeypatch.setattr(FasterRCNN, "forward", poisoned)
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=6", "trainer.eval_period=0",
+                                      "trainer.checkpoint_period=2", f"run_dir={tmp_path}"])
+    with pytest.raises(TrainingError, match="non-finite loss at iteration 3"):
+        train(cfg)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2
+
+
+def test_sigterm_saves_at_step_boundary_and_resume_continues(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), *TINY_TRAIN, f"data.root={tiny_data}",
+            "trainer.eval_period=0", "trainer.checkpoint_period=1000"]
+    proc = subprocess.Popen(args + ["trainer.max_iters=1000", f"hydra.run.dir={run}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped_at = torch.load(run / "last.pt", weights_only=True)["iteration"]
+    assert 2 <= stopped_at < 1000
+    resumed = subprocess.run(args + [f"trainer.max_iters={stopped_at + 2}", f"train.resume={run / 'last.pt'}",
+                                     f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    iters = [json.loads(l)["iteration"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [stopped_at + 1, stopped_at + 2]
