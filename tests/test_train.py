@@ -103,7 +103,7 @@ def test_two_gloo_ranks_stay_in_step(tiny_data, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     sums = [r["replica_checksums"] for r in records if "replica_checksums" in r]
-    assert len(sums) == 4 and all(len(s) == 2 for s in sums)
+    assert len(sums) >= 4 and all(len(s) == 2 for s in sums)  # every checkpoint (period 1), best.pt too
     assert all(s[0] == s[1] for s in sums)  # identical weights on both ranks after every step
     assert len({tuple(s) for s in sums}) == 4  # and they did change
     assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 4

@@ -215,7 +215,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             # Host sync, once per step: every rank must agree before anyone steps or saves.
             if not all_true(bool(torch.isfinite(loss)), device):
                 raise TrainingError(
-                    f"non-finite loss at iteration {it} ({ {k: float(v) for k, v in losses.items()} }); the last "
+                    f"non-finite loss at iteration {it} ({ {k: float(v.detach()) for k, v in losses.items()} }); the last "
                     f"checkpoint in {run_dir} is untouched. Lower optim.lr, enable trainer.clip_grad_norm, or check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
