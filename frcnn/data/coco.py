@@ -1,0 +1,238 @@
+"""A COCO-format detection data set on pycocotools, with the label mapping that travels in checkpoints.
+
+Each item is ``(image, target)``: ``image`` a ``[3, H, W]`` uint8 tensor in display orientation,
+``target`` a dict with ``boxes`` ``[G, 4]`` float32 XYXY in that image's pixels, ``labels`` ``[G]``
+int64 in ``1..K``, and ``image_id`` (the annotation file's id). Crowd annotations (``iscrowd=1``) are
+not training targets; the evaluator reads them from the annotation file as ignore regions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from frcnn.data.images import read_rgb
+
+
+class AnnotationError(ValueError):
+    """The annotation file is inconsistent (duplicate or dangling ids, unknown categories)."""
+
+
+@dataclass(frozen=True)
+class CategoryMap:
+    """Contiguous labels ``1..K`` ↔ a data set's category ids (COCO's run 1..90 with gaps).
+
+    Label ``i`` (1-based) is ``category_ids[i - 1]`` named ``names[i - 1]``; label 0 is background.
+    """
+
+    category_ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_categories(cls, categories: list[dict[str, Any]]) -> "CategoryMap":
+        """Sorted by category id, the order every COCO tool uses."""
+        cats = sorted(categories, key=lambda c: c["id"])
+        return cls(tuple(int(c["id"]) for c in cats), tuple(str(c["name"]) for c in cats))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label(self, category_id: int) -> int:
+        return self.category_ids.index(category_id) + 1
+
+    def category_id(self, label: int) -> int:
+        return self.category_ids[label - 1]
+
+    def name(self, label: int) -> str:
+        return self.names[label - 1]
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain types only, so a checkpoint holding it loads with ``weights_only=True``."""
+        return {"category_ids": list(self.category_ids), "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list]) -> "CategoryMap":
+        return cls(tuple(int(i) for i in d["category_ids"]), tuple(str(n) for n in d["names"]))
+
+
+@dataclass
+class LoadReport:
+    """What loading dropped or changed, per reason (printed and written to the run directory)."""
+
+    boxes_clipped: int = 0
+    boxes_dropped: Counter = field(default_factory=Counter)
+    crowd_regions: int = 0
+    empty_images: int = 0
+    images_dropped_empty: int = 0
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.boxes_dropped.items())) or "none"
+        return (
+            f"boxes clipped to the image: {self.boxes_clipped}; boxes dropped: {dropped}; crowd regions kept "
+            f"out of training: {self.crowd_regions}; images without boxes: {self.empty_images} "
+            f"({self.images_dropped_empty} dropped)"
+        )
+
+
+def check_annotations(data: dict[str, Any], source: str) -> None:
+    """Refuse duplicate image/annotation ids, annotations of missing images or unknown categories."""
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise AnnotationError(f"{source}: no '{key}' list; is this a COCO instances file?")
+    for kind in ("images", "annotations", "categories"):
+        dup = [i for i, n in Counter(x["id"] for x in data[kind]).items() if n > 1]
+        if dup:
+            raise AnnotationError(f"{source}: duplicate {kind[:-1]} ids {sorted(dup)[:10]}; ids must be unique")
+    image_ids = {im["id"] for im in data["images"]}
+    cat_ids = {c["id"] for c in data["categories"]}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in image_ids:
+            raise AnnotationError(
+                f"{source}: annotation {ann['id']} refers to image {ann['image_id']}, which is not in 'images'"
+            )
+        if ann["category_id"] not in cat_ids:
+            raise AnnotationError(
+                f"{source}: annotation {ann['id']} (image {ann['image_id']}) has category {ann['category_id']}, "
+                f"which is not in 'categories' {sorted(cat_ids)}"
+            )
+
+
+class CocoDetection(Dataset):
+    """Images and boxes of one split of a COCO-format data set.
+
+    Args:
+        image_root: folder the annotation file's ``file_name`` entries are relative to.
+        annotation_file: COCO instances JSON.
+        transforms: callable ``(image HxWx3 uint8, boxes [G,4] xyxy, labels [G]) -> same``.
+        drop_empty: leave out images with no (non-crowd) box; by default they are kept as negatives.
+        category_map: the label mapping to use (e.g. the training split's for validation); by default
+            built from this file's categories.
+        min_box_size: boxes narrower or shorter than this (pixels, after clipping) are dropped.
+        max_pixels: refuse images larger than this (decompression bombs).
+    """
+
+    def __init__(
+        self,
+        image_root: str | Path,
+        annotation_file: str | Path,
+        *,
+        transforms: Callable | None = None,
+        drop_empty: bool = False,
+        category_map: CategoryMap | None = None,
+        min_box_size: float = 1.0,
+        max_pixels: int | None = 178_956_970,
+    ) -> None:
+        self.image_root = Path(image_root)
+        self.annotation_file = Path(annotation_file)
+        if not self.annotation_file.is_file():
+            raise FileNotFoundError(f"annotation file {self.annotation_file} not found; check data.*.annotations")
+        with open(self.annotation_file) as f:
+            data = json.load(f)
+        check_annotations(data, str(self.annotation_file))
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            self.coco = COCO()
+            self.coco.dataset = data
+            self.coco.createIndex()
+        own = CategoryMap.from_categories(data["categories"])
+        if category_map is not None and category_map != own:
+            raise AnnotationError(
+                f"{self.annotation_file}: categories {list(own.category_ids)} differ from the model's "
+                f"{list(category_map.category_ids)}; evaluate on a split with the training categories"
+            )
+        self.categories = category_map or own
+        self.transforms = transforms
+        self.min_box_size = min_box_size
+        self.max_pixels = max_pixels
+        self.report = LoadReport()
+        self.records = []
+        for image_id in sorted(self.coco.imgs):
+            rec = self._record(image_id)
+            if not len(rec["labels"]):
+                self.report.empty_images += 1
+                if drop_empty:
+                    self.report.images_dropped_empty += 1
+                    continue
+            self.records.append(rec)
+
+    def _record(self, image_id: int) -> dict[str, Any]:
+        info = self.coco.imgs[image_id]
+        rel = Path(info["file_name"])
+        path = (self.image_root / rel).resolve()
+        root = self.image_root.resolve()
+        if root not in path.parents:
+            raise AnnotationError(
+                f"{self.annotation_file}: image {image_id} file_name {info['file_name']!r} resolves outside the "
+                f"image root {root}"
+            )
+        w, h = float(info["width"]), float(info["height"])
+        boxes, labels = [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                self.report.crowd_regions += 1
+                continue
+            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+                self.report.boxes_dropped["non-finite"] += 1
+                continue
+            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+            if (x1, y1, x2, y2) != (x, y, x + bw, y + bh) and x2 > x1 and y2 > y1:
+                self.report.boxes_clipped += 1
+            if x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size:
+                reason = "outside the image" if (x >= w or y >= h or x + bw <= 0 or y + bh <= 0) else "too small or empty"
+                self.report.boxes_dropped[reason] += 1
+                continue
+            boxes.append((x1, y1, x2, y2))
+            labels.append(self.categories.label(ann["category_id"]))
+        return {
+            "image_id": image_id,
+            "path": path,
+            "width": int(info["width"]),
+            "height": int(info["height"]),
+            "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, dtype=np.int64),
+        }
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def aspect_ratio_group(self, index: int) -> int:
+        """0 for landscape-or-square images, 1 for portrait (for aspect-ratio grouped batching)."""
+        rec = self.records[index]
+        return int(rec["height"] > rec["width"])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rec = self.records[index]
+        image = read_rgb(rec["path"], max_pixels=self.max_pixels)
+        if image.shape[:2] != (rec["height"], rec["width"]):
+            raise AnnotationError(
+                f"{rec['path']}: image {rec['image_id']} is {image.shape[1]}x{image.shape[0]} after EXIF rotation "
+                f"but the annotation file says {rec['width']}x{rec['height']}; fix width/height in the JSON"
+            )
+        boxes, labels = rec["boxes"], rec["labels"]
+        if self.transforms is not None:
+            image, boxes, labels = self.transforms(image, boxes, labels)
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+            "image_id": torch.tensor(rec["image_id"]),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+
+
+def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Keep images of different sizes as a list; the model pads them."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

@@ -1,0 +1,50 @@
+"""Training augmentation with albumentations: horizontal flip and mild photometric jitter.
+
+Resizing (including multi-scale training) is done by the model's preprocessor on the device, so the
+data pipeline stays cheap; the resize settings live in ``conf/data/*.yaml`` with the rest.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+
+
+class Augment:
+    """``(image HxWx3 uint8, boxes [G,4] xyxy, labels [G]) -> same``, boxes kept consistent.
+
+    Args:
+        hflip: probability of a horizontal flip.
+        brightness / contrast / saturation: ColorJitter ranges (``0`` disables).
+        hue: ColorJitter hue range.
+        jitter_prob: probability of applying the colour jitter.
+    """
+
+    def __init__(
+        self,
+        *,
+        hflip: float = 0.5,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.02,
+        jitter_prob: float = 0.5,
+    ) -> None:
+        ops = []
+        if hflip > 0:
+            ops.append(A.HorizontalFlip(p=hflip))
+        if jitter_prob > 0:
+            ops.append(
+                A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=jitter_prob)
+            )
+        # COCO-format boxes ([x, y, w, h]) as the issue asks; converted at the boundary.
+        self.pipeline = A.Compose(
+            ops, bbox_params=A.BboxParams(format="coco", label_fields=["labels"]), strict=True
+        )
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+        coco = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
+        out = self.pipeline(image=image, bboxes=coco, labels=labels)
+        b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+        return out["image"], xyxy, np.asarray(out["labels"], dtype=np.int64)
