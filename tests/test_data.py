@@ -152,3 +152,41 @@ def test_grouped_batches_share_orientation():
 def test_collate_keeps_variable_sizes():
     images, targets = collate([(torch.zeros(3, 4, 5), {"a": 1}), (torch.zeros(3, 6, 2), {"a": 2})])
     assert [im.shape for im in images] == [(3, 4, 5), (3, 6, 2)] and targets == [{"a": 1}, {"a": 2}]
+
+
+def test_strict_mode_names_image_and_annotation(tmp_path):
+    root, f = write_dataset(tmp_path, IMAGES, [ann(1, 10, 1, [0, 0, 5, 5]), ann(42, 20, 1, [3, 3, 0, 4])])
+    with pytest.raises(AnnotationError, match="annotation 42 of image 20 .*data.strict=false"):
+        CocoDetection(root, f, strict=True)
+
+
+def _corrupt(tmp_path, name="b.png"):
+    root, f = write_dataset(tmp_path, IMAGES, [ann(1, 10, 1, [0, 0, 5, 5]), ann(2, 20, 1, [0, 0, 5, 5])])
+    (root / "sub" / name).write_bytes(b"\x89PNG garbage")
+    return root, f
+
+
+def test_unreadable_image_at_load_is_skipped_and_reported_not_grey(tmp_path):
+    root, f = _corrupt(tmp_path)
+    ds = CocoDetection(root, f, skip_unreadable=True)
+    with pytest.warns(UserWarning, match="skipping unreadable image 20"):
+        img, t = ds[1]  # image 20 is corrupt: the next image (30) takes its place
+    assert t["image_id"].item() == 30 and t["skipped"].tolist() == [20]
+    assert img.shape == (3, 40, 40)
+    with pytest.raises(ImageReadError, match="b.png"):
+        CocoDetection(root, f)[1]  # evaluation does not skip
+
+
+def test_preflight_drops_and_counts_and_fails_above_fraction(tmp_path):
+    root, f = _corrupt(tmp_path)
+    ds = CocoDetection(root, f, preflight=True, max_bad_image_fraction=0.5)
+    assert len(ds) == 2 and "image 20" in ds.report.summary()
+    with pytest.raises(ImageReadError, match="1 of 3 images .* unreadable"):
+        CocoDetection(root, f, preflight=True, max_bad_image_fraction=0.1)
+
+
+def test_width_height_mismatch_is_an_error(tmp_path):
+    root, f = write_dataset(tmp_path, [{"id": 1, "file_name": "x.png", "width": 10, "height": 10}], [])
+    Image.new("RGB", (12, 10)).save(root / "x.png")
+    with pytest.raises(AnnotationError, match="image 1 is 12x10 .* says 10x10"):
+        CocoDetection(root, f)[0]

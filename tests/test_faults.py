@@ -59,3 +59,16 @@ def test_sigterm_saves_at_step_boundary_and_resume_continues(tiny_data, tmp_path
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     iters = [json.loads(l)["iteration"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert iters == [stopped_at + 1, stopped_at + 2]
+
+
+def test_too_many_unreadable_training_images_fail_the_run(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for name in ("000000.png", "000001.png"):
+        (data / "train" / name).write_bytes(b"corrupt")
+    cfg = compose_train(TINY_TRAIN + [f"data.root={data}", "trainer.max_iters=8", "trainer.eval_period=0",
+                                      "data.max_bad_image_fraction=0.1", f"run_dir={tmp_path / 'run'}"])
+    with pytest.warns(UserWarning, match="skipping unreadable image"), pytest.raises(TrainingError, match="unreadable"):
+        train(cfg)

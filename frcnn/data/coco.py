@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import math
-import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from frcnn.data.images import read_rgb
+from frcnn.data.images import ImageReadError, read_rgb
 
 
 class AnnotationError(ValueError):
@@ -77,13 +77,15 @@ class LoadReport:
     crowd_regions: int = 0
     empty_images: int = 0
     images_dropped_empty: int = 0
+    images_unreadable: list = field(default_factory=list)
 
     def summary(self) -> str:
         dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.boxes_dropped.items())) or "none"
         return (
             f"boxes clipped to the image: {self.boxes_clipped}; boxes dropped: {dropped}; crowd regions kept "
             f"out of training: {self.crowd_regions}; images without boxes: {self.empty_images} "
-            f"({self.images_dropped_empty} dropped)"
+            f"({self.images_dropped_empty} dropped); unreadable images skipped by the pre-flight check: "
+            f"{len(self.images_unreadable)}" + "".join(f"\n  {line}" for line in self.images_unreadable)
         )
 
 
@@ -122,6 +124,13 @@ class CocoDetection(Dataset):
             built from this file's categories.
         min_box_size: boxes narrower or shorter than this (pixels, after clipping) are dropped.
         max_pixels: refuse images larger than this (decompression bombs).
+        strict: an invalid box (empty, under ``min_box_size``, NaN/Inf, outside the image) is an error
+            naming the image and annotation ids, instead of being dropped and counted.
+        skip_unreadable: a missing, truncated or corrupt image is skipped (the next readable image takes
+            its place in the batch, never a grey fill) and its id reported in ``target["skipped"]``;
+            otherwise it is an error naming the file. Training skips; evaluation must not.
+        preflight: decode every image once now, drop the unreadable ones and count them.
+        max_bad_image_fraction: with ``preflight``, fail when more than this share is unreadable.
     """
 
     def __init__(
@@ -134,6 +143,10 @@ class CocoDetection(Dataset):
         category_map: CategoryMap | None = None,
         min_box_size: float = 1.0,
         max_pixels: int | None = 178_956_970,
+        strict: bool = False,
+        skip_unreadable: bool = False,
+        preflight: bool = False,
+        max_bad_image_fraction: float = 0.01,
     ) -> None:
         self.image_root = Path(image_root)
         self.annotation_file = Path(annotation_file)
@@ -156,6 +169,8 @@ class CocoDetection(Dataset):
         self.transforms = transforms
         self.min_box_size = min_box_size
         self.max_pixels = max_pixels
+        self.strict = strict
+        self.skip_unreadable = skip_unreadable
         self.report = LoadReport()
         self.records = []
         for image_id in sorted(self.coco.imgs):
@@ -166,6 +181,26 @@ class CocoDetection(Dataset):
                     self.report.images_dropped_empty += 1
                     continue
             self.records.append(rec)
+        if preflight:
+            self._preflight(max_bad_image_fraction)
+
+    def _preflight(self, max_bad_fraction: float) -> None:
+        """Decode every image; drop and count the unreadable; fail above ``max_bad_fraction``."""
+        good = []
+        for rec in self.records:
+            try:
+                read_rgb(rec["path"], max_pixels=self.max_pixels)
+            except ImageReadError as err:
+                self.report.images_unreadable.append(f"image {rec['image_id']}: {err}")
+                continue
+            good.append(rec)
+        bad = len(self.records) - len(good)
+        if bad > max_bad_fraction * max(len(self.records), 1):
+            raise ImageReadError(
+                f"{bad} of {len(self.records)} images listed in {self.annotation_file} are unreadable, more than "
+                f"data.max_bad_image_fraction={max_bad_fraction}; first: {self.report.images_unreadable[0]}"
+            )
+        self.records = good
 
     def _record(self, image_id: int) -> dict[str, Any]:
         info = self.coco.imgs[image_id]
@@ -185,14 +220,14 @@ class CocoDetection(Dataset):
                 continue
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-                self.report.boxes_dropped["non-finite"] += 1
+                self._drop(image_id, ann, "non-finite")
                 continue
             x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
             if (x1, y1, x2, y2) != (x, y, x + bw, y + bh) and x2 > x1 and y2 > y1:
                 self.report.boxes_clipped += 1
             if x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size:
                 reason = "outside the image" if (x >= w or y >= h or x + bw <= 0 or y + bh <= 0) else "too small or empty"
-                self.report.boxes_dropped[reason] += 1
+                self._drop(image_id, ann, reason)
                 continue
             boxes.append((x1, y1, x2, y2))
             labels.append(self.categories.label(ann["category_id"]))
@@ -205,6 +240,14 @@ class CocoDetection(Dataset):
             "labels": np.asarray(labels, dtype=np.int64),
         }
 
+    def _drop(self, image_id: int, ann: dict[str, Any], reason: str) -> None:
+        if self.strict:
+            raise AnnotationError(
+                f"{self.annotation_file}: annotation {ann['id']} of image {image_id} has an invalid bbox {ann['bbox']} "
+                f"({reason}); fix it, or set data.strict=false to drop such boxes and count them"
+            )
+        self.report.boxes_dropped[reason] += 1
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -214,8 +257,19 @@ class CocoDetection(Dataset):
         return int(rec["height"] > rec["width"])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rec = self.records[index]
-        image = read_rgb(rec["path"], max_pixels=self.max_pixels)
+        skipped: list[int] = []
+        for attempt in range(len(self.records)):
+            rec = self.records[(index + attempt) % len(self.records)]
+            try:
+                image = read_rgb(rec["path"], max_pixels=self.max_pixels)
+                break
+            except ImageReadError as err:
+                if not self.skip_unreadable:
+                    raise
+                skipped.append(rec["image_id"])
+                warnings.warn(f"skipping unreadable image {rec['image_id']}: {err}", stacklevel=2)
+        else:
+            raise ImageReadError(f"no image listed in {self.annotation_file} could be read")
         if image.shape[:2] != (rec["height"], rec["width"]):
             raise AnnotationError(
                 f"{rec['path']}: image {rec['image_id']} is {image.shape[1]}x{image.shape[0]} after EXIF rotation "
@@ -228,6 +282,7 @@ class CocoDetection(Dataset):
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
             "image_id": torch.tensor(rec["image_id"]),
+            "skipped": torch.tensor(skipped, dtype=torch.long),
         }
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
 

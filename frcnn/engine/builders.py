@@ -39,6 +39,10 @@ def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: Categ
         category_map=categories,
         min_box_size=float(cfg.data.min_box_size),
         max_pixels=cfg.data.get("max_pixels"),
+        strict=bool(cfg.data.get("strict", False)),
+        skip_unreadable=train,
+        preflight=bool(cfg.data.get("preflight", False)) and train,
+        max_bad_image_fraction=float(cfg.data.get("max_bad_image_fraction", 0.01)),
     )
 
 

@@ -44,11 +44,16 @@ def init_distributed(device: str) -> DistInfo:
 
 def all_true(flag: bool, device: torch.device) -> bool:
     """True on every rank only if ``flag`` is True on every rank (so all ranks take the same branch)."""
+    return all_ranks_true([flag], device)[0]
+
+
+def all_ranks_true(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag AND-ed over all ranks, in one all-reduce."""
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def gather_objects(obj: Any) -> list[Any]:

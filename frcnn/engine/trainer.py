@@ -25,7 +25,7 @@ from tqdm import tqdm
 from frcnn.data.coco import CategoryMap
 from frcnn.engine import builders
 from frcnn.engine.checkpoint import load_checkpoint, save_checkpoint
-from frcnn.engine.distributed import DistInfo, all_true, barrier, cleanup, gather_objects, init_distributed
+from frcnn.engine.distributed import DistInfo, all_ranks_true, cleanup, gather_objects, init_distributed
 from frcnn.evaluation.coco_eval import evaluate_results, predict
 
 
@@ -164,6 +164,8 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     overflow_streak = 0
+    skipped_images: set[int] = set()  # unreadable training images met so far (each replaced, never grey-filled)
+    max_bad = float(cfg.data.get("max_bad_image_fraction", 0.01)) * len(train_set)
     last_metrics: dict[str, Any] = {}
 
     def checkpoint(name: str, it: int) -> None:
@@ -207,13 +209,24 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     try:
         while it < max_iters:
             images, targets = next(data_iter)
+            for t in targets:
+                skipped_images.update(t.pop("skipped").tolist())
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 losses = step_model(images, targets).losses
             loss = sum(losses.values())
             # Host sync, once per step: every rank must agree before anyone steps or saves.
-            if not all_true(bool(torch.isfinite(loss)), device):
+            finite, data_ok, keep_going = all_ranks_true(
+                [bool(torch.isfinite(loss)), len(skipped_images) <= max_bad, stop.signal is None], device
+            )
+            if not data_ok:
+                raise TrainingError(
+                    f"more than data.max_bad_image_fraction={cfg.data.max_bad_image_fraction} of the training images are "
+                    f"unreadable (this rank skipped image ids {sorted(skipped_images)[:10]}); fix or remove them "
+                    f"(data.preflight=true lists them all before training)"
+                )
+            if not finite:
                 raise TrainingError(
                     f"non-finite loss at iteration {it} ({ {k: float(v.detach()) for k, v in losses.items()} }); the last "
                     f"checkpoint in {run_dir} is untouched. Lower optim.lr, enable trainer.clip_grad_norm, or check the data"
@@ -256,7 +269,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                     checkpoint("best.pt", it)  # collective: every rank takes part
             if it % int(cfg.trainer.checkpoint_period) == 0 or it == max_iters:
                 checkpoint("last.pt", it)
-            if not all_true(stop.signal is None, device):
+            if not keep_going:  # a rank got SIGTERM/SIGINT: all save together at this step boundary
                 checkpoint("last.pt", it)
                 if is_main:
                     print(f"stopped by signal at iteration {it}; resume with train.resume={run_dir / 'last.pt'}", flush=True)
