@@ -72,3 +72,34 @@ def test_too_many_unreadable_training_images_fail_the_run(tiny_data, tmp_path):
                                       "data.max_bad_image_fraction=0.1", f"run_dir={tmp_path / 'run'}"])
     with pytest.warns(UserWarning, match="skipping unreadable image"), pytest.raises(TrainingError, match="unreadable"):
         train(cfg)
+
+
+def test_amp_overflow_streak_fails_the_run():
+    from frcnn.engine.trainer import OverflowMonitor
+
+    m = OverflowMonitor(3)
+    for it, overflow in enumerate([True, True, False, True, True]):
+        m.update(overflow, it)
+    assert (m.streak, m.total) == (2, 4)
+    with pytest.raises(TrainingError, match="3 fp16 overflows in a row at iteration 9 .5 skipped"):
+        m.update(True, 9)
+
+
+def test_ddp_ranks_with_only_negative_images_do_not_hang(tiny_data, tmp_path):
+    import shutil
+
+    from tests.test_train import run_group, tiny
+
+    data = tmp_path / "neg"
+    shutil.copytree(tiny_data, data)
+    ann = data / "annotations" / "train.json"
+    d = json.loads(ann.read_text())
+    d["annotations"] = []
+    ann.write_text(json.dumps(d))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "train.py"),
+           *tiny(data, run, ["trainer.max_iters=3", "trainer.eval_period=0"])]
+    res = run_group(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert [r["loss_box_reg"] for r in records] == [0.0, 0.0, 0.0] and all(r["loss_cls"] > 0 for r in records)

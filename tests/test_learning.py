@@ -39,7 +39,7 @@ def test_overfits_a_handful_of_images(tmp_path):
         if step % EVAL_EVERY == 0:
             results = predict(model, [(images, targets)], data.categories, device)
             ap50 = evaluate_results(data.coco, results)["stats"]["AP50"]
-            history.append((step, round(float(loss), 3), round(ap50, 3)))
+            history.append((step, round(float(loss.detach()), 3), round(ap50, 3)))
             print(history[-1], flush=True)
             if ap50 == 1.0:
                 break

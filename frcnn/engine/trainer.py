@@ -71,6 +71,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class OverflowMonitor:
+    """Counts fp16 steps the GradScaler skipped (its scale dropped); fails after ``max_streak`` in a row."""
+
+    def __init__(self, max_streak: int) -> None:
+        self.max_streak = max_streak
+        self.streak = 0
+        self.total = 0
+
+    def update(self, overflowed: bool, iteration: int) -> None:
+        if not overflowed:
+            self.streak = 0
+            return
+        self.streak += 1
+        self.total += 1
+        if self.streak >= self.max_streak:
+            raise TrainingError(
+                f"{self.streak} fp16 overflows in a row at iteration {iteration} ({self.total} skipped steps in all); "
+                "use trainer.amp=bf16, lower optim.lr or set trainer.clip_grad_norm"
+            )
+
+
 class _StopFlag:
     """Set by SIGTERM/SIGINT (preemption): the loop saves at the next step boundary and exits."""
 
@@ -163,7 +184,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     metrics_file = open(run_dir / "metrics.jsonl", "a") if is_main else None
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    overflow_streak = 0
+    overflows = OverflowMonitor(int(cfg.trainer.max_overflow_streak))
     skipped_images: set[int] = set()  # unreadable training images met so far (each replaced, never grey-filled)
     max_bad = float(cfg.data.get("max_bad_image_fraction", 0.01)) * len(train_set)
     last_metrics: dict[str, Any] = {}
@@ -239,14 +260,8 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             scale_before = scaler.get_scale() if scaler.is_enabled() else None
             scaler.step(optimizer)
             scaler.update()
-            if scale_before is not None and scaler.get_scale() < scale_before:
-                overflow_streak += 1
-                if overflow_streak >= int(cfg.trainer.max_overflow_streak):
-                    raise TrainingError(
-                        f"{overflow_streak} fp16 overflows in a row at iteration {it}; use trainer.amp=bf16 or lower optim.lr"
-                    )
-            else:
-                overflow_streak = 0
+            if scale_before is not None:
+                overflows.update(scaler.get_scale() < scale_before, it)
             scheduler.step()
             it += 1
             bar.update(1)
@@ -256,6 +271,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                 rate = int(cfg.trainer.log_period) / max(now - t_last, 1e-9)
                 t_last = now
                 record = {"iteration": it, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0], "it_per_s": rate,
+                          "amp_skipped_steps": overflows.total,
                           **{k: float(v.detach()) for k, v in losses.items()}}
                 if is_main:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", it_s=f"{rate:.2f}")
@@ -276,6 +292,9 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                 break
     finally:
         bar.close()
+        if is_main and skipped_images:
+            with open(run_dir / "data_report.txt", "a") as f:
+                f.write(f"unreadable training images skipped at load time on rank 0: {sorted(skipped_images)}\n")
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if metrics_file:
