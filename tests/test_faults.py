@@ -72,6 +72,7 @@ def test_too_many_unreadable_training_images_fail_the_run(tiny_data, tmp_path):
                                       "data.max_bad_image_fraction=0.1", f"run_dir={tmp_path / 'run'}"])
     with pytest.warns(UserWarning, match="skipping unreadable image"), pytest.raises(TrainingError, match="unreadable"):
         train(cfg)
+    assert "skipped at load time" in (tmp_path / "run" / "data_report.txt").read_text()
 
 
 def test_amp_overflow_streak_fails_the_run():
