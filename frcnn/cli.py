@@ -13,12 +13,14 @@ from frcnn.backbones.weights import WeightsUnavailableError
 from frcnn.data.coco import AnnotationError
 from frcnn.data.images import ImageReadError
 from frcnn.engine.checkpoint import CheckpointError
+from frcnn.engine.trainer import TrainingError
 
 # Errors whose message already tells the user what is wrong and how to fix it.
 USER_ERRORS = (
     AnnotationError,
     ImageReadError,
     CheckpointError,
+    TrainingError,
     WeightsUnavailableError,
     FileNotFoundError,
     OmegaConfBaseException,
