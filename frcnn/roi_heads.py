@@ -162,12 +162,13 @@ class RoIHeads(nn.Module):
         image_index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(-1, r, 1)
         rois = torch.cat([image_index, boxes], dim=2).reshape(-1, 5)  # [B*R, 5]: (image, x1, y1, x2, y2)
         size = (self.pooler_resolution, self.pooler_resolution)
+        # Pool in fp32 even under bf16/fp16 autocast: box coordinates in half precision are off by
+        # pixels at detection image sizes (bf16 keeps 8 mantissa bits: ±4 px at x = 1000).
+        features = features.float()
         if self.pooler == "align":
-            pooled = roi_align(
-                features, rois.to(features.dtype), size, self.spatial_scale, self.sampling_ratio, self.aligned
-            )
+            pooled = roi_align(features, rois.float(), size, self.spatial_scale, self.sampling_ratio, self.aligned)
         else:
-            pooled = roi_pool(features, rois.to(features.dtype), size, self.spatial_scale)
+            pooled = roi_pool(features, rois.float(), size, self.spatial_scale)
         x = box_head(pooled)  # [B*R, D]
         logits, deltas = self.predictor(x)
         return logits.float().view(b, r, -1), deltas.float().view(b, r, -1, 4)

@@ -82,3 +82,25 @@ def test_roi_pool_option():
     box_head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1))
     logits, deltas = h._predict(feats, torch.tensor([[[0.0, 0.0, 64.0, 64.0]]]), box_head)
     assert logits.shape == (1, 1, 4) and deltas.shape == (1, 1, 4, 4)
+
+
+def test_pooling_stays_fp32_under_autocast():
+    """bf16 box coordinates would shift RoIs by pixels; pooling must see the fp32 boxes."""
+    from torchvision.ops import roi_align
+
+    h = heads()
+    feats = torch.randn(1, 16, 80, 80).bfloat16()
+    boxes = torch.tensor([[[1001.3, 517.7, 1150.9, 700.2]]])
+    captured = {}
+
+    def box_head(x):
+        captured["pooled"] = x
+        return x.float().mean((2, 3))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h._predict(feats, boxes, box_head)
+    rois = torch.cat([torch.zeros(1, 1), boxes[0]], 1)
+    exact = roi_align(feats.float(), rois, (7, 7), 1 / 16, 0, True)
+    shifted = roi_align(feats.float(), rois.bfloat16().float(), (7, 7), 1 / 16, 0, True)
+    assert (exact - shifted).abs().max() > 0.05  # the hazard is real at these coordinates
+    torch.testing.assert_close(captured["pooled"].float(), exact, atol=1e-5, rtol=1e-5)

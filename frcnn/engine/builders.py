@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from frcnn.data.coco import CategoryMap, CocoDetection, collate
 from frcnn.data.samplers import GroupedBatchSampler
@@ -77,7 +77,7 @@ class InfiniteBatches(torch.utils.data.Sampler):
         return itertools.islice(self._stream(), self.start, None)
 
 
-class _SeededRandomSampler(RandomSampler):
+class _SeededRandomSampler(torch.utils.data.Sampler[int]):
     """A random permutation per epoch determined by ``seed + epoch``."""
 
     def __init__(self, n: int, seed: int) -> None:
