@@ -197,6 +197,155 @@ print(f"N_cls = {int(n_cls)}, N_reg = {n_reg}, lambda = 10: {losses}")
 """),
 ]
 
+ANCHORS = [
+    md("""
+# 1. Anchors and the RPN, step by step
+
+Everything here runs the project's own modules (`frcnn.anchors`, `frcnn.matching`, `frcnn.sampling`,
+`frcnn.proposals`) on one image of the built-in synthetic data set, at the demo's scale (192x256 pixels,
+anchors of 32/64/128 px at stride 16). Each step ends with an `assert`.
+"""),
+    code("""
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+
+from frcnn.anchors import AnchorGenerator
+from frcnn.matching import BACKGROUND, FOREGROUND, IGNORE, match
+from frcnn.sampling import sample_mask
+from frcnn.structures import batched_pairwise_iou
+from frcnn.data.synthetic import CLASSES, make_image
+
+rng = np.random.default_rng(7)
+image, objects = make_image(rng, 192, 256, max_objects=5, min_size=20, max_size=120, max_occlusion=0.35)
+gt = torch.tensor([o[1:] for o in objects])
+H, W = 192, 256
+
+def show(ax, title):
+    ax.imshow(image)
+    for x1, y1, x2, y2 in gt.tolist():
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="white", lw=2))
+    ax.set(title=title, xlabel="x (pixels)", ylabel="y (pixels)")
+print(len(objects), "objects:", [CLASSES[o[0]] for o in objects])
+"""),
+    md("""
+## The 9 anchors of one location
+
+3 sizes x 3 aspect ratios (h/w = 0.5, 1, 2), each of area size², centred at the middle of a stride-16 cell.
+"""),
+    code("""
+gen = AnchorGenerator(sizes=[32, 64, 128], aspect_ratios=[0.5, 1.0, 2.0], stride=16, offset=0.5)
+Hf, Wf = H // 16, W // 16
+anchors = gen(Hf, Wf)  # [Hf*Wf*9, 4], ordered (y, x, a)
+cell = (5, 7)
+first = (cell[0] * Wf + cell[1]) * 9
+nine = anchors[first:first + 9]
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+show(axes[0], f"the 9 anchors at feature cell {cell}")
+for (x1, y1, x2, y2), c in zip(nine.tolist(), ["C0"] * 3 + ["C1"] * 3 + ["C2"] * 3):
+    axes[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=1.5))
+centres = (anchors[::9, :2] + anchors[::9, 2:]) / 2
+show(axes[1], f"anchor centres: {Hf} x {Wf} cells, {len(anchors)} anchors")
+axes[1].scatter(centres[:, 0], centres[:, 1], s=6, c="yellow")
+plt.show()
+areas = (nine[:, 2] - nine[:, 0]) * (nine[:, 3] - nine[:, 1])
+assert torch.allclose(areas, torch.tensor([32.0, 32, 32, 64, 64, 64, 128, 128, 128]) ** 2)
+assert torch.allclose((nine[:, :2] + nine[:, 2:]).mean(0) / 2, torch.tensor([(cell[1] + 0.5) * 16, (cell[0] + 0.5) * 16]))
+"""),
+    md("""
+## IoU labelling
+
+Positive at IoU ≥ 0.7, plus every ground truth's best anchor(s); negative below 0.3; in between ignored;
+anchors crossing the image border are ignored in training (straddle threshold 0).
+"""),
+    code("""
+inside = (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= W) & (anchors[:, 3] <= H)
+iou = batched_pairwise_iou(anchors[None], gt[None])
+m = match(iou, box_valid=inside[None], gt_valid=torch.ones(1, len(gt), dtype=torch.bool),
+          fg_iou_thresh=0.7, bg_iou_thresh_hi=0.3, bg_iou_thresh_lo=0.0, allow_low_quality_matches=True)
+labels, max_iou = m.labels[0], m.max_iou[0]
+by_rule = (labels == FOREGROUND) & (max_iou < 0.7)
+counts = {
+    "positive (IoU >= 0.7)": int(((labels == FOREGROUND) & (max_iou >= 0.7)).sum()),
+    "positive (best anchor of a ground truth, IoU < 0.7)": int(by_rule.sum()),
+    "negative (IoU < 0.3)": int((labels == BACKGROUND).sum()),
+    "ignored (0.3 <= IoU < 0.7)": int(((labels == IGNORE) & inside).sum()),
+    "ignored (crossing the border)": int((~inside).sum()),
+}
+for k, v in counts.items():
+    print(f"{v:5d}  {k}")
+fig, ax = plt.subplots(figsize=(6, 4.5))
+show(ax, "positive anchors (green: IoU >= 0.7, orange: best-anchor rule)")
+for box, rule in zip(anchors[labels == FOREGROUND].tolist(), by_rule[labels == FOREGROUND].tolist()):
+    ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="orange" if rule else "lime", lw=1))
+plt.show()
+assert sum(counts.values()) == len(anchors)
+best = iou[0].masked_fill(~inside[:, None], -1).max(0).values
+assert all((labels[(iou[0][:, g] == best[g]) & inside] == FOREGROUND).all() for g in range(len(gt)))  # every gt has its positive
+"""),
+    md("""
+## The 256-anchor minibatch
+
+At most 128 positives, the rest negatives, drawn at random.
+"""),
+    code("""
+pos, neg = sample_mask((labels == FOREGROUND)[None], (labels == BACKGROUND)[None], num_samples=256, positive_fraction=0.5,
+                       generator=torch.Generator().manual_seed(0))
+print(f"sampled: {int(pos.sum())} positive + {int(neg.sum())} negative = {int((pos | neg).sum())}")
+assert int((pos | neg).sum()) == 256 and int(pos.sum()) <= 128
+assert int(pos.sum()) == min(128, int((labels == FOREGROUND).sum()))
+"""),
+    md("""
+## From anchors to proposals
+
+An untrained RPN would score anchors at random, so this illustration uses an *oracle* objectness (the
+anchor's IoU with the ground truth, plus noise) and small random deltas, then follows the proposal layer
+stage by stage with `torchvision.ops`, counting boxes, and checks the result equals the batched
+`frcnn.proposals.generate_proposals`. (In the paper's setting, 600x1000 images have ~20000 anchors, so
+top-6000 and top-2000 bite; here there are fewer anchors than 6000.)
+"""),
+    code("""
+from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
+
+from frcnn.box_coder import decode_boxes
+from frcnn.proposals import generate_proposals
+
+g = torch.Generator().manual_seed(1)
+objectness = torch.logit(max_iou.clamp(0.01, 0.99)) + 0.5 * torch.randn(len(anchors), generator=g)
+deltas = 0.1 * torch.randn(len(anchors), 4, generator=g)
+min_size = 8.0  # the demo's value (16 px at the paper's 3x larger scale)
+
+stages = {}
+boxes = decode_boxes(deltas, anchors, (1.0, 1.0, 1.0, 1.0)); stages["decoded"] = boxes
+clipped = clip_boxes_to_image(boxes, (H, W)); stages["clipped to the image"] = clipped
+keep = remove_small_boxes(clipped, min_size); stages[f"sides >= {min_size:g} px"] = clipped[keep]
+scores = objectness[keep]
+order = scores.argsort(descending=True)[:6000]; stages["top 6000 by objectness"] = clipped[keep][order]
+after_nms = nms(clipped[keep][order], scores[order], 0.7); stages["after NMS 0.7"] = clipped[keep][order][after_nms]
+final = stages["after NMS 0.7"][:2000]; stages["top 2000"] = final
+for name, b in stages.items():
+    print(f"{len(b):6d}  {name}")
+
+ours = generate_proposals(anchors, objectness[None], deltas[None], torch.tensor([[H, W]]), torch.tensor([min_size]),
+                          pre_nms_topk=6000, nms_thresh=0.7, post_nms_topk=2000)
+assert torch.equal(ours.boxes[0][ours.valid[0]], final)
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+outside = ((boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > W) | (boxes[:, 3] > H))
+show(axes[0], f"before clipping: {int(outside.sum())} of {len(boxes)} boxes leave the image")
+for b in boxes[outside][:: max(1, int(outside.sum()) // 40)].tolist():
+    axes[0].add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="red", lw=0.7))
+axes[0].set(xlim=(-80, W + 80), ylim=(H + 80, -80))
+show(axes[1], "the 20 best proposals after NMS")
+for b in final[:20].tolist():
+    axes[1].add_patch(Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, color="cyan", lw=1))
+plt.show()
+counts = [len(b) for b in stages.values()]
+assert counts == sorted(counts, reverse=True)  # every stage only removes boxes
+"""),
+]
+
 
 def write(name: str, cells) -> Path:
     nb = new_notebook(cells=cells)
@@ -207,4 +356,5 @@ def write(name: str, cells) -> Path:
 
 
 if __name__ == "__main__":
+    print(write("1_anchors_and_the_rpn.ipynb", ANCHORS))
     print(write("4_math_behind_the_layers.ipynb", MATH))

@@ -24,5 +24,6 @@ def test_notebooks_match_their_source():
     spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "notebooks" / "build_notebooks.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    nb = nbformat.read(REPO / "notebooks" / "4_math_behind_the_layers.ipynb", as_version=4)
-    assert [c.source for c in nb.cells] == [c.source for c in mod.MATH]
+    for name, cells in (("1_anchors_and_the_rpn", mod.ANCHORS), ("4_math_behind_the_layers", mod.MATH)):
+        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert [c.source for c in nb.cells] == [c.source for c in cells], name
