@@ -24,6 +24,7 @@ def test_notebooks_match_their_source():
     spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "notebooks" / "build_notebooks.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    for name, cells in (("1_anchors_and_the_rpn", mod.ANCHORS), ("4_math_behind_the_layers", mod.MATH)):
+    for name, cells in (("1_anchors_and_the_rpn", mod.ANCHORS), ("2_roi_sampling_and_the_head", mod.ROI),
+                        ("3_train_evaluate_look", mod.TRAIN), ("4_math_behind_the_layers", mod.MATH)):
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
         assert [c.source for c in nb.cells] == [c.source for c in cells], name
