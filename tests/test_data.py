@@ -190,3 +190,13 @@ def test_width_height_mismatch_is_an_error(tmp_path):
     Image.new("RGB", (12, 10)).save(root / "x.png")
     with pytest.raises(AnnotationError, match="image 1 is 12x10 .* says 10x10"):
         CocoDetection(root, f)[0]
+
+
+def test_augmentation_is_reproducible_from_its_seed():
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    boxes, labels = np.array([[1.0, 2.0, 9.0, 12.0]], np.float32), np.array([1])
+    a = Augment(seed=5)
+    first = [a(image, boxes, labels)[0].tobytes() for _ in range(8)]
+    a.set_seed(5)
+    assert [a(image, boxes, labels)[0].tobytes() for _ in range(8)] == first
+    assert len(set(first)) > 1  # it does randomize

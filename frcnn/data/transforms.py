@@ -18,6 +18,8 @@ class Augment:
         brightness / contrast / saturation: ColorJitter ranges (``0`` disables).
         hue: ColorJitter hue range.
         jitter_prob: probability of applying the colour jitter.
+        seed: seed of the pipeline's random draws (``None``: unseeded); DataLoader workers reseed it
+            through :meth:`set_seed` so that a run is reproducible from its seed.
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class Augment:
         saturation: float = 0.2,
         hue: float = 0.02,
         jitter_prob: float = 0.5,
+        seed: int | None = None,
     ) -> None:
         ops = []
         if hflip > 0:
@@ -39,8 +42,11 @@ class Augment:
             )
         # COCO-format boxes ([x, y, w, h]) as the issue asks; converted at the boundary.
         self.pipeline = A.Compose(
-            ops, bbox_params=A.BboxParams(format="coco", label_fields=["labels"]), strict=True
+            ops, bbox_params=A.BboxParams(format="coco", label_fields=["labels"]), strict=True, seed=seed
         )
+
+    def set_seed(self, seed: int) -> None:
+        self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
         coco = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes

@@ -96,15 +96,27 @@ class _SeededRandomSampler(torch.utils.data.Sampler[int]):
         return self.n
 
 
+def _seed_worker_transforms(worker_id: int) -> None:
+    """Seed a worker's augmentation from the seed torch gives the worker (derived from the loader's
+    seeded generator), so augmentation is reproducible from the run's seed."""
+    info = torch.utils.data.get_worker_info()
+    transforms = getattr(info.dataset, "transforms", None)
+    if hasattr(transforms, "set_seed"):
+        transforms.set_seed(info.seed % 2**32)
+
+
 def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int) -> DataLoader:
     batches = InfiniteBatches(dataset, int(cfg.data.batch_size), int(cfg.seed), dist_info, start=start_batch)
     workers = int(cfg.data.num_workers)
+    if workers == 0 and hasattr(dataset.transforms, "set_seed"):
+        dataset.transforms.set_seed(int(cfg.seed) + 7919 * dist_info.rank + start_batch)
     return DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=_pin(cfg),
         collate_fn=collate,
+        worker_init_fn=_seed_worker_transforms,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(int(cfg.seed) + 7919 * dist_info.rank + start_batch),
     )
