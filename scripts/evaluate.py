@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from pycocotools.coco import COCO
 
 from frcnn.cli import friendly_errors
-from frcnn.data.coco import CocoDetection, collate
+from frcnn.data.coco import CocoDetection, collate, load_coco
 from frcnn.engine.trainer import _AMP, resolve_device
 from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table, predict
 from frcnn.evaluation.plots import plot_pr_curves
@@ -28,8 +28,7 @@ def run(cfg: DictConfig) -> dict:
             raise ValueError("predictions=... needs annotations=/path/to/ground_truth.json")
         with open(cfg.predictions) as f:
             results = json.load(f)
-        dataset = CocoDetection(Path(cfg.annotations).parent, cfg.annotations)
-        gt = dataset.coco
+        gt = load_coco(cfg.annotations)  # ground truth only: no images are read
     else:
         if not cfg.checkpoint:
             raise ValueError("give checkpoint=/path/to/best.pt, or predictions=results.json annotations=gt.json")

@@ -112,6 +112,21 @@ def check_annotations(data: dict[str, Any], source: str) -> None:
             )
 
 
+def load_coco(annotation_file: str | Path) -> COCO:
+    """A pycocotools ``COCO`` index of ``annotation_file``, after :func:`check_annotations`."""
+    annotation_file = Path(annotation_file)
+    if not annotation_file.is_file():
+        raise FileNotFoundError(f"annotation file {annotation_file} not found; check data.*.annotations")
+    with open(annotation_file) as f:
+        data = json.load(f)
+    check_annotations(data, str(annotation_file))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+    return coco
+
+
 class CocoDetection(Dataset):
     """Images and boxes of one split of a COCO-format data set.
 
@@ -150,15 +165,8 @@ class CocoDetection(Dataset):
     ) -> None:
         self.image_root = Path(image_root)
         self.annotation_file = Path(annotation_file)
-        if not self.annotation_file.is_file():
-            raise FileNotFoundError(f"annotation file {self.annotation_file} not found; check data.*.annotations")
-        with open(self.annotation_file) as f:
-            data = json.load(f)
-        check_annotations(data, str(self.annotation_file))
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            self.coco = COCO()
-            self.coco.dataset = data
-            self.coco.createIndex()
+        self.coco = load_coco(self.annotation_file)
+        data = self.coco.dataset
         own = CategoryMap.from_categories(data["categories"])
         if category_map is not None and category_map != own:
             raise AnnotationError(
