@@ -60,6 +60,8 @@ class AnchorGenerator(nn.Module):
         offset: float = 0.5,
     ) -> None:
         super().__init__()
+        self.sizes = tuple(float(s) for s in sizes)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.stride = stride
         self.offset = offset
         self.register_buffer("cell", cell_anchors(sizes, aspect_ratios), persistent=False)
