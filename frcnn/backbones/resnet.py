@@ -77,6 +77,7 @@ class ResNetC4(nn.Module):
         self.out_channels = trunk_ch
         self.head_channels = head_ch
         self.stride = 16
+        self.depth = depth
         self.norm = norm
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.trunk = nn.Sequential(stem, net.layer1, net.layer2, net.layer3)
