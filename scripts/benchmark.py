@@ -163,6 +163,27 @@ def bench_speed(a, pair, device, batch, amp) -> dict:
     return out
 
 
+def profile_pair(a, pair, device, batch, amp, out_dir: Path) -> None:
+    """torch.profiler over one training step and one batch-8 inference of each detector (after a
+    warm-up): prints the ops by self time and writes Chrome traces into ``out_dir``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, model in pair.items():
+        train_step, infer, _ = step_fns(a, model, pair["frcnn"], device, batch, amp)
+        for what, fn in (("train", train_step), ("infer8", infer(8))):
+            fn()
+            _sync(device)
+            with profile(activities=activities) as prof:
+                fn()
+                _sync(device)
+            print(f"== {name} {what} (batch {batch if what == 'train' else 8}, amp {amp})")
+            print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
+            prof.export_chrome_trace(str(out_dir / f"{name}_{what}_b{batch}.json"))
+
+
 def bench_memory_child(a, device, batch, amp, name) -> float:
     pair = build_pair(a)
     train_step, _, _ = step_fns(a, pair[name], pair["frcnn"], device, batch, amp)
@@ -185,6 +206,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", type=Path, default=None, help="instead of timing: profile each detector, traces into this folder")
     p.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (after --)")
     a = p.parse_args()
@@ -219,13 +241,17 @@ def main() -> None:
         },
     }
     print(json.dumps(env, default=str), flush=True)
+    if a.profile:
+        for amp in a.amp:
+            profile_pair(a, pair, device, a.batch[0], amps[amp], a.profile)
+        return
     results = []
     for amp in a.amp:
         for batch in a.batch:
             speed = bench_speed(a, pair, device, batch, amps[amp])
             mem = {}
             for name in ("frcnn", "torchvision"):
-                cmd = [sys.executable, __file__, *sys.argv[1:], "--_memory_child", f"{name},{batch},{amp}"]
+                cmd = [sys.executable, __file__, "--_memory_child", f"{name},{batch},{amp}", *sys.argv[1:]]  # before any "--"
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode != 0:
                     raise RuntimeError(f"memory measurement for {name} failed:\n{res.stderr[-3000:]}")
