@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
+from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from frcnn.backbones.weights import WeightsUnavailableError
@@ -14,6 +17,19 @@ from frcnn.data.coco import AnnotationError
 from frcnn.data.images import ImageReadError
 from frcnn.engine.checkpoint import CheckpointError
 from frcnn.engine.trainer import TrainingError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` composed with Hydra ``overrides`` outside a Hydra app (tests, benchmarks).
+
+    ``run_dir`` interpolates Hydra's runtime output folder, which exists only inside ``@hydra.main``:
+    override it before resolving the config.
+    """
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
 
 # Errors whose message already tells the user what is wrong and how to fix it.
 USER_ERRORS = (

@@ -129,5 +129,5 @@ class PeerAdapter(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("torchvision's FasterRCNN needs targets in training mode; call .eval() to detect")
-            return ModelOutput(losses=self.peer(list(images), [dict(t) for t in targets]), detections=None)
-        return ModelOutput(losses={}, detections=self.peer(list(images)))
+            return ModelOutput(losses=self.peer(images, [dict(t) for t in targets]), detections=None)
+        return ModelOutput(losses={}, detections=self.peer(images))

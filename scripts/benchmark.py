@@ -31,20 +31,19 @@ from pathlib import Path
 
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from frcnn.cli import compose_train, friendly_errors  # noqa: E402
 from frcnn.peers import PeerAdapter, torchvision_peer  # noqa: E402
 
 
 def build_pair(a) -> dict[str, torch.nn.Module]:
     """``{"frcnn": ours, "torchvision": peer}`` from the composed config, same initial weights."""
-    overrides = ([] if a.experiment == "none" else [f"experiment={a.experiment}"]) + ["run_dir=outputs/benchmark"] + a.overrides
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    experiment = [] if a.experiment == "none" else [f"experiment={a.experiment}"]
+    cfg = compose_train(experiment + ["run_dir=outputs/benchmark"] + a.overrides)
     torch.manual_seed(0)
     ours = instantiate(cfg.model)
     return {"frcnn": ours, "torchvision": PeerAdapter(torchvision_peer(ours))}
@@ -87,8 +86,7 @@ def padded_hw(prep, image_hw) -> tuple[int, int]:
 def step_fns(a, model: torch.nn.Module, ours: torch.nn.Module, device, batch: int, amp):
     """Closures for one training step, inference at a batch size, and the backbone-only baseline.
 
-    ``ours`` is the frcnn model of the pair: it names the trunk and box head (shared architecture) and
-    the shapes of the backbone-only baseline.
+    ``ours`` is the frcnn model of the pair: its settings give the shapes of the backbone-only baseline.
     """
     model = model.to(device)
     if a.channels_last:
@@ -120,16 +118,18 @@ def step_fns(a, model: torch.nn.Module, ours: torch.nn.Module, device, batch: in
 
     # Backbone only: the trunk on the padded batch and the box head on R RoIs per image, forward and
     # backward, nothing else. The modules are the model's own (trainable parts train, frozen ones don't).
-    bb = model.backbone if isinstance(model, type(ours)) else None
-    trunk = bb.trunk if bb is not None else model.peer.backbone.body
-    head = bb.box_head if bb is not None else model.peer.roi_heads.box_head
+    if isinstance(model, PeerAdapter):
+        trunk, head = model.peer.backbone.body, model.peer.roi_heads.box_head
+    else:
+        trunk, head = model.backbone.trunk, model.backbone.box_head
     heads = ours.roi_heads
     s = heads.pooler_resolution
-    pooled = torch.randn(batch * heads.batch_size_per_image, ours.backbone.out_channels, s, s, device=device, requires_grad=True)
+    pooled = torch.randn(batch * heads.batch_size_per_image, ours.backbone.out_channels, s, s, device=device)
     x = torch.randn(batch, 3, *padded_hw(ours.preprocessor, a.image_hw), device=device)
     if a.channels_last:
-        pooled = pooled.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        pooled = pooled.contiguous(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    pooled.requires_grad_(True)  # the real step's box head also backpropagates into RoIAlign
 
     def backbone_only():
         model.train()
@@ -194,6 +194,7 @@ def bench_memory_child(a, device, batch, amp, name) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@friendly_errors
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")

@@ -10,7 +10,6 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig
-from pycocotools.coco import COCO
 
 from frcnn.cli import friendly_errors
 from frcnn.data.coco import CocoDetection, collate, load_coco

@@ -28,24 +28,23 @@ from pathlib import Path
 
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from frcnn.cli import compose_train, friendly_errors  # noqa: E402
 from frcnn.engine import builders  # noqa: E402
 from frcnn.engine.distributed import DistInfo  # noqa: E402
-from frcnn.engine.trainer import seed_everything  # noqa: E402
+from frcnn.engine.schedule import linear_warmup  # noqa: E402
+from frcnn.engine.trainer import TrainingError, seed_everything  # noqa: E402
 from frcnn.evaluation.coco_eval import evaluate_results, predict  # noqa: E402
 from frcnn.peers import PeerAdapter, torchvision_peer  # noqa: E402
 
 
 def time_schedule(it: int, elapsed: float, budget: float, warmup_iters: int, warmup_factor: float) -> float:
     """LR multiplier: linear warm-up by step, then cosine in the fraction of the budget spent."""
-    warm = 1.0 if it >= warmup_iters else warmup_factor + (1 - warmup_factor) * it / warmup_iters
-    return warm * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0)))
+    return linear_warmup(it, warmup_iters, warmup_factor) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0)))
 
 
 def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget: float) -> dict:
@@ -53,11 +52,7 @@ def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget:
     torch.manual_seed(int(cfg.seed))
     single = DistInfo()
     loader = builders.train_loader(cfg, train_set, single, 0)
-    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
-    # Linear scaling rule, as in the trainer: lr ∝ batch size / optim.reference_batch_size.
-    optim_cfg["lr"] *= int(cfg.data.batch_size) / optim_cfg.pop("reference_batch_size")
-    weight_decay = optim_cfg.pop("weight_decay")
-    optimizer = instantiate(optim_cfg, _partial_=True)(builders.param_groups(model, weight_decay))
+    optimizer = builders.build_optimizer(cfg, model)  # as the trainer builds it
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     clip = float(cfg.trainer.clip_grad_norm or 0)
     warmup_iters, warmup_factor = int(cfg.schedule.warmup_iters), float(cfg.schedule.warmup_factor)
@@ -74,7 +69,7 @@ def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget:
         targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         loss = sum(model(images, targets).losses.values())
         if not torch.isfinite(loss):
-            raise RuntimeError(f"{name}: non-finite loss at step {it}")
+            raise TrainingError(f"{name}: non-finite loss at step {it}; lower optim.lr or set trainer.clip_grad_norm")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
@@ -100,6 +95,7 @@ def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget:
     }
 
 
+@friendly_errors
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=480.0, help="training seconds per framework")
@@ -113,8 +109,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
 
     overrides = ([] if a.experiment == "none" else [f"experiment={a.experiment}"]) + ["run_dir=outputs/race"] + a.overrides
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(overrides)
     env = {
         "date": time.strftime("%Y-%m-%d"),
         "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",

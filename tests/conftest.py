@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from frcnn.cli import compose_train
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -18,11 +17,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def device(request) -> torch.device:
     """Every device test runs on CPU, and on CUDA too when one is present (skipped cleanly otherwise)."""
     return torch.device(request.param)
-
-
-def compose_train(overrides: list[str] | None = None):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=overrides or [])
 
 
 SMALL = [

@@ -21,9 +21,9 @@ SMALL = [
 pytestmark = pytest.mark.slow
 
 
-def run(script: str, args: list[str]) -> subprocess.CompletedProcess:
+def run(script: str, args: list[str], expect_rc: int = 0) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == expect_rc, res.stderr[-3000:]
     return res
 
 
@@ -46,3 +46,10 @@ def test_race_trains_and_scores_both(tmp_path, tiny_data):
     for r in rows:
         assert r["steps"] >= 1 and r["train_s"] >= 2 and 0 <= r["AP"] <= 1
     assert "AP frcnn - torchvision" in res.stdout
+
+
+@pytest.mark.parametrize("script", ["benchmark.py", "race.py"])
+def test_a_wrong_override_is_one_line_not_a_traceback(script):
+    res = run(script, ["--", "model.rpn.no_such_key=1"], expect_rc=2)
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error:") and "no_such_key" in res.stderr

@@ -5,7 +5,6 @@ import copy
 import io
 import json
 
-import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval

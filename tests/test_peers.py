@@ -62,3 +62,10 @@ def test_adapter_gives_losses_in_training_and_detections_in_eval():
 def test_roi_max_pooling_has_no_peer():
     with pytest.raises(ValueError, match="RoI max pooling"):
         torchvision_peer(small_model(overrides=["model.roi_heads.pooler=pool"]))
+
+
+def test_peer_tests_at_our_test_size_under_multi_scale_training():
+    model = small_model(overrides=["data.min_size_train=[96,128,112]", "data.min_size_test=128"])
+    assert torchvision_peer(model).transform.min_size == (96, 112, 128)
+    with pytest.raises(ValueError, match="test size 144 is not among"):
+        torchvision_peer(small_model(overrides=["data.min_size_train=[96,128]", "data.min_size_test=144"]))

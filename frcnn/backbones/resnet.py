@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.ops import FrozenBatchNorm2d

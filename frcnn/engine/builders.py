@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from frcnn.data.coco import CategoryMap, CocoDetection, collate
@@ -139,6 +139,19 @@ def eval_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo) ->
 def _pin(cfg: DictConfig) -> bool:
     pin = cfg.data.get("pin_memory", "auto")
     return torch.cuda.is_available() if pin == "auto" else bool(pin)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, world_size: int = 1) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optim`` names, over :func:`param_groups` of ``model``.
+
+    Linear scaling rule (Goyal et al., 2017): the learning rate is ``optim.lr`` × total batch
+    (``data.batch_size`` × ``world_size``) / ``optim.reference_batch_size``.
+    """
+    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    total_batch = int(cfg.data.batch_size) * world_size
+    optim_cfg["lr"] = float(optim_cfg["lr"]) * total_batch / int(optim_cfg.pop("reference_batch_size"))
+    weight_decay = optim_cfg.pop("weight_decay")
+    return instantiate(optim_cfg, _partial_=True)(param_groups(model, weight_decay))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict]:

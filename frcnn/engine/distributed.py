@@ -42,13 +42,8 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
-def all_true(flag: bool, device: torch.device) -> bool:
-    """True on every rank only if ``flag`` is True on every rank (so all ranks take the same branch)."""
-    return all_ranks_true([flag], device)[0]
-
-
 def all_ranks_true(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag AND-ed over all ranks, in one all-reduce."""
+    """Each flag AND-ed over all ranks in one all-reduce, so every rank takes the same branch."""
     if not (dist.is_available() and dist.is_initialized()):
         return list(flags)
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)

@@ -16,7 +16,7 @@ class WarmupMultiStep:
         self.warmup_factor = warmup_factor
 
     def __call__(self, it: int) -> float:
-        return _warmup(it, self.warmup_iters, self.warmup_factor) * self.gamma ** sum(it >= m for m in self.milestones)
+        return linear_warmup(it, self.warmup_iters, self.warmup_factor) * self.gamma ** sum(it >= m for m in self.milestones)
 
 
 class WarmupCosine:
@@ -31,10 +31,11 @@ class WarmupCosine:
     def __call__(self, it: int) -> float:
         t = min(max(it, 0) / max(self.max_iters, 1), 1.0)
         cos = self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        return _warmup(it, self.warmup_iters, self.warmup_factor) * cos
+        return linear_warmup(it, self.warmup_iters, self.warmup_factor) * cos
 
 
-def _warmup(it: int, iters: int, factor: float) -> float:
+def linear_warmup(it: int, iters: int, factor: float) -> float:
+    """Multiplier rising linearly from ``factor`` at step 0 to 1 at step ``iters`` (1 afterwards)."""
     if it >= iters or iters <= 0:
         return 1.0
     alpha = it / iters

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import time
@@ -150,14 +149,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     # CUDA-only; on CPU, DDP broadcasts rank 0's BN buffers at every forward instead.)
     if world > 1 and device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    total_batch = int(cfg.data.batch_size) * world
-    # Linear scaling rule (Goyal et al., 2017): lr ∝ total batch, relative to optim.reference_batch_size.
-    lr = float(cfg.optim.lr) * total_batch / int(cfg.optim.reference_batch_size)
-    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
-    optim_cfg.pop("reference_batch_size")
-    weight_decay = optim_cfg.pop("weight_decay")
-    optim_cfg["lr"] = lr
-    optimizer = instantiate(optim_cfg, _partial_=True)(builders.param_groups(model, weight_decay))
+    optimizer = builders.build_optimizer(cfg, model, world)  # lr scaled to the total batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.schedule))
     amp_dtype = _AMP[str(cfg.trainer.amp)]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
