@@ -25,6 +25,7 @@ def generate_proposals(
     image_sizes: Tensor,
     min_box_size: Tensor,
     *,
+    anchor_valid: Tensor | None = None,
     pre_nms_topk: int,
     nms_thresh: float,
     post_nms_topk: int,
@@ -46,6 +47,8 @@ def generate_proposals(
         deltas: ``[B, A, 4]``.
         image_sizes: ``[B, 2]`` ``(height, width)`` of each resized image.
         min_box_size: ``[B]`` minimum side in network-input pixels.
+        anchor_valid: optional ``[B, A]`` bool; anchors marked False (on an image's padding) make no
+            proposal.
 
     Returns:
         :class:`Proposals` with ``P = min(post_nms_topk, A)``, sorted by score per image.
@@ -55,6 +58,8 @@ def generate_proposals(
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
     big_enough = (widths >= min_box_size[:, None]) & (heights >= min_box_size[:, None])
+    if anchor_valid is not None:
+        big_enough = big_enough & anchor_valid
     logits = objectness.float().masked_fill(~big_enough, float("-inf"))
 
     k = min(pre_nms_topk, num_anchors)

@@ -205,7 +205,7 @@ class RoIHeads(nn.Module):
             positive_fraction=self.positive_fraction,
         )
         rois = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, R, 4]
-        is_fg = (m.labels == FOREGROUND).gather(1, index)
+        is_fg = (m.labels == FOREGROUND).gather(1, index) & slot_valid  # invalid slots: background, no loss
         gt_index = m.gt_index.gather(1, index)
         labels = torch.where(is_fg, targets.labels.gather(1, gt_index), 0)
         matched = targets.boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
@@ -214,19 +214,23 @@ class RoIHeads(nn.Module):
         return SampledRois(boxes=rois, labels=labels, regression_targets=deltas, valid=slot_valid)
 
     def losses(self, logits: Tensor, deltas: Tensor, sample: SampledRois) -> dict[str, Tensor]:
-        """Cross-entropy over sampled RoIs; smooth L1 on foreground only, both ÷ number of sampled RoIs.
+        """Cross-entropy over sampled RoIs; smooth L1 on foreground only; both ÷ the image's valid RoIs.
+
+        Each image's losses are normalized by its own number of valid slots and the batch loss is the
+        mean over images, so an image's loss does not depend on the rest of its batch.
 
         Args:
             logits: ``[B, R, K+1]``.
             deltas: ``[B, R, K+1, 4]``.
             sample: from :meth:`sample_rois`.
         """
-        num = sample.valid.sum().clamp(min=1)
-        ce = F.cross_entropy(logits.flatten(0, 1), sample.labels.flatten(), reduction="none")
-        loss_cls = (ce * sample.valid.flatten()).sum() / num
+        valid = sample.valid.to(logits.dtype)  # [B, R]
+        num = valid.sum(dim=1).clamp(min=1)  # [B]
+        ce = F.cross_entropy(logits.flatten(0, 1), sample.labels.flatten(), reduction="none").view_as(valid)
+        loss_cls = (ce * valid).sum(dim=1) / num
         # Regress with the deltas of the ground-truth class only (class-specific regression).
         index = sample.labels[..., None, None].expand(-1, -1, 1, 4)
         pred = deltas.gather(2, index).squeeze(2)  # [B, R, 4]
         reg = F.smooth_l1_loss(pred, sample.regression_targets, beta=self.smooth_l1_beta, reduction="none").sum(-1)
         fg = (sample.labels > 0) & sample.valid
-        return {"loss_cls": loss_cls, "loss_box_reg": (reg * fg).sum() / num}
+        return {"loss_cls": loss_cls.mean(), "loss_box_reg": ((reg * fg).sum(dim=1) / num).mean()}

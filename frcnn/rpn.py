@@ -85,10 +85,13 @@ class RPN(nn.Module):
             in training (paper sec. 3.3: 0, i.e. every cross-boundary anchor); ``-1`` keeps them all.
         batch_size_per_image: anchors sampled per image (paper: 256).
         positive_fraction: at most this share of them positive (paper: 0.5, i.e. ≤ 128).
-        loss_normalization: ``"paper"``: ``1/N_cls Σ L_cls + λ/N_reg Σ p* L_reg`` with ``N_cls`` the
-            sampled anchors and ``N_reg`` the anchor locations (``Hf * Wf`` per image, about 2400 in the
-            paper), λ = ``reg_loss_weight`` = 10; ``"sampled"``: both terms divided by the sampled
-            count, the common alternative (detectron2, torchvision), with λ = 1.
+        loss_normalization: ``"paper"``: ``1/N_cls Σ L_cls + λ/N_reg Σ p* L_reg`` per image, with
+            ``N_cls`` the image's sampled anchors and ``N_reg`` the image's own anchor locations
+            (``ceil(h/16) * ceil(w/16)`` of its unpadded size: 2394 for a 600x1000 image, the paper's
+            "about 2400"), λ = ``reg_loss_weight`` = 10; ``"sampled"``: both terms divided by the
+            image's sampled count, the common alternative (detectron2, torchvision), with λ = 1. Either
+            way the batch loss is the mean of the per-image losses, so an image's loss does not depend
+            on the padding or on the other images of its batch.
         reg_loss_weight: λ; ``None`` picks 10 for ``"paper"`` and 1 for ``"sampled"``.
         smooth_l1_beta: smooth-L1 transition point; py-faster-rcnn's RPN uses sigma = 3, beta = 1/9.
         pre_nms_topk_train / pre_nms_topk_test: proposals kept before NMS (6000 / 6000).
@@ -163,6 +166,7 @@ class RPN(nn.Module):
         logits, deltas = self.head(features)
         hf, wf = features.shape[-2:]
         anchors = self.anchor_generator(hf, wf)  # [N, 4]
+        in_image = self.locations_in_image(hf, wf, images.image_sizes)  # [B, N]
         logits, deltas = logits.float(), deltas.float()  # box math and losses in fp32 under autocast
         # 16 px of the original image, in network-input pixels (the paper's rule is stated in original pixels).
         min_box_size = self.min_size * images.scales.min(dim=1).values
@@ -173,24 +177,44 @@ class RPN(nn.Module):
             deltas.detach(),
             images.image_sizes,
             min_box_size,
+            anchor_valid=in_image,
             pre_nms_topk=self.pre_nms_topk_train if training else self.pre_nms_topk_test,
             nms_thresh=self.nms_thresh,
             post_nms_topk=self.post_nms_topk_train if training else self.post_nms_topk_test,
         )
         losses: dict[str, Tensor] = {}
         if targets is not None:
-            rpn_targets = self.assign_targets(anchors, images.image_sizes, targets)
-            losses = self.losses(logits, deltas, rpn_targets, num_locations=hf * wf)
+            rpn_targets = self.assign_targets(anchors, images.image_sizes, targets, anchor_valid=in_image)
+            losses = self.losses(logits, deltas, rpn_targets, num_locations=self.num_locations(images.image_sizes))
         return proposals, losses
 
+    def locations_in_image(self, hf: int, wf: int, image_sizes: Tensor) -> Tensor:
+        """``[B, N]`` bool: the anchor sits on one of its image's own feature cells, not on padding.
+
+        A batch is padded to its largest image; anchors on the padded cells of a smaller image belong to
+        no image. They make no proposals and take no part in training, so an image gets the same
+        anchors whether it is batched alone or beside a larger one.
+        """
+        stride = self.anchor_generator.stride
+        cells = torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")  # [B, 2] (rows, cols)
+        ys = torch.arange(hf, device=image_sizes.device)
+        xs = torch.arange(wf, device=image_sizes.device)
+        inside = (ys[None, :, None] < cells[:, 0, None, None]) & (xs[None, None, :] < cells[:, 1, None, None])  # [B, Hf, Wf]
+        num_anchors = self.anchor_generator.num_anchors
+        return inside[..., None].expand(-1, -1, -1, num_anchors).reshape(len(image_sizes), hf * wf * num_anchors)
+
     @torch.no_grad()
-    def assign_targets(self, anchors: Tensor, image_sizes: Tensor, targets: Targets) -> RPNTargets:
+    def assign_targets(
+        self, anchors: Tensor, image_sizes: Tensor, targets: Targets, anchor_valid: Tensor | None = None
+    ) -> RPNTargets:
         """Label anchors (IoU ≥ 0.7 / best anchor → positive, < 0.3 → negative), sample 256 per image.
 
         Args:
             anchors: ``[N, 4]``.
             image_sizes: ``[B, 2]``.
             targets: padded ground truth ``[B, G, ...]``.
+            anchor_valid: ``[B, N]`` bool, anchors of each image's own cells (:meth:`locations_in_image`);
+                the others are never labelled.
         """
         batch = targets.boxes.shape[0]
         anchors_b = anchors[None].expand(batch, -1, -1)  # [B, N, 4]
@@ -206,6 +230,8 @@ class RPN(nn.Module):
             )  # [B, N]
         else:
             inside = torch.ones(anchors_b.shape[:2], dtype=torch.bool, device=anchors.device)
+        if anchor_valid is not None:
+            inside = inside & anchor_valid
         iou = batched_pairwise_iou(anchors_b, targets.boxes)  # [B, N, G]
         m = match(
             iou,
@@ -228,20 +254,31 @@ class RPN(nn.Module):
         deltas = torch.where(sampled_pos[..., None], deltas, torch.zeros_like(deltas))
         return RPNTargets(sampled_pos=sampled_pos, sampled_neg=sampled_neg, deltas=deltas)
 
-    def losses(self, logits: Tensor, deltas: Tensor, t: RPNTargets, *, num_locations: int) -> dict[str, Tensor]:
-        """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives.
+    def num_locations(self, image_sizes: Tensor) -> Tensor:
+        """``[B]`` anchor locations covering each image's own (unpadded) extent: ``ceil(h/s) * ceil(w/s)``.
+
+        This is ``N_reg`` of the paper's loss (eq. 1), counted per image: padding added to batch the
+        image beside a larger one adds locations but no anchors that can be sampled.
+        """
+        stride = self.anchor_generator.stride
+        cells = torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")  # [B, 2]
+        return cells[:, 0] * cells[:, 1]
+
+    def losses(self, logits: Tensor, deltas: Tensor, t: RPNTargets, *, num_locations: Tensor) -> dict[str, Tensor]:
+        """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives, per image, averaged.
 
         Args:
             logits: ``[B, N]``.
             deltas: ``[B, N, 4]``.
             t: targets from :meth:`assign_targets`.
-            num_locations: ``Hf * Wf`` (``N_reg`` per image under ``"paper"`` normalization).
+            num_locations: ``[B]`` each image's anchor locations (``N_reg`` under ``"paper"``
+                normalization), from :meth:`num_locations`.
         """
         sampled = t.sampled_pos | t.sampled_neg
-        num_sampled = sampled.sum().clamp(min=1)
+        num_sampled = sampled.sum(dim=1).clamp(min=1)  # [B] N_cls per image
         cls = F.binary_cross_entropy_with_logits(logits, t.sampled_pos.float(), reduction="none")
-        loss_cls = (cls * sampled).sum() / num_sampled
+        loss_cls = (cls * sampled).sum(dim=1) / num_sampled  # [B]
         reg = F.smooth_l1_loss(deltas, t.deltas, beta=self.smooth_l1_beta, reduction="none").sum(-1)  # [B, N]
-        reg = (reg * t.sampled_pos).sum()
-        n_reg = num_locations * logits.shape[0] if self.loss_normalization == "paper" else num_sampled
-        return {"loss_rpn_cls": loss_cls, "loss_rpn_reg": self.reg_loss_weight * reg / n_reg}
+        reg = (reg * t.sampled_pos).sum(dim=1)  # [B]
+        n_reg = num_locations.to(reg.dtype) if self.loss_normalization == "paper" else num_sampled.to(reg.dtype)
+        return {"loss_rpn_cls": loss_cls.mean(), "loss_rpn_reg": self.reg_loss_weight * (reg / n_reg).mean()}

@@ -166,9 +166,10 @@ print("smooth L1 value and gradient match for beta = 1 and 1/9")
 ## The RPN loss normalization
 
 $L = \\frac{1}{N_{cls}} \\sum_i L_{cls}(p_i, p_i^*) + \\lambda \\frac{1}{N_{reg}} \\sum_i p_i^* L_{reg}(t_i, t_i^*)$,
-with $N_{cls}$ the sampled anchors (256 per image), $N_{reg}$ the number of anchor locations
-($H_f W_f$, about 2400 in the paper) and $\\lambda = 10$, so both terms weigh about the same.
-Checked against `frcnn.rpn.RPN.losses`.
+per image, with $N_{cls}$ the image's sampled anchors (256), $N_{reg}$ the number of anchor locations
+of the image itself ($\\lceil h/16 \\rceil \\lceil w/16 \\rceil$, about 2400 for the paper's 600x1000 images;
+padding added to batch it beside a larger image does not count) and $\\lambda = 10$, so both terms weigh
+about the same. The batch loss is the mean over images. Checked against `frcnn.rpn.RPN.losses`.
 """),
     code("""
 from frcnn.anchors import AnchorGenerator
@@ -182,18 +183,23 @@ g = torch.Generator().manual_seed(0)
 logits, deltas, target_deltas = torch.randn(B, N, generator=g), torch.randn(B, N, 4, generator=g), torch.randn(B, N, 4, generator=g)
 pos = torch.rand(B, N, generator=g) < 0.05
 neg = ~pos & (torch.rand(B, N, generator=g) < 0.3)
-losses = rpn.losses(logits, deltas, RPNTargets(sampled_pos=pos, sampled_neg=neg, deltas=target_deltas), num_locations=H * W)
+# image 0 fills the 5x6 map (80x96 px); image 1 is 48x64 px, padded: its own N_reg is 3*4 = 12, not 30
+image_sizes = torch.tensor([[80, 96], [48, 64]])
+n_reg = rpn.num_locations(image_sizes)
+assert n_reg.tolist() == [30, 12]
+losses = rpn.losses(logits, deltas, RPNTargets(sampled_pos=pos, sampled_neg=neg, deltas=target_deltas), num_locations=n_reg)
 
-sampled = pos | neg
-n_cls = sampled.sum()
-l_cls = -(pos.float() * F.logsigmoid(logits) + (~pos).float() * F.logsigmoid(-logits))[sampled].sum() / n_cls
-d = (deltas - target_deltas)[pos]
 beta = 1 / 9
-l_reg = torch.where(d.abs() < beta, 0.5 * d ** 2 / beta, d.abs() - 0.5 * beta).sum()
-n_reg = B * H * W
+l_cls, l_reg = 0.0, 0.0
+for i in range(B):  # one image at a time, as py-faster-rcnn trains, then the mean over the batch
+    sampled = pos[i] | neg[i]
+    bce = -(pos[i].float() * F.logsigmoid(logits[i]) + (~pos[i]).float() * F.logsigmoid(-logits[i]))
+    l_cls += bce[sampled].sum() / sampled.sum() / B
+    d = (deltas[i] - target_deltas[i])[pos[i]]
+    l_reg += 10 * torch.where(d.abs() < beta, 0.5 * d ** 2 / beta, d.abs() - 0.5 * beta).sum() / n_reg[i] / B
 assert torch.allclose(losses["loss_rpn_cls"], l_cls)
-assert torch.allclose(losses["loss_rpn_reg"], 10 * l_reg / n_reg)
-print(f"N_cls = {int(n_cls)}, N_reg = {n_reg}, lambda = 10: {losses}")
+assert torch.allclose(losses["loss_rpn_reg"], l_reg)
+print(f"N_reg = {n_reg.tolist()}, lambda = 10: {losses}")
 """),
 ]
 

@@ -61,24 +61,42 @@ def test_every_gt_gets_a_positive_anchor():
 
 
 def test_losses_paper_and_sampled_normalization():
+    """Hand computation of eq. 1 per image: image 0 is 64x64 (N_reg = 4*4 = 16 locations), image 1 is
+    32x48 padded to 64x64 (N_reg = 2*3 = 6, not the padded 16); the batch loss is the mean."""
     torch.manual_seed(0)
     feats = torch.randn(2, 8, 4, 4)
-    tg = targets([[[10.0, 10.0, 50.0, 40.0]], [[0.0, 0.0, 0.0, 0.0]]], valid=[[True], [False]])
-    paper = make_rpn(loss_normalization="paper")
-    torch.manual_seed(1)
-    _, lp = paper(images(2, 64, 64), feats, tg)
-    sampled = make_rpn(loss_normalization="sampled")
+    tg = targets([[[10.0, 10.0, 50.0, 40.0]], [[2.0, 4.0, 30.0, 28.0]]])
+    batch = images(2, 64, 64)
+    batch.image_sizes[1] = torch.tensor([32, 48])
+    paper = make_rpn(loss_normalization="paper", straddle_thresh=-1)
+    sampled = make_rpn(loss_normalization="sampled", straddle_thresh=-1)
     sampled.load_state_dict(paper.state_dict())
     torch.manual_seed(1)
-    _, ls = sampled(images(2, 64, 64), feats, tg)
-    torch.testing.assert_close(lp["loss_rpn_cls"], ls["loss_rpn_cls"])
-    # recompute the paper's reg term by hand from the sampled one: lambda=10, N_reg = B*H*W = 32
+    _, lp = paper(batch, feats, tg)
+    torch.manual_seed(1)
+    _, ls = sampled(batch, feats, tg)
     torch.manual_seed(1)
     logits, deltas = paper.head(feats)
-    t = paper.assign_targets(paper.anchor_generator(4, 4), torch.tensor([[64, 64]] * 2), tg)
-    n_sampled = (t.sampled_pos | t.sampled_neg).sum()
-    reg_sum = ls["loss_rpn_reg"] * n_sampled
-    torch.testing.assert_close(lp["loss_rpn_reg"], 10 * reg_sum / 32)
+    t = paper.assign_targets(paper.anchor_generator(4, 4), batch.image_sizes, tg,
+                             anchor_valid=paper.locations_in_image(4, 4, batch.image_sizes))
+    assert paper.num_locations(batch.image_sizes).tolist() == [16, 6]
+    cls, reg_paper, reg_sampled = 0.0, 0.0, 0.0
+    for i, n_reg in enumerate([16, 6]):
+        s = t.sampled_pos[i] | t.sampled_neg[i]
+        assert s.sum() > 0 and t.sampled_pos[i].sum() > 0
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[i], t.sampled_pos[i].float(), reduction="none")
+        cls += bce[s].sum() / s.sum() / 2
+        d = (deltas[i] - t.deltas[i])[t.sampled_pos[i]].abs()
+        sl1 = torch.where(d < 1 / 9, 0.5 * d**2 * 9, d - 0.5 / 9).sum()
+        reg_paper += 10 * sl1 / n_reg / 2  # lambda = 10, N_reg = the image's own locations
+        reg_sampled += sl1 / s.sum() / 2  # lambda = 1, N = the image's sampled anchors
+    # padded cells of image 1 (rows 2-3, columns 3) are never sampled
+    cells = t.sampled_pos[1].view(4, 4, 9) | t.sampled_neg[1].view(4, 4, 9)
+    assert not cells[2:].any() and not cells[:, 3:].any()
+    torch.testing.assert_close(lp["loss_rpn_cls"], cls)
+    torch.testing.assert_close(ls["loss_rpn_cls"], cls)
+    torch.testing.assert_close(lp["loss_rpn_reg"], reg_paper)
+    torch.testing.assert_close(ls["loss_rpn_reg"], reg_sampled)
 
 
 def test_empty_ground_truth_zero_reg_loss():

@@ -64,15 +64,27 @@ def test_roi_sample_fills_background_by_repetition():
     assert counts.max() - counts.min() <= 1  # used as evenly as possible
 
 
-def test_roi_sample_without_background_uses_fallback_then_foreground():
+def test_roi_sample_without_background_uses_fallback_and_never_repeats_foreground():
     fg = torch.zeros(2, 20, dtype=torch.bool)
     fg[:, :3] = True
     fallback = torch.zeros(2, 20, dtype=torch.bool)
     fallback[0, 10:20] = True
     idx, valid = sample_fixed(fg, torch.zeros_like(fg), fallback, num_samples=16, positive_fraction=0.25)
-    assert valid.all()
+    assert valid[0].all()
     assert set(idx[0, 3:].tolist()) <= set(range(10, 20))  # image 0: the low-IoU pool
-    assert set(idx[1].tolist()) == {0, 1, 2}  # image 1: nothing else, foreground repeated
+    # image 1: nothing but 3 foreground: 3 valid foreground slots, the other 13 invalid (no repetition)
+    assert valid[1].tolist() == [True] * 3 + [False] * 13
+    assert sorted(idx[1, :3].tolist()) == [0, 1, 2]
+
+
+def test_roi_sample_foreground_never_exceeds_its_cap():
+    # 100 proposals, all foreground, no background and no fallback: at most 32 of 128 slots are used.
+    fg = torch.ones(2, 100, dtype=torch.bool)
+    z = torch.zeros_like(fg)
+    idx, valid = sample_fixed(fg, z, z, num_samples=128, positive_fraction=0.25)
+    assert valid.sum(1).tolist() == [32, 32]
+    assert (fg.gather(1, idx) & valid).sum(1).tolist() == [32, 32]
+    assert len(set(idx[0][valid[0]].tolist())) == 32  # drawn without replacement
 
 
 def test_roi_sample_with_no_candidates_is_invalid():
