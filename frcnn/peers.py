@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from frcnn.errors import ConfigError, InputError
 from frcnn.model import FasterRCNN, ModelOutput
 
 
@@ -51,7 +52,8 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
     """torchvision's ``FasterRCNN`` with ``model``'s settings and a copy of its current weights.
 
     Raises:
-        ValueError: ``model`` uses RoI max pooling, which torchvision's detector does not offer.
+        ConfigError: ``model`` uses RoI max pooling, which torchvision's detector does not offer, or tests at
+            a size it does not train at.
     """
     from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
@@ -60,7 +62,7 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
 
     rpn, heads, prep = model.rpn, model.roi_heads, model.preprocessor
     if heads.pooler != "align":
-        raise ValueError(f"torchvision's FasterRCNN has no RoI max pooling; build the frcnn model with roi_heads.pooler=align, not {heads.pooler!r}")
+        raise ConfigError(f"torchvision's FasterRCNN has no RoI max pooling; build the frcnn model with roi_heads.pooler=align, not {heads.pooler!r}")
     backbone = copy.deepcopy(model.backbone)
     gen = rpn.anchor_generator
     rpn_head = RPNHead(backbone.out_channels, gen.num_anchors)
@@ -104,7 +106,7 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
     )
     # torchvision trains at a random choice of min_size and tests at min_size[-1]: put frcnn's test size last.
     if prep.min_size_test not in prep.min_sizes:
-        raise ValueError(
+        raise ConfigError(
             f"torchvision tests at one of its training sizes; frcnn's test size {prep.min_size_test} is not among "
             f"{prep.min_sizes}: add it to the preprocessor's min_size to build the peer"
         )
@@ -128,6 +130,6 @@ class PeerAdapter(nn.Module):
         images = [im.float().div_(255) if im.dtype == torch.uint8 else im for im in images]
         if self.training:
             if targets is None:
-                raise ValueError("torchvision's FasterRCNN needs targets in training mode; call .eval() to detect")
+                raise InputError("torchvision's FasterRCNN needs targets in training mode; call .eval() to detect")
             return ModelOutput(losses=self.peer(images, [dict(t) for t in targets]), detections=None)
         return ModelOutput(losses={}, detections=self.peer(images))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frcnn.errors import InputError
 from frcnn.structures import Detections, ImageBatch, clip_boxes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,7 +75,7 @@ class Preprocessor(nn.Module):
         resized, sizes, scales, originals = [], [], [], []
         for img in images:
             if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"expected an image tensor [3, H, W], got shape {tuple(img.shape)}")
+                raise InputError(f"expected an image tensor [3, H, W], got shape {tuple(img.shape)}")
             img = img.to(device)
             img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
             h, w = img.shape[-2:]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from frcnn.box_coder import encode_boxes
+from frcnn.errors import ConfigError
 from frcnn.matching import BACKGROUND, FOREGROUND, IGNORE, match
 from frcnn.postprocess import postprocess_detections
 from frcnn.sampling import sample_fixed
@@ -93,7 +94,7 @@ class RoIHeads(nn.Module):
     ) -> None:
         super().__init__()
         if pooler not in ("align", "pool"):
-            raise ValueError(f"roi_heads.pooler must be 'align' or 'pool', got {pooler!r}")
+            raise ConfigError(f"roi_heads.pooler must be 'align' or 'pool', got {pooler!r}")
         self.predictor = predictor
         self.pooler = pooler
         self.pooler_resolution = pooler_resolution

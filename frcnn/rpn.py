@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frcnn.anchors import AnchorGenerator
+from frcnn.errors import ConfigError
 from frcnn.box_coder import encode_boxes
 from frcnn.matching import FOREGROUND, BACKGROUND, match
 from frcnn.proposals import generate_proposals
@@ -123,11 +124,11 @@ class RPN(nn.Module):
     ) -> None:
         super().__init__()
         if loss_normalization not in ("paper", "sampled"):
-            raise ValueError(f"rpn.loss_normalization must be 'paper' or 'sampled', got {loss_normalization!r}")
+            raise ConfigError(f"model.rpn.loss_normalization={loss_normalization!r} is not valid; allowed: paper | sampled")
         if head.objectness.out_channels != anchor_generator.num_anchors:
-            raise ValueError(
+            raise ConfigError(
                 f"RPN head predicts {head.objectness.out_channels} anchors per location but the anchor "
-                f"generator makes {anchor_generator.num_anchors}: set rpn.head.num_anchors to "
+                f"generator makes {anchor_generator.num_anchors}: set model.rpn.head.num_anchors to "
                 "len(sizes) * len(aspect_ratios)"
             )
         self.head = head

@@ -475,10 +475,14 @@ TRAIN = [
     md("""
 # 3. Train, evaluate, look
 
-A ResNet-18-C4 Faster R-CNN trained from scratch on a small synthetic set for about a CPU minute and a half,
+A ResNet-18-C4 Faster R-CNN trained from scratch on a small synthetic set for about a CPU minute,
 through the same `train(cfg)` that `scripts/train.py` runs, with the demo's settings
-(`experiment=demo`). That buys only a first, weak detector: `make demo` trains the same model for ten
-minutes on 800 images and reaches COCO AP ≈ 0.53 (docs/benchmarks.md).
+(`experiment=demo`; the run's overrides are `frcnn.recipes.QUICK`). That buys only a first, weak
+detector: `make demo` trains the same model for ten minutes on 800 images and reaches COCO AP ≈ 0.53
+(docs/benchmarks.md).
+
+The test suite trains this very run once per session and shares it with this notebook through
+`FRCNN_TRAINED_RUN`; opened by hand, the notebook trains it here.
 """),
     code("""
 import json
@@ -487,29 +491,21 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from hydra import compose, initialize_config_dir
 from matplotlib.patches import Rectangle
 
-from frcnn.data.synthetic import generate
-from frcnn.engine.trainer import train
+from frcnn.recipes import QUICK, QUICK_DATA, quick_run, shared_run
 
-work = Path(tempfile.mkdtemp())
-root = generate(work / "data", num_train=160, num_val=16, seed=0)
-conf = str(Path.cwd() / "conf")
-with initialize_config_dir(config_dir=conf, version_base="1.3"):
-    cfg = compose("train", overrides=[
-        "experiment=demo", f"data.root={root}", "data.num_workers=0", "trainer.max_iters=80",
-        "trainer.eval_period=80", "trainer.log_period=5", "trainer.progress=false", "trainer.tensorboard=false",
-        "schedule.warmup_iters=20", f"run_dir={work / 'run'}",
-    ])
-torch.manual_seed(0)
-result = train(cfg)
-print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k in ("iteration", "val/AP", "val/AP50", "val/AR100")})
-assert (work / "run" / "last.pt").is_file() and result["iteration"] == 80
+# quick_run composes conf/train.yaml (found from the package, wherever this notebook runs) with these
+# overrides, generates the data and calls frcnn.engine.trainer.train(cfg), as scripts/train.py does.
+print("data:", QUICK_DATA)
+print("overrides:", QUICK)
+run = shared_run() or quick_run(Path(tempfile.mkdtemp()))
+print("run directory:", run, sorted(p.name for p in run.iterdir()))
+assert (run / "last.pt").is_file() and torch.load(run / "last.pt", weights_only=True)["iteration"] == 80
 """),
     md("""## Loss curves (from the run's `metrics.jsonl`)"""),
     code("""
-records = [json.loads(l) for l in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 steps = [r for r in records if "loss" in r]
 fig, ax = plt.subplots(figsize=(8, 4))
 for key in ("loss_rpn_cls", "loss_rpn_reg", "loss_cls", "loss_box_reg"):
@@ -541,8 +537,8 @@ from frcnn.data.coco import CocoDetection
 from frcnn.inference import load_model
 from torchvision.ops import box_iou
 
-model, categories, _ = load_model(work / "run" / "last.pt", torch.device("cpu"))
-data = CocoDetection(root / "val", root / "annotations" / "val.json", category_map=categories)
+model, categories, train_cfg = load_model(run / "last.pt", torch.device("cpu"))
+data = CocoDetection(train_cfg.data.val.images, train_cfg.data.val.annotations, category_map=categories)
 rows = []
 with torch.no_grad():
     for i in range(len(data)):

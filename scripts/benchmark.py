@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from frcnn.cli import compose_train, friendly_errors  # noqa: E402
+from frcnn.config import resolve_device, validate_train_config  # noqa: E402
 from frcnn.peers import PeerAdapter, torchvision_peer  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def build_pair(a) -> dict[str, torch.nn.Module]:
     """``{"frcnn": ours, "torchvision": peer}`` from the composed config, same initial weights."""
     experiment = [] if a.experiment == "none" else [f"experiment={a.experiment}"]
     cfg = compose_train(experiment + ["run_dir=outputs/benchmark"] + a.overrides)
+    validate_train_config(cfg)
     torch.manual_seed(0)
     ours = instantiate(cfg.model)
     return {"frcnn": ours, "torchvision": PeerAdapter(torchvision_peer(ours))}
@@ -214,7 +216,7 @@ def main() -> None:
     a.image_hw = tuple(a.image_hw)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
+    device = resolve_device(a.device, "--device")
     amps = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
     if a._memory_child:

@@ -5,39 +5,42 @@ Writes into the output folder: ``detections.json`` (COCO results, checkpoint mod
 """
 
 import json
+import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from frcnn.cli import friendly_errors
+from frcnn.cli import hydra_app
+from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
 from frcnn.data.coco import CocoDetection, collate, load_coco
-from frcnn.engine.trainer import _AMP, resolve_device
+from frcnn.data.images import DEFAULT_MAX_PIXELS
+from frcnn.errors import InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table, predict
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.inference import load_model
 
 
 def run(cfg: DictConfig) -> dict:
+    validate_evaluate_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.predictions:
-        if not cfg.annotations:
-            raise ValueError("predictions=... needs annotations=/path/to/ground_truth.json")
-        with open(cfg.predictions) as f:
-            results = json.load(f)
+        if not Path(cfg.predictions).is_file():
+            raise MissingFileError(f"predictions file {cfg.predictions} not found; pass predictions=/path/to/results.json")
+        try:
+            results = json.loads(Path(cfg.predictions).read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"predictions file {cfg.predictions} is not valid JSON ({err}); pass a COCO results list") from err
         gt = load_coco(cfg.annotations)  # ground truth only: no images are read
     else:
-        if not cfg.checkpoint:
-            raise ValueError("give checkpoint=/path/to/best.pt, or predictions=results.json annotations=gt.json")
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, "device")
         model, categories, train_cfg = load_model(cfg.checkpoint, device)
         images = cfg.images or train_cfg.data.val.images
         annotations = cfg.annotations or train_cfg.data.val.annotations
-        dataset = CocoDetection(images, annotations, category_map=categories)
+        dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
         loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=collate)
-        results = predict(model, loader, categories, device, amp_dtype=_AMP[str(cfg.amp)], progress=True)
+        results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=sys.stderr.isatty())
         (out / "detections.json").write_text(json.dumps(results))
         gt = dataset.coco
     ev = evaluate_results(gt, results)
@@ -53,8 +56,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-@friendly_errors
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

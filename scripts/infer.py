@@ -8,15 +8,15 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes
 
-from frcnn.cli import friendly_errors
-from frcnn.data.images import read_rgb
-from frcnn.engine.trainer import resolve_device
+from frcnn.cli import hydra_app
+from frcnn.config import resolve_device, validate_infer_config
+from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb
+from frcnn.errors import MissingFileError
 from frcnn.inference import detect, load_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -26,21 +26,22 @@ def image_paths(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+            raise MissingFileError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
         return files
     if not path.exists():
-        raise FileNotFoundError(f"image {path} not found")
+        raise MissingFileError(f"image {path} not found")
     return [path]
 
 
 def run(cfg: DictConfig) -> list[Path]:
-    device = resolve_device(cfg.device)
+    validate_infer_config(cfg)
+    device = resolve_device(cfg.device, "device")
     model, categories, _ = load_model(cfg.checkpoint, device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in image_paths(Path(cfg.image)):
-        image = read_rgb(path)
+        image = read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
         t0 = time.perf_counter()
         det = detect(model, image, device)
         if device.type == "cuda":
@@ -72,8 +73,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="infer")
-@friendly_errors
+@hydra_app("infer")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from frcnn.cli import compose_train, friendly_errors  # noqa: E402
+from frcnn.config import validate_train_config  # noqa: E402
 from frcnn.engine import builders  # noqa: E402
 from frcnn.engine.distributed import DistInfo  # noqa: E402
 from frcnn.engine.schedule import linear_warmup  # noqa: E402
@@ -110,6 +111,7 @@ def main() -> None:
 
     overrides = ([] if a.experiment == "none" else [f"experiment={a.experiment}"]) + ["run_dir=outputs/race"] + a.overrides
     cfg = compose_train(overrides)
+    validate_train_config(cfg)
     env = {
         "date": time.strftime("%Y-%m-%d"),
         "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",

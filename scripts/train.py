@@ -5,15 +5,13 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N scripts/train.py ...``.
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from frcnn.cli import friendly_errors
+from frcnn.cli import hydra_app
 from frcnn.engine.trainer import train
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@friendly_errors
+@hydra_app("train")
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
     if metrics["stopped_by_signal"] is not None:

@@ -67,11 +67,22 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
-    """A checkpoint from a 2-iteration training run through ``train(cfg)`` (for inference tests)."""
-    from frcnn.engine.trainer import train
+def trained_run(tmp_path_factory) -> Path:
+    """The quick run of ``frcnn.recipes`` (notebook 3's, ~1 CPU minute), trained once per test session.
 
-    run = tmp_path_factory.mktemp("tiny_run")
-    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=2", "trainer.eval_period=0", f"run_dir={run}"])
-    train(cfg)
-    return run / "last.pt"
+    Shared with notebook 3 through ``FRCNN_TRAINED_RUN`` (its kernel inherits the environment) and
+    with every test that needs a trained model, so the suite trains one small model, not several.
+    """
+    import os
+
+    from frcnn.recipes import SHARED_RUN_ENV, quick_run
+
+    run = quick_run(tmp_path_factory.mktemp("trained"))
+    os.environ[SHARED_RUN_ENV] = str(run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(trained_run) -> Path:
+    """A trained checkpoint (the shared quick run's ``last.pt``) for inference and evaluation tests."""
+    return trained_run / "last.pt"

@@ -125,7 +125,7 @@ def test_unreadable_images_name_the_file(tmp_path):
     (tmp_path / "trunc.png").write_bytes((tmp_path / "t.png").read_bytes()[:60])
     with pytest.raises(ImageReadError, match="trunc.png"):
         read_rgb(tmp_path / "trunc.png")
-    with pytest.raises(ImageReadError, match="exceeds the limit"):
+    with pytest.raises(ImageReadError, match="t.png: its header claims 64x64 = 4096 pixels, over the limit of 100"):
         read_rgb(tmp_path / "t.png", max_pixels=100)
     with pytest.raises(ImageReadError, match="not found"):
         read_rgb(tmp_path / "missing.png")
@@ -160,6 +160,30 @@ def test_strict_mode_names_image_and_annotation(tmp_path):
         CocoDetection(root, f, strict=True)
 
 
+def bomb_png(path, width: int = 30000, height: int = 30000) -> None:
+    """A small PNG whose header claims ``width x height`` pixels (a decompression bomb's calling card)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_clear_error_and_the_limit_is_ours(tmp_path):
+    bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "bomb.png")  # what PIL alone does: not an OSError, a traceback
+    with pytest.raises(ImageReadError, match=r"bomb.png: its header claims 30000x30000 .* max_pixels"):
+        read_rgb(tmp_path / "bomb.png")
+    # raising the limit admits an image above PIL's own limit: it is then decoded (and here found truncated)
+    with pytest.raises(ImageReadError, match="bomb.png: cannot decode image"):
+        read_rgb(tmp_path / "bomb.png", max_pixels=10**9)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # PIL's global limit is left as it was
+
+
 def _corrupt(tmp_path, name="b.png"):
     root, f = write_dataset(tmp_path, IMAGES, [ann(1, 10, 1, [0, 0, 5, 5]), ann(2, 20, 1, [0, 0, 5, 5])])
     (root / "sub" / name).write_bytes(b"\x89PNG garbage")
@@ -168,7 +192,7 @@ def _corrupt(tmp_path, name="b.png"):
 
 def test_unreadable_image_at_load_is_skipped_and_reported_not_grey(tmp_path):
     root, f = _corrupt(tmp_path)
-    ds = CocoDetection(root, f, skip_unreadable=True)
+    ds = CocoDetection(root, f, on_unreadable="replace")
     with pytest.warns(UserWarning, match="skipping unreadable image 20"):
         img, t = ds[1]  # image 20 is corrupt: the next image (30) takes its place
     assert t["image_id"].item() == 30 and t["skipped"].tolist() == [20]

@@ -24,12 +24,26 @@ GT = {
 }
 
 
-def gt_coco() -> COCO:
+def coco_from(dataset: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = copy.deepcopy(GT)
+        coco.dataset = copy.deepcopy(dataset)
         coco.createIndex()
     return coco
+
+
+def gt_coco() -> COCO:
+    return coco_from(GT)
+
+
+def one_image(boxes: list[list[float]]) -> COCO:
+    """A 300x300 image with one category (id 1) and the given ``[x, y, w, h]`` boxes (not crowd)."""
+    return coco_from({
+        "images": [{"id": 1, "width": 300, "height": 300, "file_name": "1.png"}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                        for i, b in enumerate(boxes)],
+    })
 
 
 def perfect():
@@ -69,6 +83,49 @@ def test_agrees_with_pycocotools(results):
     ref = reference(results)
     for name in STAT_NAMES:
         assert ours[name] == pytest.approx(ref[name], abs=1e-12), name
+
+
+@pytest.mark.parametrize("false_positive", [False, True], ids=["alone", "behind_a_false_positive"])
+@pytest.mark.parametrize(
+    "w, h, dx, area",
+    [(25, 20, 6.5, "s"), (60, 50, 16, "m"), (120, 100, 31, "l")],  # areas 500 < 32², 3000, 12000 > 96²
+)
+def test_stats_by_name_for_one_detection_at_iou_0_58(w, h, dx, area, false_positive):
+    """One ground-truth box, one detection of the same size shifted right by ``dx``: IoU = (w - dx) / (w + dx)
+    ≈ 0.58. It is a true positive at the IoU thresholds 0.50 and 0.55 and a miss at 0.60 ... 0.95, so each
+    threshold's AP and recall is 1 or 0 and AP@[.5:.95] = AR = 2 / 10. Only the box's area range has
+    ground truth; the other two are undefined (-1).
+
+    With a higher-scoring false positive of the same size ranked first, the interpolated precision at
+    every recall is 1/2 where the match counts: AP50 = 0.5, AP = 0.1, recall is unchanged (AR10 =
+    AR100 = 0.2) except AR1 = 0 (the one detection allowed is the false positive). This separates the
+    AP stats from the AR stats that equal them in the first case."""
+    iou = (w - dx) / (w + dx)
+    assert 0.55 < iou < 0.6
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [50 + dx, 50, w, h], "score": 0.9}]
+    if false_positive:
+        dets.append({"image_id": 1, "category_id": 1, "bbox": [50, 70 + h, w, h], "score": 0.95})  # below the object
+    stats = evaluate_results(one_image([[50, 50, w, h]]), dets)["stats"]
+    precision = 0.5 if false_positive else 1.0
+    expected = {"AP": 0.2 * precision, "AP50": precision, "AP75": 0.0, "AR1": 0.0 if false_positive else 0.2, "AR10": 0.2, "AR100": 0.2}
+    for size in "sml":
+        expected[f"AP{size}"] = 0.2 * precision if size == area else -1.0
+        expected[f"AR{size}"] = 0.2 if size == area else -1.0
+    assert set(stats) == set(expected)
+    for name, value in expected.items():
+        assert stats[name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_recall_by_name_at_each_max_detections():
+    """Twelve separate ground-truth boxes in one image, each found exactly: AR1 counts only the best
+    detection (1/12), AR10 the ten best (10/12), AR100 all twelve (1); AP (at 100) is 1."""
+    boxes = [[10 + 40 * (i % 6), 10 + 60 * (i // 6), 30, 40] for i in range(12)]  # area 1200: medium
+    dets = [{"image_id": 1, "category_id": 1, "bbox": b, "score": 0.9 - 0.01 * i} for i, b in enumerate(boxes)]
+    stats = evaluate_results(one_image(boxes), dets)["stats"]
+    expected = {"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "APs": -1.0, "APm": 1.0, "APl": -1.0,
+                "AR1": 1 / 12, "AR10": 10 / 12, "AR100": 1.0, "ARs": -1.0, "ARm": 1.0, "ARl": -1.0}
+    for name, value in expected.items():
+        assert stats[name] == pytest.approx(value, abs=1e-12), name
 
 
 def test_crowd_detection_does_not_count_as_false_positive():

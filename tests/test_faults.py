@@ -36,7 +36,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
                                       "trainer.checkpoint_period=2", f"run_dir={tmp_path}"])
     with pytest.raises(TrainingError, match="non-finite loss at iteration 3"):
         train(cfg)
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2
+    # the 3 completed steps are kept (the checkpoint period was 2): last.pt of the last completed step
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 3
 
 
 def test_sigterm_saves_at_step_boundary_and_resume_continues(tiny_data, tmp_path):
@@ -104,3 +105,134 @@ def test_ddp_ranks_with_only_negative_images_do_not_hang(tiny_data, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
     assert [r["loss_box_reg"] for r in records] == [0.0, 0.0, 0.0] and all(r["loss_cls"] > 0 for r in records)
+
+
+def _copy_data(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def test_corrupt_validation_image_is_left_out_counted_and_the_run_kept(tiny_data, tmp_path):
+    data = _copy_data(tiny_data, tmp_path)
+    png = data / "val" / "000001.png"
+    png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])  # truncated
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={data}", "trainer.max_iters=2", "trainer.eval_period=2",
+                                      "trainer.checkpoint_period=1000", f"run_dir={run}"])
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        out = train(cfg)
+    assert out["iteration"] == 2 and out["val/unreadable_images"] == 1
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 2
+    assert (run / "best.pt").is_file()
+    val = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "val/AP" in l]
+    assert val[-1]["val/unreadable_images"] == 1
+
+
+def test_a_failure_in_evaluation_keeps_the_steps_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import frcnn.engine.trainer as trainer
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(trainer, "evaluate_results", broken)
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=2", "trainer.eval_period=2",
+                                      "trainer.checkpoint_period=1000", f"run_dir={run}"])
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg)
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 2  # saved before evaluating
+
+
+def test_any_failure_after_training_started_leaves_the_last_completed_step(tiny_data, tmp_path, monkeypatch):
+    real_forward = FasterRCNN.forward
+    calls = {"n": 0}
+
+    def crashing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")  # any bug or fault
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FasterRCNN, "forward", crashing)
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=8", "trainer.eval_period=0",
+                                      "trainer.checkpoint_period=1000", f"run_dir={run}"])
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # our bugs keep their traceback
+        train(cfg)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 3
+    resumed = train(compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=4", "trainer.eval_period=0",
+                                                f"train.resume={run / 'last.pt'}", f"run_dir={tmp_path / 'resumed'}"]))
+    assert resumed["iteration"] == 4
+
+
+def test_decompression_bomb_in_training_is_skipped_and_counted(tiny_data, tmp_path):
+    from tests.test_data import bomb_png
+
+    data = _copy_data(tiny_data, tmp_path)
+    bomb_png(data / "train" / "000002.png")
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={data}", "trainer.max_iters=4", "trainer.eval_period=0",
+                                      "data.max_bad_image_fraction=0.2", f"run_dir={run}"])
+    with pytest.warns(UserWarning, match="skipping unreadable image .*30000x30000"):
+        assert train(cfg)["iteration"] == 4
+    report = (run / "data_report.txt").read_text()
+    assert "skipped at load time" in report
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert records[-1]["unreadable_train_images"] == 1
+
+
+def test_max_time_ends_training_on_time_with_a_full_schedule(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=100000", "trainer.max_time=6",
+                                      "trainer.eval_period=0", "schedule=cosine", f"run_dir={run}"])
+    out = train(cfg)
+    assert 2 <= out["iteration"] < 100000
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    # the cosine schedule ran over the time budget: the last step's lr is near zero, not near the base
+    # lr it would still have at step ~10 of a 100000-step schedule
+    assert records[-1]["lr"] < 0.2 * cfg.optim.lr
+    assert records[-1]["elapsed_s"] >= 6
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == out["iteration"]
+
+
+class _InfGradient(torch.autograd.Function):
+    """Adds 0 to the loss, sends an infinite gradient into ``x``: what an fp16 overflow looks like."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, float("inf"), dtype=grad.dtype, device=grad.device)
+
+
+def test_fp16_overflows_in_real_steps_are_counted_and_fail_the_run(tiny_data, tmp_path, monkeypatch):
+    """trainer.amp=fp16 with a GradScaler: steps whose gradients overflow are skipped (the scale drops),
+    the monitor counts them, and max_overflow_streak of them in a row end the run with last.pt kept."""
+    real_forward = FasterRCNN.forward
+    calls = {"n": 0}
+
+    def overflowing(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if out.losses and calls["n"] > 2:  # two clean steps, then overflow every step
+            out.losses["loss_cls"] = out.losses["loss_cls"] + _InfGradient.apply(self.rpn.head.conv.weight)
+        return out
+
+    monkeypatch.setattr(FasterRCNN, "forward", overflowing)
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=20", "trainer.eval_period=0",
+                                      "trainer.amp=fp16", "trainer.max_overflow_streak=3", "trainer.checkpoint_period=1000",
+                                      f"run_dir={run}"])
+    with pytest.raises(TrainingError, match="3 fp16 overflows in a row at iteration 5 .3 skipped steps in all"):
+        train(cfg)
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert [r["amp_skipped_steps"] for r in records] == [0, 0, 1, 2]  # logged every step (log_period=1)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 5 and ckpt["scaler"]["scale"] < 65536.0  # the scale dropped at each overflow

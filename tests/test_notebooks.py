@@ -10,11 +10,17 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
+# Each notebook runs in under 60 s on an idle 2-core machine (notebook 3 reuses the session's trained
+# run); a cell may take 3x that on a busy machine before it counts as hung.
+CELL_TIMEOUT_S = 180
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, trained_run):
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    # Executed from notebooks/, as Jupyter does when a user opens it there.
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
 
 
 def test_notebooks_match_their_source():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
 
@@ -17,7 +18,8 @@ def reference(anchors, logits, deltas, size, min_size, pre, thresh, post):
     return boxes[keep], torch.sigmoid(logits[keep])
 
 
-def test_batched_equals_per_image_reference(device):
+@pytest.mark.parametrize("post", [100, 1000], ids=["post_topk_binds", "nms_binds"])
+def test_batched_equals_per_image_reference(device, post):
     g = torch.Generator().manual_seed(0)
     anchors = AnchorGenerator(sizes=[32, 64, 128])(12, 16).to(device)
     b, a = 3, anchors.shape[0]
@@ -25,15 +27,41 @@ def test_batched_equals_per_image_reference(device):
     deltas = (torch.randn(b, a, 4, generator=g) * 0.5).to(device)
     sizes = torch.tensor([[192, 256], [180, 240], [150, 256]], device=device)
     min_sizes = torch.tensor([16.0, 20.0, 12.0], device=device)
-    out = generate_proposals(anchors, logits, deltas, sizes, min_sizes, pre_nms_topk=600, nms_thresh=0.7, post_nms_topk=100)
-    assert out.boxes.shape == (3, 100, 4)
+    out = generate_proposals(anchors, logits, deltas, sizes, min_sizes, pre_nms_topk=600, nms_thresh=0.7, post_nms_topk=post)
+    padded = min(post, 600)
+    assert out.boxes.shape == (3, padded, 4)
+    counts = []
     for i in range(b):
-        rb, rs = reference(anchors, logits[i], deltas[i], tuple(sizes[i].tolist()), float(min_sizes[i]), 600, 0.7, 100)
+        rb, rs = reference(anchors, logits[i], deltas[i], tuple(sizes[i].tolist()), float(min_sizes[i]), 600, 0.7, post)
         n = rb.shape[0]
+        counts.append(n)
         assert int(out.valid[i].sum()) == n
         torch.testing.assert_close(out.boxes[i, :n], rb)
         torch.testing.assert_close(out.scores[i, :n], rs)
         assert not out.valid[i, n:].any()
+    if post == 1000:  # NMS, not the padded size, decides the count: ~450 of 600 survive, differently per image
+        assert max(counts) < padded and len(set(counts)) == b
+
+
+def test_valid_counts_are_the_nms_survivors():
+    """A hand case: one near-duplicate per pair is suppressed, a tiny box is dropped, clipping kills two."""
+    anchors = torch.tensor([
+        [0.0, 0.0, 40.0, 40.0],
+        [2.0, 0.0, 42.0, 40.0],  # IoU 0.90 with anchor 0: suppressed by whichever scores lower
+        [60.0, 60.0, 100.0, 100.0],
+        [60.0, 62.0, 100.0, 102.0],  # IoU 0.90 with anchor 2
+        [0.0, 0.0, 8.0, 8.0],  # under the 16 px minimum, despite the highest score
+    ])
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.2, 3.0], [1.0, 2.0, 0.5, 0.2, 3.0]])
+    # image 1 is 50x50: anchors 2 and 3 clip to zero-size boxes and are dropped as too small
+    out = generate_proposals(anchors, logits, torch.zeros(2, 5, 4), torch.tensor([[120, 120], [50, 50]]), torch.tensor([16.0, 16.0]),
+                             pre_nms_topk=10, nms_thresh=0.7, post_nms_topk=10)
+    assert out.boxes.shape == (2, 5, 4)
+    assert out.valid.sum(1).tolist() == [2, 1]
+    assert out.valid.tolist() == [[True, True, False, False, False], [True, False, False, False, False]]
+    torch.testing.assert_close(out.boxes[0, :2], anchors[[0, 2]])
+    torch.testing.assert_close(out.boxes[1, :1], anchors[[1]])
+    torch.testing.assert_close(out.scores[0, :2], torch.sigmoid(torch.tensor([2.0, 0.5])))
 
 
 def test_images_do_not_suppress_each_other():

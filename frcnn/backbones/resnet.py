@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.backbones.weights import load_into, load_state_dict
+from frcnn.errors import ConfigError
 
 _ARCH = {18: (resnet18, 256, 512), 34: (resnet34, 256, 512), 50: (resnet50, 1024, 2048), 101: (resnet101, 1024, 2048)}
 
@@ -26,7 +28,7 @@ def _norm_layer(norm: str):
         return nn.BatchNorm2d
     if norm == "gn":
         return lambda channels: nn.GroupNorm(32, channels)
-    raise ValueError(f"model.backbone.norm must be auto, frozen_bn, bn or gn, got {norm!r}")
+    raise ConfigError(f"model.backbone.norm must be auto, frozen_bn, bn or gn, got {norm!r}")
 
 
 class ResNetC4(nn.Module):
@@ -43,7 +45,8 @@ class ResNetC4(nn.Module):
         weights: ``None`` (from scratch), a torchvision weights name (``"IMAGENET1K_V1"``) or a local path.
         norm: see above.
         freeze_at: freeze the stem (1), plus res2 (2), res3 (3), res4 (4); 0 trains everything.
-            ``None`` picks 2 with pretrained weights (detectron2's default) and 0 from scratch.
+            ``None`` picks 2 with pretrained weights (detectron2's default) and 0 from scratch. A frozen
+            stage's BatchNorm becomes ``FrozenBatchNorm2d`` whatever ``norm`` says: its statistics stay fixed too.
         out_channels: must equal the trunk's width (256 for 18/34, 1024 for 50/101); stated in the
             config so the RPN and box head can be wired to it.
         head_channels: must equal res5's width (512 / 2048).
@@ -61,11 +64,11 @@ class ResNetC4(nn.Module):
     ) -> None:
         super().__init__()
         if depth not in _ARCH:
-            raise ValueError(f"model.backbone.depth must be one of {sorted(_ARCH)}, got {depth}")
+            raise ConfigError(f"model.backbone.depth must be one of {sorted(_ARCH)}, got {depth}")
         build, trunk_ch, head_ch = _ARCH[depth]
         for name, given, actual in (("out_channels", out_channels, trunk_ch), ("head_channels", head_channels, head_ch)):
             if given is not None and given != actual:
-                raise ValueError(f"model.backbone.{name}={given} but ResNet-{depth}-C4 has {actual}")
+                raise ConfigError(f"model.backbone.{name}={given} but ResNet-{depth}-C4 has {actual}")
         if norm == "auto":
             norm = "frozen_bn" if weights else "bn"
         if freeze_at is None:
@@ -84,7 +87,31 @@ class ResNetC4(nn.Module):
         for stage in list(self.trunk)[: max(0, min(freeze_at, 4))]:
             for p in stage.parameters():
                 p.requires_grad_(False)
+            _freeze_batchnorm(stage)
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W]`` → ``[B, out_channels, H/16, W/16]``."""
         return self.trunk(images)
+
+
+@torch.no_grad()
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Replace every ``BatchNorm2d`` under ``module`` by a ``FrozenBatchNorm2d`` holding its statistics and affine.
+
+    Turning off the gradients of a frozen stage is not enough with ``norm="bn"``: a ``BatchNorm2d`` in
+    train mode still updates its running statistics at every forward, so the stage would drift away from
+    the weights it was frozen at, and ``model.train()`` would undo any ``eval()`` set on it. Frozen BN
+    has no train mode (detectron2 freezes stages the same way).
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            if child.affine:
+                frozen.weight.copy_(child.weight)
+                frozen.bias.copy_(child.bias)
+            if child.track_running_stats:
+                frozen.running_mean.copy_(child.running_mean)
+                frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torchvision.models import vgg16
 
 from frcnn.backbones.weights import load_into, load_state_dict
+from frcnn.errors import ConfigError
 
 # Index in torchvision's vgg16().features where each conv block starts (conv1_1, conv2_1, ... conv5_1).
 _BLOCK_STARTS = (0, 5, 10, 17, 24)
@@ -36,7 +37,7 @@ class VGG16(nn.Module):
     ) -> None:
         super().__init__()
         if out_channels not in (None, 512) or head_channels not in (None, 4096):
-            raise ValueError("VGG16 has out_channels=512 and head_channels=4096")
+            raise ConfigError("VGG16 has out_channels=512 and head_channels=4096")
         net = vgg16(weights=None, dropout=dropout)
         if weights:
             load_into(net, load_state_dict(weights, "VGG16_Weights"), weights)

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from torchvision.models import get_weight
 
+from frcnn.errors import UserError
 
-class WeightsUnavailableError(RuntimeError):
+
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights were asked for but can be neither found locally nor downloaded."""
 
 

@@ -23,10 +23,11 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from frcnn.data.images import ImageReadError, read_rgb
+from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb
+from frcnn.errors import MissingFileError, UserError
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """The annotation file is inconsistent (duplicate or dangling ids, unknown categories)."""
 
 
@@ -116,7 +117,7 @@ def load_coco(annotation_file: str | Path) -> COCO:
     """A pycocotools ``COCO`` index of ``annotation_file``, after :func:`check_annotations`."""
     annotation_file = Path(annotation_file)
     if not annotation_file.is_file():
-        raise FileNotFoundError(f"annotation file {annotation_file} not found; check data.*.annotations")
+        raise MissingFileError(f"annotation file {annotation_file} not found; check data.*.annotations")
     with open(annotation_file) as f:
         data = json.load(f)
     check_annotations(data, str(annotation_file))
@@ -138,12 +139,14 @@ class CocoDetection(Dataset):
         category_map: the label mapping to use (e.g. the training split's for validation); by default
             built from this file's categories.
         min_box_size: boxes narrower or shorter than this (pixels, after clipping) are dropped.
-        max_pixels: refuse images larger than this (decompression bombs).
+        max_pixels: refuse images whose header claims more pixels than this (decompression bombs).
         strict: an invalid box (empty, under ``min_box_size``, NaN/Inf, outside the image) is an error
             naming the image and annotation ids, instead of being dropped and counted.
-        skip_unreadable: a missing, truncated or corrupt image is skipped (the next readable image takes
-            its place in the batch, never a grey fill) and its id reported in ``target["skipped"]``;
-            otherwise it is an error naming the file. Training skips; evaluation must not.
+        on_unreadable: what a missing, truncated, corrupt or oversized image does: ``"error"`` (an
+            error naming the file: standalone evaluation), ``"replace"`` (training: the next readable
+            image takes its place in the batch, never a grey fill, and the skipped id is reported in
+            ``target["skipped"]``) or ``"skip"`` (periodic evaluation during training: the item's image
+            is ``None`` and its id is in ``target["skipped"]``; the evaluator leaves it out and counts it).
         preflight: decode every image once now, drop the unreadable ones and count them.
         max_bad_image_fraction: with ``preflight``, fail when more than this share is unreadable.
     """
@@ -157,9 +160,9 @@ class CocoDetection(Dataset):
         drop_empty: bool = False,
         category_map: CategoryMap | None = None,
         min_box_size: float = 1.0,
-        max_pixels: int | None = 178_956_970,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         strict: bool = False,
-        skip_unreadable: bool = False,
+        on_unreadable: str = "error",
         preflight: bool = False,
         max_bad_image_fraction: float = 0.01,
     ) -> None:
@@ -178,7 +181,9 @@ class CocoDetection(Dataset):
         self.min_box_size = min_box_size
         self.max_pixels = max_pixels
         self.strict = strict
-        self.skip_unreadable = skip_unreadable
+        if on_unreadable not in ("error", "replace", "skip"):
+            raise ValueError(f"on_unreadable must be 'error', 'replace' or 'skip', got {on_unreadable!r}")
+        self.on_unreadable = on_unreadable
         self.report = LoadReport()
         self.records = []
         for image_id in sorted(self.coco.imgs):
@@ -264,7 +269,14 @@ class CocoDetection(Dataset):
         rec = self.records[index]
         return int(rec["height"] > rec["width"])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Item ``key``: an index, or ``(index, augmentation_seed)`` as the training sampler yields.
+
+        With a seed, the item's augmentation is a pure function of it (the sampler derives it from the
+        run's seed, the epoch and the index), so a resumed run augments every sample exactly as an
+        uninterrupted one, whatever the number of DataLoader workers.
+        """
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
         skipped: list[int] = []
         for attempt in range(len(self.records)):
             rec = self.records[(index + attempt) % len(self.records)]
@@ -272,10 +284,12 @@ class CocoDetection(Dataset):
                 image = read_rgb(rec["path"], max_pixels=self.max_pixels)
                 break
             except ImageReadError as err:
-                if not self.skip_unreadable:
+                if self.on_unreadable == "error":
                     raise
                 skipped.append(rec["image_id"])
                 warnings.warn(f"skipping unreadable image {rec['image_id']}: {err}", stacklevel=2)
+                if self.on_unreadable == "skip":
+                    return None, {"image_id": torch.tensor(rec["image_id"]), "skipped": torch.tensor(skipped)}
         else:
             raise ImageReadError(f"no image listed in {self.annotation_file} could be read")
         if image.shape[:2] != (rec["height"], rec["width"]):
@@ -285,6 +299,8 @@ class CocoDetection(Dataset):
             )
         boxes, labels = rec["boxes"], rec["labels"]
         if self.transforms is not None:
+            if aug_seed is not None and hasattr(self.transforms, "set_seed"):
+                self.transforms.set_seed(aug_seed)
             image, boxes, labels = self.transforms(image, boxes, labels)
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),

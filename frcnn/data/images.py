@@ -2,43 +2,68 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from frcnn.errors import UserError
 
-class ImageReadError(ValueError):
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default refusal limit (2 x Image.MAX_IMAGE_PIXELS)
+MAX_PIXELS_FIX = "if the image is genuine, raise data.max_pixels (training) or max_pixels= (evaluate.py, infer.py)"
+
+
+class ImageReadError(UserError, ValueError):
     """An image file is missing, truncated, corrupt or too large."""
 
 
-def read_rgb(path: str | Path, *, max_pixels: int | None = 178_956_970) -> np.ndarray:
+def read_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into an ``[H, W, 3]`` uint8 RGB array, rotated by its EXIF orientation.
 
     Grayscale, palette, CMYK and RGBA images are converted to RGB (alpha composited over black by
     dropping it); 16-bit and 32-bit integer images are rescaled from their own range to 0..255, not
-    clipped. ``max_pixels`` refuses decompression bombs (PIL's own default limit).
+    clipped. ``max_pixels`` refuses decompression bombs before anything is decoded: it replaces PIL's
+    own global limit (``Image.MAX_IMAGE_PIXELS``, whose ``DecompressionBombError`` is not an ``OSError``
+    and would escape as a traceback), so a genuine image above PIL's limit is admitted by raising
+    ``max_pixels`` (``None``: no limit).
 
     Raises:
-        ImageReadError: naming the file, for anything PIL cannot decode completely.
+        ImageReadError: naming the file, for anything PIL cannot decode completely or an image whose
+            header claims more than ``max_pixels`` pixels.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageReadError(
-                    f"{path}: {im.width}x{im.height} = {im.width * im.height} pixels exceeds the limit of "
-                    f"{max_pixels}; raise data.max_pixels if the image is genuine"
-                )
-            im.load()  # decode fully now: a truncated file fails here, not later
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb_array(im)
+        with warnings.catch_warnings():
+            # Our limit below replaces PIL's; its warning (past half its limit) would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _read(path, max_pixels)
     except ImageReadError:
         raise
     except FileNotFoundError as err:
         raise ImageReadError(f"{path}: file not found") from err
+    except Image.DecompressionBombError as err:  # only if another thread lowered PIL's limit meanwhile
+        raise ImageReadError(f"{path}: {err}; {MAX_PIXELS_FIX}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: cannot decode image ({err}); re-export or remove it") from err
+
+
+def _read(path: Path, max_pixels: int | None) -> np.ndarray:
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL checks inside Image.open; ours follows, with the file's name
+    try:
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    with im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageReadError(
+                f"{path}: its header claims {im.width}x{im.height} = {im.width * im.height} pixels, over the limit "
+                f"of {max_pixels}; {MAX_PIXELS_FIX}"
+            )
+        im.load()  # decode fully now: a truncated file fails here, not later
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb_array(im)
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:

@@ -18,8 +18,9 @@ class Augment:
         brightness / contrast / saturation: ColorJitter ranges (``0`` disables).
         hue: ColorJitter hue range.
         jitter_prob: probability of applying the colour jitter.
-        seed: seed of the pipeline's random draws (``None``: unseeded); DataLoader workers reseed it
-            through :meth:`set_seed` so that a run is reproducible from its seed.
+        seed: seed of the pipeline's random draws (``None``: unseeded). In training the data set
+            reseeds it through :meth:`set_seed` before every sample, with a seed derived from the run's
+            seed, the epoch and the sample index, so augmentation is reproducible and resumable.
     """
 
     def __init__(

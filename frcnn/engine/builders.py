@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,9 @@ def ensure_synthetic(cfg: DictConfig, dist_info: DistInfo) -> None:
 
 
 def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: CategoryMap | None = None) -> CocoDetection:
+    """The ``split`` of ``cfg.data``. Unreadable images: the training split replaces them (counted
+    against ``data.max_bad_image_fraction``); the validation split used during training skips them,
+    and periodic evaluation reports how many (``val/unreadable_images``) and scores the rest."""
     split_cfg = cfg.data[split]
     return CocoDetection(
         split_cfg.images,
@@ -40,7 +44,7 @@ def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: Categ
         min_box_size=float(cfg.data.min_box_size),
         max_pixels=cfg.data.get("max_pixels"),
         strict=bool(cfg.data.get("strict", False)),
-        skip_unreadable=train,
+        on_unreadable="replace" if train else "skip",
         preflight=bool(cfg.data.get("preflight", False)) and train,
         max_bad_image_fraction=float(cfg.data.get("max_bad_image_fraction", 0.01)),
     )
@@ -49,10 +53,13 @@ def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: Categ
 class InfiniteBatches(torch.utils.data.Sampler):
     """An endless, deterministic stream of aspect-grouped batches for one rank, epoch after epoch.
 
-    The stream depends only on ``(seed, rank, world_size)``, so a resumed run skips the batches it
-    already consumed (``start``) and continues with the very batch it would have seen next. Under
-    DDP every rank draws from its own ``DistributedSampler`` shard, and training is counted in
-    iterations, so ranks always take the same number of steps.
+    Each batch is a list of ``(index, augmentation_seed)`` keys: the seed is a pure function of
+    ``(seed, epoch, index)`` (:func:`sample_seed`), so how a sample is augmented does not depend on
+    the worker that loads it or on where the run was resumed. The stream depends only on
+    ``(seed, rank, world_size)``, so a resumed run skips the batches it already consumed (``start``)
+    and continues with the very batch it would have seen next. Under DDP every rank draws from its
+    own ``DistributedSampler`` shard, and training is counted in iterations, so ranks always take the
+    same number of steps.
     """
 
     def __init__(self, dataset: CocoDetection, batch_size: int, seed: int, dist_info: DistInfo, start: int = 0) -> None:
@@ -68,13 +75,19 @@ class InfiniteBatches(torch.utils.data.Sampler):
             base = _SeededRandomSampler(len(dataset), seed)
         self.batches = GroupedBatchSampler(base, groups, batch_size, drop_last=True)
 
-    def _stream(self) -> Iterator[list[int]]:
+    def _stream(self) -> Iterator[list[tuple[int, int]]]:
         for epoch in itertools.count():
             self.batches.set_epoch(epoch)
-            yield from self.batches
+            for batch in self.batches:
+                yield [(index, sample_seed(self.seed, epoch, index)) for index in batch]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         return itertools.islice(self._stream(), self.start, None)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed`` (32 bits)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 class _SeededRandomSampler(torch.utils.data.Sampler[int]):
@@ -96,29 +109,19 @@ class _SeededRandomSampler(torch.utils.data.Sampler[int]):
         return self.n
 
 
-def _seed_worker_transforms(worker_id: int) -> None:
-    """Seed a worker's augmentation from the seed torch gives the worker (derived from the loader's
-    seeded generator), so augmentation is reproducible from the run's seed."""
-    info = torch.utils.data.get_worker_info()
-    transforms = getattr(info.dataset, "transforms", None)
-    if hasattr(transforms, "set_seed"):
-        transforms.set_seed(info.seed % 2**32)
-
-
 def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int) -> DataLoader:
     batches = InfiniteBatches(dataset, int(cfg.data.batch_size), int(cfg.seed), dist_info, start=start_batch)
     workers = int(cfg.data.num_workers)
-    if workers == 0 and hasattr(dataset.transforms, "set_seed"):
-        dataset.transforms.set_seed(int(cfg.seed) + 7919 * dist_info.rank + start_batch)
     return DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=_pin(cfg),
         collate_fn=collate,
-        worker_init_fn=_seed_worker_transforms,
         persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(int(cfg.seed) + 7919 * dist_info.rank + start_batch),
+        # Its own generator: starting an iterator draws a base seed, which must not come from (and
+        # shift) the global RNG that a resumed run restores.
+        generator=torch.Generator().manual_seed(int(cfg.seed) + dist_info.rank),
     )
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
+from frcnn.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, corrupt, or holds objects other than tensors and plain data."""
 
 

@@ -42,13 +42,17 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
-def all_ranks_true(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag AND-ed over all ranks in one all-reduce, so every rank takes the same branch."""
+def agree_across_ranks(flags: list[bool], count: int, device: torch.device) -> list:
+    """``[*flags AND-ed over ranks, count summed over ranks]`` in one all-reduce, so every rank takes
+    the same branch (and a count of, e.g., unreadable images is compared globally, not per rank)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return [bool(v) for v in t.tolist()]
+        return [*flags, count]
+    # MIN over -count is -(max count), not the sum: reduce the flags and the count separately in one
+    # SUM all-reduce instead (a flag is True on every rank iff its sum equals the world size).
+    t = torch.tensor([1.0 if f else 0.0 for f in flags] + [float(count)], device=device, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    world = dist.get_world_size()
+    return [bool(v == world) for v in t[:-1].tolist()] + [int(t[-1].item())]
 
 
 def gather_objects(obj: Any) -> list[Any]:

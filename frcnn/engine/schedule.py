@@ -1,26 +1,63 @@
-"""Learning-rate schedules as picklable multipliers for ``torch.optim.lr_scheduler.LambdaLR``."""
+"""Learning-rate schedules: multipliers of the base learning rate.
+
+Each schedule gives ``factor(it, progress)``: linear warm-up over the first ``warmup_iters`` steps,
+times a decay defined over ``progress`` in [0, 1], the fraction of the training budget spent (steps
+out of ``trainer.max_iters``, or wall clock out of ``trainer.max_time`` when that is set, whichever
+is further). Called with the step alone (``schedule(it)``, e.g. as a ``LambdaLR`` lambda) the
+progress is ``it / max_iters``.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
+from frcnn.errors import ConfigError
+
 
 class WarmupMultiStep:
-    """Linear warm-up from ``warmup_factor`` over ``warmup_iters``, then ×``gamma`` at each milestone."""
+    """Linear warm-up from ``warmup_factor`` over ``warmup_iters``, then ×``gamma`` at each milestone.
 
-    def __init__(self, *, milestones: Sequence[int], gamma: float = 0.1, warmup_iters: int = 500, warmup_factor: float = 0.001) -> None:
-        self.milestones = sorted(int(m) for m in milestones)
+    The decay points are either ``milestones``, steps of a ``max_iters``-step run, or ``decay_at``,
+    fractions of the budget (detectron2's 1x schedule: steps 60k and 80k of 90k, i.e. 2/3 and 8/9).
+    Fractions follow any ``trainer.max_iters`` or ``trainer.max_time``; under a time budget a
+    milestone falls at the same fraction (``milestone / max_iters``). Without ``max_iters``,
+    milestones are steps only.
+    """
+
+    def __init__(
+        self,
+        *,
+        milestones: Sequence[int] = (),
+        decay_at: Sequence[float] = (),
+        gamma: float = 0.1,
+        warmup_iters: int = 500,
+        warmup_factor: float = 0.001,
+        max_iters: int | None = None,
+    ) -> None:
+        if decay_at and milestones:
+            raise ConfigError("schedule: give milestones (steps) or decay_at (fractions of the budget), not both")
+        if decay_at and max_iters is None:
+            raise ConfigError("schedule.decay_at (fractions of the budget) needs schedule.max_iters")
+        self.max_iters = max_iters
+        self.milestones = sorted(int(m) for m in milestones) or sorted(round(f * max_iters) for f in decay_at)
         self.gamma = gamma
         self.warmup_iters = warmup_iters
         self.warmup_factor = warmup_factor
 
+    def factor(self, it: int, progress: float | None = None) -> float:
+        if progress is None or self.max_iters is None:
+            passed = sum(it >= m for m in self.milestones)
+        else:  # the step a milestone stands for, at this fraction of the budget
+            passed = sum(progress * self.max_iters >= m - 1e-6 for m in self.milestones)
+        return linear_warmup(it, self.warmup_iters, self.warmup_factor) * self.gamma**passed
+
     def __call__(self, it: int) -> float:
-        return linear_warmup(it, self.warmup_iters, self.warmup_factor) * self.gamma ** sum(it >= m for m in self.milestones)
+        return self.factor(it)
 
 
 class WarmupCosine:
-    """Linear warm-up, then cosine decay to ``final_factor`` at ``max_iters``."""
+    """Linear warm-up, then cosine decay from 1 to ``final_factor`` over the budget."""
 
     def __init__(self, *, max_iters: int, warmup_iters: int = 500, warmup_factor: float = 0.001, final_factor: float = 0.0) -> None:
         self.max_iters = max_iters
@@ -28,10 +65,14 @@ class WarmupCosine:
         self.warmup_factor = warmup_factor
         self.final_factor = final_factor
 
-    def __call__(self, it: int) -> float:
-        t = min(max(it, 0) / max(self.max_iters, 1), 1.0)
+    def factor(self, it: int, progress: float | None = None) -> float:
+        progress = max(it, 0) / max(self.max_iters, 1) if progress is None else progress
+        t = min(max(progress, 0.0), 1.0)
         cos = self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * t))
         return linear_warmup(it, self.warmup_iters, self.warmup_factor) * cos
+
+    def __call__(self, it: int) -> float:
+        return self.factor(it)
 
 
 def linear_warmup(it: int, iters: int, factor: float) -> float:

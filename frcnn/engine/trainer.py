@@ -24,21 +24,16 @@ from tqdm import tqdm
 from frcnn.data.coco import CategoryMap
 from frcnn.engine import builders
 from frcnn.engine.checkpoint import load_checkpoint, save_checkpoint
-from frcnn.engine.distributed import DistInfo, all_ranks_true, cleanup, gather_objects, init_distributed
+from frcnn.config import amp_dtype as amp_dtype_of
+from frcnn.config import parse_duration, resolve_device, validate_train_config
+from frcnn.engine.distributed import DistInfo, agree_across_ranks, cleanup, gather_objects, init_distributed
+from frcnn.errors import ConfigError, UserError
 from frcnn.evaluation.coco_eval import evaluate_results, predict
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, repeated AMP overflow); the last checkpoint is intact."""
-
-
-_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (non-finite loss, repeated AMP overflow, too many unreadable images);
+    ``last.pt`` holds the last completed step."""
 
 
 def seed_everything(seed: int) -> None:
@@ -103,7 +98,7 @@ class _StopFlag:
 
 def build_model(cfg: DictConfig, categories: CategoryMap) -> torch.nn.Module:
     if int(cfg.data.num_classes) != categories.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"data.num_classes={cfg.data.num_classes} but {cfg.data.train.annotations} has "
             f"{categories.num_classes} categories; set data.num_classes={categories.num_classes}"
         )
@@ -112,7 +107,8 @@ def build_model(cfg: DictConfig, categories: CategoryMap) -> torch.nn.Module:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a detector as ``cfg`` says; return the final metrics. Writes into ``cfg.run_dir``."""
-    device = resolve_device(cfg.trainer.device)
+    validate_train_config(cfg)
+    device = resolve_device(cfg.trainer.device, "trainer.device")
     dist_info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
@@ -120,6 +116,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, device, dist_info)
     finally:
         cleanup()
+
+
+class Budget:
+    """How far training is: ``max_iters`` steps, and optionally ``max_time`` seconds of wall clock.
+
+    ``progress`` is the larger of the two fractions spent, so a schedule defined over it ends on time
+    whichever limit comes first (a cluster time limit, or a slower machine than the one a recipe was
+    tuned on). Time already spent by an interrupted run (``spent``) counts, so a resumed run keeps
+    its budget.
+    """
+
+    def __init__(self, max_iters: int, max_time: float | None, spent: float = 0.0) -> None:
+        self.max_iters = max_iters
+        self.max_time = max_time
+        self.started = time.perf_counter() - spent
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def progress(self, it: int) -> float:
+        fraction = it / max(self.max_iters, 1)
+        if self.max_time:
+            fraction = max(fraction, self.elapsed() / self.max_time)
+        return min(fraction, 1.0)
+
+    def time_left(self) -> bool:
+        return self.max_time is None or self.elapsed() < self.max_time
+
+
+def ddp_broadcasts_buffers(model: torch.nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers each step: only if some BatchNorm updates running
+    statistics (trainable ``BatchNorm2d`` without SyncBatchNorm). Frozen BN (``FrozenBatchNorm2d``,
+    which frozen stages always use) and GroupNorm have no buffers that change."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm)
+        and m.track_running_stats
+        for m in model.modules()
+    )
 
 
 def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[str, Any]:
@@ -150,14 +184,19 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     if world > 1 and device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = builders.build_optimizer(cfg, model, world)  # lr scaled to the total batch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.schedule))
-    amp_dtype = _AMP[str(cfg.trainer.amp)]
+    max_iters = int(cfg.trainer.max_iters)
+    schedule = instantiate(cfg.schedule)
+    amp_dtype = amp_dtype_of(cfg.trainer.amp, "trainer.amp")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    start_iter, best_ap = 0, -1.0
     resume = cfg.train.get("resume")
-    if resume:
-        ckpt = load_checkpoint(resume, map_location="cpu")
+    ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
+    # The learning rate follows the fraction of the budget spent (iterations, or wall clock with
+    # trainer.max_time; time spent before a resume counts); warm-up is counted in steps.
+    budget = Budget(max_iters, parse_duration(cfg.trainer.get("max_time")), float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step, budget.progress(step)))
+    start_iter, best_ap = 0, -1.0
+    if ckpt is not None:  # after the scheduler is built: building it rewrites the optimizer's lr
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -166,24 +205,31 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
         best_ap = float(ckpt.get("best_ap", -1.0))
         set_rng_state(ckpt["rng"][dist_info.rank] if dist_info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         if is_main:
-            print(f"resumed from {resume} at iteration {start_iter}", flush=True)
+            print(f"resumed from {resume} at iteration {start_iter} ({budget.elapsed():.0f} s of training so far)", flush=True)
 
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
+    ddp = None
+    if world > 1:
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=ddp_broadcasts_buffers(model),
+        )
     step_model = ddp or model
     loader = builders.train_loader(cfg, train_set, dist_info, start_iter)
-    max_iters = int(cfg.trainer.max_iters)
     writer = _tensorboard(run_dir) if is_main and cfg.trainer.tensorboard else None
     metrics_file = open(run_dir / "metrics.jsonl", "a") if is_main else None
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     overflows = OverflowMonitor(int(cfg.trainer.max_overflow_streak))
-    skipped_images: set[int] = set()  # unreadable training images met so far (each replaced, never grey-filled)
+    skipped_images: set[int] = set()  # unreadable training images this rank met (each replaced, never grey-filled)
     max_bad = float(cfg.data.get("max_bad_image_fraction", 0.01)) * len(train_set)
     last_metrics: dict[str, Any] = {}
+    state = {"saved_at": start_iter if ckpt is not None else -1, "updating": False}
 
-    def checkpoint(name: str, it: int) -> None:
-        rngs = gather_objects(rng_state())
-        if world > 1:
+    def checkpoint(name: str, it: int, *, collective: bool = True) -> None:
+        """Save the state after ``it`` completed steps. ``collective=False`` (failure path): rank 0
+        alone, with its own RNG state, since other ranks may not reach a collective call."""
+        rngs = gather_objects(rng_state()) if collective else [rng_state()]
+        if world > 1 and collective:
             # Replicas must hold identical weights; log each rank's checksum so a drift is visible.
             sums = gather_objects(float(sum(p.detach().double().sum() for p in model.parameters())))
             if is_main:
@@ -197,22 +243,30 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                     "scaler": scaler.state_dict(),
                     "iteration": it,
                     "best_ap": best_ap,
+                    "elapsed_s": budget.elapsed(),
                     "rng": rngs,
                     "categories": categories.to_dict(),
                     "config": OmegaConf.to_container(cfg, resolve=True),
                 },
                 run_dir / name,
             )
+        if name == "last.pt":
+            state["saved_at"] = it
 
     def evaluate(it: int) -> dict[str, Any]:
+        """COCO stats on the validation split; unreadable images are left out and counted."""
         loader_val = builders.eval_loader(cfg, val_set, dist_info)
-        results = predict(model, loader_val, categories, device, amp_dtype=amp_dtype, progress=is_main)
+        unreadable: list[int] = []
+        results = predict(model, loader_val, categories, device, amp_dtype=amp_dtype, progress=is_main, unreadable=unreadable)
         all_results = [r for part in gather_objects(results) for r in part]
+        all_unreadable = sorted(i for part in gather_objects(unreadable) for i in part)
         out: dict[str, Any] = {}
         if is_main:
-            ev = evaluate_results(val_set.coco, all_results)
-            out = {"iteration": it, **{f"val/{k}": v for k, v in ev["stats"].items()}}
-            print(f"[iter {it}] val AP {ev['stats']['AP']:.4f}  AP50 {ev['stats']['AP50']:.4f}", flush=True)
+            read_ids = sorted(set(val_set.coco.getImgIds()) - set(all_unreadable))
+            ev = evaluate_results(val_set.coco, all_results, image_ids=read_ids if all_unreadable else None)
+            out = {"iteration": it, **{f"val/{k}": v for k, v in ev["stats"].items()}, "val/unreadable_images": len(all_unreadable)}
+            note = f" ({len(all_unreadable)} unreadable images left out: {all_unreadable[:10]})" if all_unreadable else ""
+            print(f"[iter {it}] val AP {ev['stats']['AP']:.4f}  AP50 {ev['stats']['AP50']:.4f}{note}", flush=True)
         return gather_objects(out)[0]
 
     model.train()
@@ -220,7 +274,8 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     t_last, it = time.perf_counter(), start_iter
     data_iter = iter(loader)
     try:
-        while it < max_iters:
+        last_step = it >= max_iters
+        while not last_step:
             images, targets = next(data_iter)
             for t in targets:
                 skipped_images.update(t.pop("skipped").tolist())
@@ -230,19 +285,21 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                 losses = step_model(images, targets).losses
             loss = sum(losses.values())
             # Host sync, once per step: every rank must agree before anyone steps or saves.
-            finite, data_ok, keep_going = all_ranks_true(
-                [bool(torch.isfinite(loss)), len(skipped_images) <= max_bad, stop.signal is None], device
+            finite, keep_going, time_left, bad_images = agree_across_ranks(
+                [bool(torch.isfinite(loss)), stop.signal is None, budget.time_left()], len(skipped_images), device
             )
-            if not data_ok:
+            if bad_images > max_bad:
                 raise TrainingError(
-                    f"more than data.max_bad_image_fraction={cfg.data.max_bad_image_fraction} of the training images are "
-                    f"unreadable (this rank skipped image ids {sorted(skipped_images)[:10]}); fix or remove them "
-                    f"(data.preflight=true lists them all before training)"
+                    f"{bad_images} training images are unreadable, more than data.max_bad_image_fraction="
+                    f"{cfg.data.max_bad_image_fraction} of {len(train_set)} (all ranks together; this rank skipped "
+                    f"image ids {sorted(skipped_images)[:10]}); fix or remove them (data.preflight=true lists them all "
+                    "before training)"
                 )
             if not finite:
                 raise TrainingError(
-                    f"non-finite loss at iteration {it} ({ {k: float(v.detach()) for k, v in losses.items()} }); the last "
-                    f"checkpoint in {run_dir} is untouched. Lower optim.lr, enable trainer.clip_grad_norm, or check the data"
+                    f"non-finite loss at iteration {it} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
+                    f"{run_dir / 'last.pt'} holds the last completed step. Lower optim.lr, enable "
+                    "trainer.clip_grad_norm, or check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -250,38 +307,53 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.trainer.clip_grad_norm))
             scale_before = scaler.get_scale() if scaler.is_enabled() else None
+            state["updating"] = True  # weights change from here until the step is complete
             scaler.step(optimizer)
             scaler.update()
+            it += 1
+            scheduler.step()
+            state["updating"] = False
             if scale_before is not None:
                 overflows.update(scaler.get_scale() < scale_before, it)
-            scheduler.step()
-            it += 1
             bar.update(1)
+            last_step = it >= max_iters or not time_left
 
-            if it % int(cfg.trainer.log_period) == 0 or it == max_iters:
+            if it % int(cfg.trainer.log_period) == 0 or last_step:
                 now = time.perf_counter()
                 rate = int(cfg.trainer.log_period) / max(now - t_last, 1e-9)
                 t_last = now
                 record = {"iteration": it, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0], "it_per_s": rate,
-                          "amp_skipped_steps": overflows.total,
-                          **{k: float(v.detach()) for k, v in losses.items()}}
+                          "elapsed_s": round(budget.elapsed(), 1), "amp_skipped_steps": overflows.total,
+                          "unreadable_train_images": bad_images, **{k: float(v.detach()) for k, v in losses.items()}}
                 if is_main:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", it_s=f"{rate:.2f}")
                     _log(metrics_file, writer, record, it)
-            if val_set is not None and int(cfg.trainer.eval_period) > 0 and (it % int(cfg.trainer.eval_period) == 0 or it == max_iters):
+            # Save first: nothing later at this step (evaluation reads files) can lose the step.
+            if it % int(cfg.trainer.checkpoint_period) == 0 or last_step or not keep_going:
+                checkpoint("last.pt", it)
+            if val_set is not None and int(cfg.trainer.eval_period) > 0 and (it % int(cfg.trainer.eval_period) == 0 or last_step):
                 last_metrics = evaluate(it)  # the same dict on every rank
                 if is_main:
                     _log(metrics_file, writer, last_metrics, it)
                 if last_metrics["val/AP"] > best_ap:
                     best_ap = last_metrics["val/AP"]
                     checkpoint("best.pt", it)  # collective: every rank takes part
-            if it % int(cfg.trainer.checkpoint_period) == 0 or it == max_iters:
-                checkpoint("last.pt", it)
-            if not keep_going:  # a rank got SIGTERM/SIGINT: all save together at this step boundary
-                checkpoint("last.pt", it)
+                    if state["saved_at"] == it:
+                        checkpoint("last.pt", it)  # so that a resumed run knows this best AP
+            if not keep_going:  # a rank got SIGTERM/SIGINT: all saved together at this step boundary
                 if is_main:
                     print(f"stopped by signal at iteration {it}; resume with train.resume={run_dir / 'last.pt'}", flush=True)
                 break
+            if last_step and not time_left and it < max_iters and is_main:
+                print(f"trainer.max_time={cfg.trainer.max_time} reached at iteration {it}", flush=True)
+    except BaseException:
+        # Whatever failed after training started, keep the last completed step (unless the failure
+        # came in the middle of an optimizer update, when the weights are neither step's).
+        if it > start_iter and state["saved_at"] != it and not state["updating"]:
+            checkpoint("last.pt", it, collective=False)
+            if is_main:
+                print(f"saved {run_dir / 'last.pt'} at iteration {it} (the last completed step) before stopping", flush=True)
+        raise
     finally:
         bar.close()
         if is_main and skipped_images:

@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from frcnn.data.coco import CategoryMap
+from frcnn.errors import InputError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -28,14 +29,25 @@ def predict(
     *,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    unreadable: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO result dicts (``image_id``, ``category_id``, ``bbox`` as ``[x, y, w, h]``, ``score``)."""
+    """COCO result dicts (``image_id``, ``category_id``, ``bbox`` as ``[x, y, w, h]``, ``score``).
+
+    Args:
+        unreadable: when given, ids of images the loader could not read (items whose image is
+            ``None``, from a data set with ``on_unreadable="skip"``) are appended to it.
+    """
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
     try:
         for images, targets in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-            images = [im.to(device, non_blocking=True) for im in images]
+            read = [i for i, im in enumerate(images) if im is not None]
+            if unreadable is not None:
+                unreadable.extend(int(t["image_id"]) for im, t in zip(images, targets) if im is None)
+            images, targets = [images[i].to(device, non_blocking=True) for i in read], [targets[i] for i in read]
+            if not images:
+                continue
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 dets = model(images).detections
             for det, tgt in zip(dets, targets):
@@ -57,26 +69,29 @@ def predict(
     return results
 
 
-def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]], image_ids: list[int] | None = None) -> dict[str, Any]:
     """Score COCO-format ``results`` against ``coco_gt`` (bbox IoU type).
+
+    Args:
+        image_ids: score only these images (e.g. all but the unreadable ones); default: every image.
 
     Returns:
         ``{"stats": {name: value for the 12 standard stats}, "per_class_ap": {name: AP},
         "precision": array [T, R, K, A, M] from COCOeval (for curves)}``. No detections → every stat 0.
 
     Raises:
-        ValueError: a result names a category or image that is not in the ground truth.
+        InputError: a result names a category or image that is not in the ground truth.
     """
     known_cats = set(coco_gt.getCatIds())
     known_imgs = set(coco_gt.getImgIds())
     for r in results:
         if r["category_id"] not in known_cats:
-            raise ValueError(
+            raise InputError(
                 f"detection for image {r['image_id']} has category_id {r['category_id']}, which is not in the "
                 f"ground truth's categories {sorted(known_cats)}; map labels back to the data set's category ids"
             )
         if r["image_id"] not in known_imgs:
-            raise ValueError(f"detection has image_id {r['image_id']}, which is not in the ground truth")
+            raise InputError(f"detection has image_id {r['image_id']}, which is not in the ground truth")
     names = {c["id"]: c["name"] for c in coco_gt.loadCats(sorted(known_cats))}
     if not results:
         return {
@@ -87,6 +102,8 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]]) -> dict[str, 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

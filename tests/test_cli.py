@@ -1,0 +1,153 @@
+"""frcnn.cli and the scripts' entry points: one line for the user's mistakes, a traceback for ours."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from frcnn.cli import compose_train, friendly_errors, user_message
+from frcnn.data.coco import AnnotationError
+from frcnn.errors import ConfigError, MissingFileError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _exits_with_one_line(fn, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        friendly_errors(fn)()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    return err.strip()
+
+
+def _raise(err: BaseException):
+    def fn():
+        raise err
+
+    return fn
+
+
+def test_project_errors_are_one_line_and_exit_2(capsys):
+    assert _exits_with_one_line(_raise(ConfigError("trainer.amp='fp32' is not valid")), capsys) == "error: trainer.amp='fp32' is not valid"
+    assert "a.jpg" in _exits_with_one_line(_raise(MissingFileError("image a.jpg not found")), capsys)
+    assert _exits_with_one_line(_raise(AnnotationError("duplicate image ids [3]\nids must be unique")), capsys) == (
+        "error: duplicate image ids [3]; ids must be unique"
+    )
+
+
+def test_a_value_error_from_inside_torch_keeps_its_traceback():
+    def bug():
+        torch.nn.functional.interpolate(torch.zeros(1, 1, 2, 2), size=4, scale_factor=2.0)
+
+    with pytest.raises(ValueError, match="only one of size or scale_factor") as exc:
+        friendly_errors(bug)()
+    assert any("torch" in str(entry.path) for entry in exc.traceback)  # re-raised, not replaced
+    for not_ours in (FileNotFoundError("x"), KeyError("amp"), RuntimeError("CUDA error")):
+        with pytest.raises(type(not_ours)):
+            friendly_errors(_raise(not_ours))()
+
+
+def test_instantiate_errors_are_the_users_only_when_the_config_is_at_fault(capsys):
+    # A key the target does not take: the call itself fails, so the config is at fault.
+    bad_key = OmegaConf.create({"_target_": "frcnn.engine.schedule.WarmupCosine", "max_iters": 3, "bogus": 1})
+    assert "bogus" in _exits_with_one_line(lambda: instantiate(bad_key), capsys)
+    # A project error raised by the constructor is reported as itself.
+    bad_value = compose_train(["model.roi_heads.pooler=bilinear", "run_dir=x"]).model.roi_heads
+    assert "'bilinear'" in _exits_with_one_line(lambda: instantiate(bad_value), capsys)
+    # Anything raised inside the target is a bug, even a TypeError: Hydra's wrapper is re-raised with its cause.
+    for target, cause in (("tests.test_cli._buggy_target", TypeError), ("numpy.zeros", ValueError)):
+        broken = OmegaConf.create({"_target_": target, "shape": -1})
+        with pytest.raises(InstantiationException) as exc:
+            friendly_errors(lambda: instantiate(broken))()
+        assert isinstance(exc.value.__cause__, cause)
+
+
+def _buggy_target(shape: int):
+    return torch.zeros(abs(shape)) + "x"  # a TypeError inside the target, not from the call
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("model.rpn.nms_tresh=0.5", ["model.rpn.nms_tresh is not a config key", "did you mean model.rpn.nms_thresh?", "min_size"]),
+        ("trainer.max_iters==", ["cannot parse the override 'trainer.max_iters=='", "key=value"]),
+        ("model/backbone=r99", ["model/backbone=r99 is not a config option", "r18_c4 | r50_c4 | vgg16"]),
+    ],
+)
+def test_hydra_composition_errors_name_the_key_and_the_choices(override, expected):
+    with pytest.raises(Exception) as exc:
+        compose_train([override])
+    msg = user_message(exc.value)
+    assert msg is not None and "\n" not in msg
+    for part in expected:
+        assert part in msg
+
+
+def run_script(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / script), *args]
+    if "-m" in args:
+        cmd.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    else:
+        cmd.append(f"hydra.run.dir={tmp_path / 'run'}")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+MISTAKES = {
+    "unknown key": ("train.py", ["model.rpn.no_such_key=1"], ["model.rpn.no_such_key", "nms_thresh"]),
+    "unknown key in a sweep": ("train.py", ["-m", "optim.lr=0.01,0.02", "optim.no_such_key=1"], ["optim.no_such_key", "weight_decay"]),
+    "amp": ("train.py", ["trainer.amp=fp32"], ["trainer.amp='fp32'", "none | bf16 | fp16"]),
+    "device": ("train.py", ["trainer.device=gpu"], ["trainer.device='gpu'", "auto | cpu | cuda"]),
+    "override syntax": ("train.py", ["trainer.max_iters=="], ["trainer.max_iters==", "key=value"]),
+    "evaluate amp": ("evaluate.py", ["checkpoint=best.pt", "amp=fp32"], ["amp='fp32'", "none | bf16 | fp16"]),
+    "infer device": ("infer.py", ["checkpoint=best.pt", "image=a.jpg", "device=gpu"], ["device='gpu'", "auto | cpu | cuda"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_config_mistakes_end_with_one_line_and_exit_2(case, tmp_path):
+    script, args, expected = MISTAKES[case]
+    data = tmp_path / "data"
+    res = run_script(script, [*args, f"data.root={data}"] if script == "train.py" else args, tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-3000:]
+    for part in expected:
+        assert part in lines[0]
+    assert not data.exists()  # it failed before generating any data
+
+
+@pytest.mark.slow
+def test_a_bug_under_hydra_app_keeps_its_traceback(tmp_path):
+    script = tmp_path / "buggy.py"
+    script.write_text(textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        from frcnn.cli import hydra_app
+
+        @hydra_app("evaluate")
+        def main(cfg):
+            np.zeros(2).reshape(3)  # a ValueError from inside numpy: our bug, not the user's
+
+        main()
+        """
+    ))
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run([sys.executable, str(script), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr and "reshape" in res.stderr and "ValueError" in res.stderr
+    assert not res.stderr.startswith("error:")

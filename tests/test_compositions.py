@@ -1,0 +1,71 @@
+"""Every default composition is a configuration someone would run: for each data set x backbone (and
+the primary config as it is), the anchors fit the images and the schedule fits the data set."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from frcnn.cli import compose_train
+
+DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"]}
+BACKBONES = ["r18_c4", "r50_c4", "vgg16"]
+SCHEDULES = ["step", "cosine"]
+
+
+def anchors_inside(cfg, size: float) -> float:
+    """Share of the anchors of one ``size`` that lie wholly inside a test image (all aspect ratios)."""
+    gen = instantiate(cfg.model.rpn.anchor_generator)
+    h = int(cfg.data.min_size_test)
+    w = int(min(cfg.data.max_size, round(h * 4 / 3)))  # a 3:4 image at the test scale
+    anchors = gen((h + 15) // 16, (w + 15) // 16).view(-1, gen.num_anchors, 4)
+    ratios = len(gen.aspect_ratios)
+    which = list(gen.sizes).index(size)
+    a = anchors[:, which * ratios : (which + 1) * ratios].reshape(-1, 4)  # anchors are size-major per cell
+    inside = (a[:, 0] >= 0) & (a[:, 1] >= 0) & (a[:, 2] <= w) & (a[:, 3] <= h)
+    return float(inside.float().mean())
+
+
+@pytest.mark.parametrize("data,backbone,schedule", list(itertools.product(DATA, BACKBONES, SCHEDULES)))
+def test_each_composition_fits_its_data(data, backbone, schedule):
+    cfg = compose_train([f"data={data}", f"model/backbone={backbone}", f"schedule={schedule}", *DATA[data], "run_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    # Anchors: every size has anchors wholly inside the image (the RPN's positives come from IoU, not
+    # only from the best-anchor rule) and the largest is no larger than the image's shorter side.
+    sizes = list(cfg.model.rpn.anchor_generator.sizes)
+    assert max(sizes) <= cfg.data.min_size_test, sizes
+    for s in sizes:  # the paper's 512 px anchors on a 600x800 image: 3 % inside; on 192x256: none
+        assert anchors_inside(cfg, s) >= 0.02, (s, anchors_inside(cfg, s))
+    # Proposals' minimum size is ~16 px at the paper's ~600 px scale, scaled to the data's images.
+    assert 0.5 <= cfg.model.rpn.min_size / (16 * cfg.data.min_size_test / 600) <= 2
+    # Schedule: 5-50 epochs at the batch the learning rate is defined for, warm-up <= 20 % of it, and
+    # the step schedule's decays inside the run.
+    epochs = cfg.trainer.max_iters * cfg.optim.reference_batch_size / cfg.data.num_train_images
+    assert 5 <= epochs <= 50, epochs
+    assert cfg.schedule.warmup_iters <= 0.2 * cfg.trainer.max_iters
+    sched = instantiate(cfg.schedule)
+    if schedule == "step":
+        assert 0 < min(sched.milestones) and max(sched.milestones) < cfg.trainer.max_iters
+    assert sched(cfg.trainer.max_iters - 1) < 0.2  # the learning rate has decayed by the end
+
+
+def test_primary_config_as_it_is_fits_the_built_in_data():
+    cfg = compose_train(["run_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    assert cfg.data.generate is not None  # the built-in data, generated on first use
+    assert list(cfg.model.rpn.anchor_generator.sizes) == [32, 64, 128]
+    assert cfg.trainer.max_iters * cfg.optim.reference_batch_size / cfg.data.num_train_images == 20
+    # the paper's settings where the data are the paper's
+    coco = compose_train(["data=coco", "data.root=/d", "run_dir=/tmp/x"])
+    assert list(coco.model.rpn.anchor_generator.sizes) == [128, 256, 512] and coco.model.rpn.min_size == 16
+    assert coco.trainer.max_iters == 90000 and list(instantiate(coco.schedule).milestones) == [60003, 80001]
+
+
+def test_demo_experiment_fits_the_built_in_data():
+    cfg = compose_train(["experiment=demo", "run_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    assert list(cfg.model.rpn.anchor_generator.sizes) == [32, 64, 128] and cfg.model.rpn.min_size == 8
+    assert cfg.trainer.max_time is not None  # a wall-clock budget keeps make demo within its bound
