@@ -475,10 +475,10 @@ TRAIN = [
     md("""
 # 3. Train, evaluate, look
 
-A ResNet-18-C4 Faster R-CNN trained from scratch on a small synthetic set for about a CPU minute,
+A ResNet-18-C4 Faster R-CNN trained from scratch on a small synthetic set for under a CPU minute,
 through the same `train(cfg)` that `scripts/train.py` runs, with the demo's settings
 (`experiment=demo`; the run's overrides are `frcnn.recipes.QUICK`). That buys only a first, weak
-detector: `make demo` trains the same model for ten minutes on 800 images and reaches COCO AP ≈ 0.53
+detector: `make demo` trains the same model for eight minutes on 800 images and reaches COCO AP ≈ 0.5
 (docs/benchmarks.md).
 
 The test suite trains this very run once per session and shares it with this notebook through
@@ -501,7 +501,7 @@ print("data:", QUICK_DATA)
 print("overrides:", QUICK)
 run = shared_run() or quick_run(Path(tempfile.mkdtemp()))
 print("run directory:", run, sorted(p.name for p in run.iterdir()))
-assert (run / "last.pt").is_file() and torch.load(run / "last.pt", weights_only=True)["iteration"] == 80
+assert (run / "last.pt").is_file() and torch.load(run / "last.pt", weights_only=True)["iteration"] == 40
 """),
     md("""## Loss curves (from the run's `metrics.jsonl`)"""),
     code("""

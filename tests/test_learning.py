@@ -1,4 +1,4 @@
-"""The detector learns: ResNet-18-C4 overfits a handful of synthetic images to AP50 = 1.0 on CPU."""
+"""The detector learns: ResNet-18-C4 overfits two synthetic images to AP50 = 1.0 on CPU."""
 
 import pytest
 import torch
@@ -11,12 +11,12 @@ from tests.conftest import small_model
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 300
-EVAL_EVERY = 25
+EVAL_EVERY = 10
 
 
-def test_overfits_a_handful_of_images(tmp_path):
+def test_overfits_two_images(tmp_path):
     torch.manual_seed(0)
-    root = generate(tmp_path, num_train=4, num_val=1, height=128, width=128, max_objects=3, min_size=24, max_size=80, seed=5)
+    root = generate(tmp_path, num_train=2, num_val=1, height=128, width=128, max_objects=3, min_size=24, max_size=80, seed=5)
     data = CocoDetection(root / "train", root / "annotations" / "train.json")
     images, targets = collate([data[i] for i in range(len(data))])
     model = small_model(
@@ -41,6 +41,6 @@ def test_overfits_a_handful_of_images(tmp_path):
             ap50 = evaluate_results(data.coco, results)["stats"]["AP50"]
             history.append((step, round(float(loss.detach()), 3), round(ap50, 3)))
             print(history[-1], flush=True)
-            if ap50 == 1.0:
+            if ap50 >= 0.999:  # COCOeval's 101-point interpolation sums to 1.0 only up to float error
                 break
     assert history[-1][2] == 1.0, f"did not reach AP50 = 1.0 in {MAX_STEPS} steps: (step, loss, AP50) = {history}"
