@@ -123,6 +123,13 @@ def validate_train_config(cfg: DictConfig) -> None:
     _number(cfg, "optim.momentum", low=0, high=1)
     _number(cfg, "schedule.warmup_iters", integer=True, low=0)
     _number(cfg, "schedule.warmup_factor", low=0, high=1)
+    _number(cfg, "schedule.gamma", low=0, low_open=True)
+    _number(cfg, "schedule.final_factor", low=0, high=1)
+    for key in ("hflip", "jitter_prob"):  # albumentations would refuse these deep inside its pipeline
+        _number(cfg, f"data.augment.{key}", low=0, high=1)
+    for key in ("brightness", "contrast", "saturation"):
+        _number(cfg, f"data.augment.{key}", low=0)
+    _number(cfg, "data.augment.hue", low=0, high=0.5)
 
     _validate_model(cfg)
     for key in ("model", "schedule", "data.augment"):  # optim is instantiated by builders, which pops its extra keys

@@ -61,7 +61,7 @@ def test_primary_config_as_it_is_fits_the_built_in_data():
     # the paper's settings where the data are the paper's
     coco = compose_train(["data=coco", "data.root=/d", "run_dir=/tmp/x"])
     assert list(coco.model.rpn.anchor_generator.sizes) == [128, 256, 512] and coco.model.rpn.min_size == 16
-    assert coco.trainer.max_iters == 90000 and list(instantiate(coco.schedule).milestones) == [60003, 80001]
+    assert coco.trainer.max_iters == 90000 and list(instantiate(coco.schedule).milestones) == [60000, 80000]
 
 
 def test_demo_experiment_fits_the_built_in_data():

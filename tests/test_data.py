@@ -184,6 +184,18 @@ def test_decompression_bomb_is_a_clear_error_and_the_limit_is_ours(tmp_path):
     assert Image.MAX_IMAGE_PIXELS == 89478485  # PIL's global limit is left as it was
 
 
+def test_raising_max_pixels_admits_formats_pil_checks_again_while_loading(tmp_path, monkeypatch):
+    """TIFF (like GIF and ICO) meets PIL's limit a second time in load(): ours must govern the whole read."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # stands in for PIL's 89 M pixels
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "big.tif")  # 400 px: over 2x PIL's limit
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.tif").load()
+    assert read_rgb(tmp_path / "big.tif", max_pixels=None)[0, 0].tolist() == [1, 2, 3]
+    with pytest.raises(ImageReadError, match="big.tif: its header claims 20x20"):
+        read_rgb(tmp_path / "big.tif", max_pixels=399)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored
+
+
 def _corrupt(tmp_path, name="b.png"):
     root, f = write_dataset(tmp_path, IMAGES, [ann(1, 10, 1, [0, 0, 5, 5]), ann(2, 20, 1, [0, 0, 5, 5])])
     (root / "sub" / name).write_bytes(b"\x89PNG garbage")

@@ -136,10 +136,12 @@ def test_a_failure_in_evaluation_keeps_the_steps_checkpoint(tiny_data, tmp_path,
     import frcnn.engine.trainer as trainer
 
     def broken(*args, **kwargs):
+        # the step's checkpoint is already on disk when evaluation runs
+        assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 2
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(trainer, "evaluate_results", broken)
     run = tmp_path / "run"
+    monkeypatch.setattr(trainer, "evaluate_results", broken)
     cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=2", "trainer.eval_period=2",
                                       "trainer.checkpoint_period=1000", f"run_dir={run}"])
     with pytest.raises(OSError, match="No space left"):
@@ -240,3 +242,24 @@ def test_fp16_overflows_in_real_steps_are_counted_and_fail_the_run(tiny_data, tm
     assert [r["amp_skipped_steps"] for r in records] == [0, 0, 1, 2]  # logged every step (log_period=1)
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["iteration"] == 5 and ckpt["scaler"]["scale"] < 65536.0  # the scale dropped at each overflow
+
+
+def test_diverged_weights_never_replace_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    real_forward = FasterRCNN.forward
+    calls = {"n": 0}
+
+    def diverged(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # as if step 3's update had blown the weights up
+            with torch.no_grad():
+                self.rpn.head.conv.weight.fill_(float("nan"))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FasterRCNN, "forward", diverged)
+    run = tmp_path / "run"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=6", "trainer.eval_period=0",
+                                      "trainer.checkpoint_period=2", f"run_dir={run}"])
+    with pytest.raises(TrainingError, match="non-finite loss at iteration 3"):
+        train(cfg)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

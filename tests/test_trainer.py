@@ -62,7 +62,7 @@ def _agree(rank: int, world: int, port: int, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         # rank 0 met 1 unreadable image, rank 1 met 2; only rank 1 has a non-finite loss
-        flags_and_count = agree_across_ranks([True, rank == 0], count=rank + 1, device=torch.device("cpu"))
+        flags_and_count = agree_across_ranks([True, rank == 0], [rank + 1, 0.5 * rank], device=torch.device("cpu"))
         queue.put((rank, flags_and_count))
     finally:
         dist.destroy_process_group()
@@ -83,4 +83,4 @@ def test_ranks_agree_on_flags_and_the_global_count():
     results = dict(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
-    assert results == {0: [True, False, 3], 1: [True, False, 3]}
+    assert results == {0: [True, False, 3, 0.5], 1: [True, False, 3, 0.5]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from frcnn.errors import UserError
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default refusal limit (2 x Image.MAX_IMAGE_PIXELS)
+_PIL_LIMIT_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is a module global: one reader at a time swaps it
 MAX_PIXELS_FIX = "if the image is genuine, raise data.max_pixels (training) or max_pixels= (evaluate.py, infer.py)"
 
 
@@ -42,20 +44,27 @@ def read_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         raise
     except FileNotFoundError as err:
         raise ImageReadError(f"{path}: file not found") from err
-    except Image.DecompressionBombError as err:  # only if another thread lowered PIL's limit meanwhile
+    except Image.DecompressionBombError as err:  # not expected: PIL's own limit is lifted while we read
         raise ImageReadError(f"{path}: {err}; {MAX_PIXELS_FIX}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: cannot decode image ({err}); re-export or remove it") from err
 
 
 def _read(path: Path, max_pixels: int | None) -> np.ndarray:
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # PIL checks inside Image.open; ours follows, with the file's name
-    try:
-        im = Image.open(path)
-    finally:
-        Image.MAX_IMAGE_PIXELS = pil_limit
-    with im:
+    # PIL checks its limit in Image.open and, for some formats (TIFF, GIF, ICO, ...), again while
+    # loading: lift it for the whole read, under a lock so that concurrent readers cannot leave it
+    # lifted; our check below replaces it, with the file's name.
+    with _PIL_LIMIT_LOCK:
+        pil_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return _decode(path, max_pixels)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
+
+
+def _decode(path: Path, max_pixels: int | None) -> np.ndarray:
+    with Image.open(path) as im:
         if max_pixels is not None and im.width * im.height > max_pixels:
             raise ImageReadError(
                 f"{path}: its header claims {im.width}x{im.height} = {im.width * im.height} pixels, over the limit "

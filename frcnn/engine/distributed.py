@@ -42,17 +42,22 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
-def agree_across_ranks(flags: list[bool], count: int, device: torch.device) -> list:
-    """``[*flags AND-ed over ranks, count summed over ranks]`` in one all-reduce, so every rank takes
-    the same branch (and a count of, e.g., unreadable images is compared globally, not per rank)."""
+def agree_across_ranks(flags: list[bool], values: list[float], device: torch.device) -> list:
+    """``[*flags AND-ed over ranks, *values summed over ranks]`` in one all-reduce, so every rank takes
+    the same branch (and a count of, e.g., unreadable images is compared globally, not per rank).
+
+    Counts come back as ``int`` when given as ``int``.
+    """
     if not (dist.is_available() and dist.is_initialized()):
-        return [*flags, count]
-    # MIN over -count is -(max count), not the sum: reduce the flags and the count separately in one
-    # SUM all-reduce instead (a flag is True on every rank iff its sum equals the world size).
-    t = torch.tensor([1.0 if f else 0.0 for f in flags] + [float(count)], device=device, dtype=torch.float64)
+        return [*flags, *values]
+    # One SUM all-reduce for everything: a flag is True on every rank iff its sum is the world size.
+    t = torch.tensor([1.0 if f else 0.0 for f in flags] + [float(v) for v in values], device=device, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     world = dist.get_world_size()
-    return [bool(v == world) for v in t[:-1].tolist()] + [int(t[-1].item())]
+    sums = t.tolist()
+    agreed_flags = [v == world for v in sums[: len(flags)]]
+    agreed_values = [int(round(v)) if isinstance(given, int) else v for v, given in zip(sums[len(flags):], values)]
+    return agreed_flags + agreed_values
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -131,18 +131,23 @@ class Budget:
         self.max_iters = max_iters
         self.max_time = max_time
         self.started = time.perf_counter() - spent
+        self.agreed: float | None = None  # elapsed time all ranks agreed on at this step (set by the loop)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def progress(self, it: int) -> float:
+        """Fraction spent. Under DDP the time is the one all ranks agreed on at this step (``agreed``),
+        so every rank computes the same learning rate."""
         fraction = it / max(self.max_iters, 1)
         if self.max_time:
-            fraction = max(fraction, self.elapsed() / self.max_time)
+            elapsed = self.agreed if self.agreed is not None else self.elapsed()
+            fraction = max(fraction, elapsed / self.max_time)
         return min(fraction, 1.0)
 
-    def time_left(self) -> bool:
-        return self.max_time is None or self.elapsed() < self.max_time
+    def time_left(self, elapsed: float | None = None) -> bool:
+        elapsed = self.elapsed() if elapsed is None else elapsed
+        return self.max_time is None or elapsed < self.max_time
 
 
 def ddp_broadcasts_buffers(model: torch.nn.Module) -> bool:
@@ -234,7 +239,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             sums = gather_objects(float(sum(p.detach().double().sum() for p in model.parameters())))
             if is_main:
                 _log(metrics_file, None, {"iteration": it, "replica_checksums": sums}, it)
-        if is_main:
+        if is_main or not collective:  # on the failure path the failing rank writes (replicas are equal)
             save_checkpoint(
                 {
                     "model": model.state_dict(),
@@ -274,7 +279,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
     t_last, it = time.perf_counter(), start_iter
     data_iter = iter(loader)
     try:
-        last_step = it >= max_iters
+        last_step = it >= max_iters or not budget.time_left()
         while not last_step:
             images, targets = next(data_iter)
             for t in targets:
@@ -285,9 +290,14 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                 losses = step_model(images, targets).losses
             loss = sum(losses.values())
             # Host sync, once per step: every rank must agree before anyone steps or saves.
-            finite, keep_going, time_left, bad_images = agree_across_ranks(
-                [bool(torch.isfinite(loss)), stop.signal is None, budget.time_left()], len(skipped_images), device
+            finite, keep_going, bad_images, elapsed = agree_across_ranks(
+                [bool(torch.isfinite(loss)), stop.signal is None], [len(skipped_images), budget.elapsed()], device
             )
+            budget.agreed = elapsed / world  # the ranks' mean: one clock for the schedule and the stop
+            time_left = budget.time_left(budget.agreed)
+            if bad_images > max_bad:
+                # A bad image met by two ranks in different epochs (shards reshuffle) is one image.
+                bad_images = len(set().union(*gather_objects(skipped_images)))
             if bad_images > max_bad:
                 raise TrainingError(
                     f"{bad_images} training images are unreadable, more than data.max_bad_image_fraction="
@@ -298,7 +308,7 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             if not finite:
                 raise TrainingError(
                     f"non-finite loss at iteration {it} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
-                    f"{run_dir / 'last.pt'} holds the last completed step. Lower optim.lr, enable "
+                    f"{run_dir / 'last.pt'} holds the last step with finite weights. Lower optim.lr, enable "
                     "trainer.clip_grad_norm, or check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -318,6 +328,9 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             bar.update(1)
             last_step = it >= max_iters or not time_left
 
+            # Save first: nothing later at this step (logging, evaluation) can lose the step.
+            if it % int(cfg.trainer.checkpoint_period) == 0 or last_step or not keep_going:
+                checkpoint("last.pt", it)
             if it % int(cfg.trainer.log_period) == 0 or last_step:
                 now = time.perf_counter()
                 rate = int(cfg.trainer.log_period) / max(now - t_last, 1e-9)
@@ -328,10 +341,8 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
                 if is_main:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", it_s=f"{rate:.2f}")
                     _log(metrics_file, writer, record, it)
-            # Save first: nothing later at this step (evaluation reads files) can lose the step.
-            if it % int(cfg.trainer.checkpoint_period) == 0 or last_step or not keep_going:
-                checkpoint("last.pt", it)
-            if val_set is not None and int(cfg.trainer.eval_period) > 0 and (it % int(cfg.trainer.eval_period) == 0 or last_step):
+            evaluate_now = int(cfg.trainer.eval_period) > 0 and (it % int(cfg.trainer.eval_period) == 0 or last_step)
+            if val_set is not None and evaluate_now and keep_going:  # preempted: no time to evaluate
                 last_metrics = evaluate(it)  # the same dict on every rank
                 if is_main:
                     _log(metrics_file, writer, last_metrics, it)
@@ -347,12 +358,19 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
             if last_step and not time_left and it < max_iters and is_main:
                 print(f"trainer.max_time={cfg.trainer.max_time} reached at iteration {it}", flush=True)
     except BaseException:
-        # Whatever failed after training started, keep the last completed step (unless the failure
-        # came in the middle of an optimizer update, when the weights are neither step's).
+        # Whatever failed after training started, keep the last completed step, unless the failure
+        # came in the middle of an optimizer update (the weights are neither step's) or the weights
+        # are no longer finite (a diverged step must not replace the last good checkpoint).
         if it > start_iter and state["saved_at"] != it and not state["updating"]:
-            checkpoint("last.pt", it, collective=False)
-            if is_main:
-                print(f"saved {run_dir / 'last.pt'} at iteration {it} (the last completed step) before stopping", flush=True)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                print(f"not saving iteration {it}: the weights are not finite; {run_dir / 'last.pt'} is the last good "
+                      f"checkpoint (iteration {state['saved_at']})", flush=True)
+            else:
+                try:
+                    checkpoint("last.pt", it, collective=False)
+                    print(f"saved {run_dir / 'last.pt'} at iteration {it} (the last completed step) before stopping", flush=True)
+                except Exception as save_error:  # e.g. a full disk, or a CUDA error that cannot be recovered
+                    print(f"could not save iteration {it} before stopping ({save_error})", flush=True)
         raise
     finally:
         bar.close()
