@@ -1,7 +1,7 @@
 """Named training runs as Hydra overrides of ``conf/train.yaml``, shared by notebooks, tests and docs.
 
 ``QUICK`` is the small run notebook 3 shows: the demo's settings (``experiment=demo``) on 160
-synthetic images for 40 steps, under a CPU minute. The test suite trains it once per session and
+synthetic images for 60 steps, under a CPU minute. The test suite trains it once per session and
 shares the run (``FRCNN_TRAINED_RUN``) with notebook 3 and every test that needs a trained model,
 instead of training in many places.
 """
@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-QUICK_DATA = {"num_train": 160, "num_val": 12, "seed": 0}
+QUICK_DATA = {"num_train": 160, "num_val": 16, "seed": 0}
 QUICK = [
     "experiment=demo",
     "data.num_workers=0",
-    "trainer.max_iters=40",
-    "trainer.max_time=null",  # 40 steps whatever the machine's speed (the demo's time budget is for make demo)
-    "trainer.eval_period=40",
+    "trainer.max_iters=60",
+    "trainer.max_time=null",  # 60 steps whatever the machine's speed (the demo's time budget is for make demo)
+    "trainer.eval_period=60",
     "trainer.log_period=5",
     "trainer.progress=false",
     "trainer.tensorboard=false",
-    "schedule.warmup_iters=10",
+    "schedule.warmup_iters=20",
 ]
 SHARED_RUN_ENV = "FRCNN_TRAINED_RUN"
 

@@ -501,7 +501,7 @@ print("data:", QUICK_DATA)
 print("overrides:", QUICK)
 run = shared_run() or quick_run(Path(tempfile.mkdtemp()))
 print("run directory:", run, sorted(p.name for p in run.iterdir()))
-assert (run / "last.pt").is_file() and torch.load(run / "last.pt", weights_only=True)["iteration"] == 40
+assert (run / "last.pt").is_file() and torch.load(run / "last.pt", weights_only=True)["iteration"] == 60
 """),
     md("""## Loss curves (from the run's `metrics.jsonl`)"""),
     code("""

@@ -250,9 +250,9 @@ def test_diverged_weights_never_replace_the_last_good_checkpoint(tiny_data, tmp_
 
     def diverged(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:  # as if step 3's update had blown the weights up
+        if calls["n"] == 4:  # as if step 3's update had blown the classifier's weights up
             with torch.no_grad():
-                self.rpn.head.conv.weight.fill_(float("nan"))
+                self.roi_heads.predictor.cls_score.weight.fill_(float("nan"))
         return real_forward(self, *args, **kwargs)
 
     monkeypatch.setattr(FasterRCNN, "forward", diverged)
