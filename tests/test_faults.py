@@ -193,7 +193,7 @@ def test_max_time_ends_training_on_time_with_a_full_schedule(tiny_data, tmp_path
     cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=100000", "trainer.max_time=6",
                                       "trainer.eval_period=0", "schedule=cosine", f"run_dir={run}"])
     out = train(cfg)
-    assert 2 <= out["iteration"] < 100000
+    assert 1 <= out["iteration"] < 100000  # however slow the machine: the budget, not the step count, ended it
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
     # the cosine schedule ran over the time budget: the last step's lr is near zero, not near the base
     # lr it would still have at step ~10 of a 100000-step schedule
