@@ -151,6 +151,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
         app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(friendly_errors(task))
+        friendly_app = friendly_errors(app)  # Hydra's own (composition) errors, raised under HYDRA_FULL_ERROR=1
 
         @wraps(app)
         def main(*args, **kwargs):
@@ -158,12 +159,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 return app(*args, **kwargs)
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
-                return app(*args, **kwargs)
-            except Exception as err:
-                msg = user_message(err)
-                if msg is None:
-                    raise
-                _exit_with(msg)
+                return friendly_app(*args, **kwargs)
             finally:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
 

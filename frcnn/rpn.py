@@ -196,8 +196,7 @@ class RPN(nn.Module):
         no image. They make no proposals and take no part in training, so an image gets the same
         anchors whether it is batched alone or beside a larger one.
         """
-        stride = self.anchor_generator.stride
-        cells = torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")  # [B, 2] (rows, cols)
+        cells = self._cells(image_sizes)  # [B, 2] (rows, cols)
         ys = torch.arange(hf, device=image_sizes.device)
         xs = torch.arange(wf, device=image_sizes.device)
         inside = (ys[None, :, None] < cells[:, 0, None, None]) & (xs[None, None, :] < cells[:, 1, None, None])  # [B, Hf, Wf]
@@ -261,9 +260,13 @@ class RPN(nn.Module):
         This is ``N_reg`` of the paper's loss (eq. 1), counted per image: padding added to batch the
         image beside a larger one adds locations but no anchors that can be sampled.
         """
-        stride = self.anchor_generator.stride
-        cells = torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")  # [B, 2]
+        cells = self._cells(image_sizes)
         return cells[:, 0] * cells[:, 1]
+
+    def _cells(self, image_sizes: Tensor) -> Tensor:
+        """``[B, 2]`` feature cells ``(ceil(h/s), ceil(w/s))`` covering each image's own extent."""
+        stride = self.anchor_generator.stride
+        return torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")
 
     def losses(self, logits: Tensor, deltas: Tensor, t: RPNTargets, *, num_locations: Tensor) -> dict[str, Tensor]:
         """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives, per image, averaged.

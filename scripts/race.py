@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -37,15 +36,10 @@ from frcnn.cli import compose_train, friendly_errors  # noqa: E402
 from frcnn.config import validate_train_config  # noqa: E402
 from frcnn.engine import builders  # noqa: E402
 from frcnn.engine.distributed import DistInfo  # noqa: E402
-from frcnn.engine.schedule import linear_warmup  # noqa: E402
+from frcnn.engine.schedule import WarmupCosine  # noqa: E402
 from frcnn.engine.trainer import TrainingError, seed_everything  # noqa: E402
 from frcnn.evaluation.coco_eval import evaluate_results, predict  # noqa: E402
 from frcnn.peers import PeerAdapter, torchvision_peer  # noqa: E402
-
-
-def time_schedule(it: int, elapsed: float, budget: float, warmup_iters: int, warmup_factor: float) -> float:
-    """LR multiplier: linear warm-up by step, then cosine in the fraction of the budget spent."""
-    return linear_warmup(it, warmup_iters, warmup_factor) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0)))
 
 
 def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget: float) -> dict:
@@ -56,14 +50,17 @@ def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget:
     optimizer = builders.build_optimizer(cfg, model)  # as the trainer builds it
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     clip = float(cfg.trainer.clip_grad_norm or 0)
-    warmup_iters, warmup_factor = int(cfg.schedule.warmup_iters), float(cfg.schedule.warmup_factor)
+    # Linear warm-up by step, then cosine to zero over the fraction of the time budget spent: the
+    # trainer's schedule under trainer.max_time.
+    schedule = WarmupCosine(max_iters=1, warmup_iters=int(cfg.schedule.warmup_iters),
+                            warmup_factor=float(cfg.schedule.warmup_factor), final_factor=0.0)
 
     model.train()
     it, losses_log = 0, []
     data_iter = iter(loader)
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < budget:
-        factor = time_schedule(it, elapsed, budget, warmup_iters, warmup_factor)
+        factor = schedule.factor(it, min(elapsed / budget, 1.0))
         for g, lr in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * factor
         images, targets = next(data_iter)
