@@ -281,7 +281,7 @@ def _import(path: str, key: str) -> Any:
         except AttributeError:
             break
         return obj
-    raise ConfigError(f"{key}={path} cannot be imported; check the dotted path (e.g. frcnn.rpn.RPN)")
+    raise ConfigError(f"{key}={path} cannot be imported; check the dotted path (e.g. frcnn.modeling.rpn.RPN)")
 
 
 def _check_signature(obj: Any, node: DictConfig, key: str, target: str) -> None:

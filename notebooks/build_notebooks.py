@@ -169,11 +169,11 @@ $L = \\frac{1}{N_{cls}} \\sum_i L_{cls}(p_i, p_i^*) + \\lambda \\frac{1}{N_{reg}
 per image, with $N_{cls}$ the image's sampled anchors (256), $N_{reg}$ the number of anchor locations
 of the image itself ($\\lceil h/16 \\rceil \\lceil w/16 \\rceil$, about 2400 for the paper's 600x1000 images;
 padding added to batch it beside a larger image does not count) and $\\lambda = 10$, so both terms weigh
-about the same. The batch loss is the mean over images. Checked against `frcnn.rpn.RPN.losses`.
+about the same. The batch loss is the mean over images. Checked against `frcnn.modeling.rpn.RPN.losses`.
 """),
     code("""
-from frcnn.anchors import AnchorGenerator
-from frcnn.rpn import RPN, RPNHead, RPNTargets
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.rpn import RPN, RPNHead, RPNTargets
 
 torch.set_default_dtype(torch.float32)
 rpn = RPN(head=RPNHead(in_channels=4), anchor_generator=AnchorGenerator(), loss_normalization="paper")
@@ -207,8 +207,8 @@ ANCHORS = [
     md("""
 # 1. Anchors and the RPN, step by step
 
-Everything here runs the project's own modules (`frcnn.anchors`, `frcnn.matching`, `frcnn.sampling`,
-`frcnn.proposals`) on one image of the built-in synthetic data set, at the demo's scale (192x256 pixels,
+Everything here runs the project's own modules (`frcnn.modeling.anchors`, `frcnn.modeling.matching`, `frcnn.modeling.sampling`,
+`frcnn.modeling.proposals`) on one image of the built-in synthetic data set, at the demo's scale (192x256 pixels,
 anchors of 32/64/128 px at stride 16). Each step ends with an `assert`.
 """),
     code("""
@@ -217,10 +217,10 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.matching import BACKGROUND, FOREGROUND, IGNORE, match
-from frcnn.sampling import sample_mask
-from frcnn.structures import batched_pairwise_iou
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.matching import BACKGROUND, FOREGROUND, IGNORE, match
+from frcnn.modeling.sampling import sample_mask
+from frcnn.modeling.box_ops import batched_pairwise_iou
 from frcnn.data.synthetic import CLASSES, make_image
 
 rng = np.random.default_rng(7)
@@ -308,14 +308,14 @@ assert int(pos.sum()) == min(128, int((labels == FOREGROUND).sum()))
 An untrained RPN would score anchors at random, so this illustration uses an *oracle* objectness (the
 anchor's IoU with the ground truth, plus noise) and small random deltas, then follows the proposal layer
 stage by stage with `torchvision.ops`, counting boxes, and checks the result equals the batched
-`frcnn.proposals.generate_proposals`. (In the paper's setting, 600x1000 images have ~20000 anchors, so
+`frcnn.modeling.proposals.generate_proposals`. (In the paper's setting, 600x1000 images have ~20000 anchors, so
 top-6000 and top-2000 bite; here there are fewer anchors than 6000.)
 """),
     code("""
 from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
 
-from frcnn.box_coder import decode_boxes
-from frcnn.proposals import generate_proposals
+from frcnn.modeling.box_coder import decode_boxes
+from frcnn.modeling.proposals import generate_proposals
 
 g = torch.Generator().manual_seed(1)
 objectness = torch.logit(max_iou.clamp(0.01, 0.99)) + 0.5 * torch.randn(len(anchors), generator=g)
@@ -356,7 +356,7 @@ ROI = [
     md("""
 # 2. RoI sampling and the box head
 
-The second stage on one synthetic image, with the project's `frcnn.roi_heads.RoIHeads`: the 128-RoI
+The second stage on one synthetic image, with the project's `frcnn.modeling.roi_heads.RoIHeads`: the 128-RoI
 sample (at most 32 foreground, IoU ≥ 0.5; background IoU in [0.1, 0.5)), the IoU distributions, what
 RoIAlign and RoI max pooling produce for one box, and class-specific regression targets.
 """),
@@ -367,10 +367,11 @@ import torch
 from matplotlib.patches import Rectangle
 from torchvision.ops import roi_align, roi_pool
 
-from frcnn.box_coder import decode_boxes
+from frcnn.modeling.box_coder import decode_boxes
 from frcnn.data.synthetic import CLASSES, make_image
-from frcnn.roi_heads import BoxPredictor, RoIHeads
-from frcnn.structures import Proposals, Targets, batched_pairwise_iou
+from frcnn.modeling.roi_heads import BoxPredictor, RoIHeads
+from frcnn.modeling.box_ops import batched_pairwise_iou
+from frcnn.modeling.structures import Proposals, Targets
 
 rng = np.random.default_rng(7)
 image, objects = make_image(rng, 192, 256, max_objects=5, min_size=20, max_size=120, max_occlusion=0.35)

@@ -9,9 +9,9 @@
 
 frcnn is instantiated from the composed training config (``conf/train.yaml`` with ``experiment=demo``
 unless told otherwise, then the Hydra overrides after ``--``), and torchvision's detector is
-:func:`frcnn.peers.torchvision_peer` of it: the same trunk and box head, 9 anchors, RPN and RoI sampling
+:func:`frcnn.benchmarks.peers.torchvision_peer` of it: the same trunk and box head, 9 anchors, RPN and RoI sampling
 numbers, pooled size, image size and normalization, and the same initial weights. Where torchvision
-cannot be configured to match, it keeps its own behaviour (listed in :mod:`frcnn.peers`); nothing of
+cannot be configured to match, it keeps its own behaviour (listed in :mod:`frcnn.benchmarks.peers`); nothing of
 torchvision's is changed to favour frcnn. Repetitions alternate between the two so drift on a noisy
 machine hits both; medians are reported. Peak memory is measured in a fresh child process per framework
 (CUDA max allocated, or peak RSS on CPU). ``--channels-last`` converts both models and inputs.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from frcnn.cli import compose_train, friendly_errors  # noqa: E402
 from frcnn.config import resolve_device, validate_train_config  # noqa: E402
-from frcnn.peers import PeerAdapter, torchvision_peer  # noqa: E402
+from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer  # noqa: E402
 
 
 def build_pair(a) -> dict[str, torch.nn.Module]:
@@ -123,7 +123,7 @@ def step_fns(a, model: torch.nn.Module, ours: torch.nn.Module, device, batch: in
     if isinstance(model, PeerAdapter):
         trunk, head = model.peer.backbone.body, model.peer.roi_heads.box_head
     else:
-        trunk, head = model.backbone.trunk, model.backbone.box_head
+        trunk, head = model.backbone.trunk, model.roi_heads.box_head
     heads = ours.roi_heads
     s = heads.pooler_resolution
     pooled = torch.randn(batch * heads.batch_size_per_image, ours.backbone.out_channels, s, s, device=device)

@@ -5,7 +5,7 @@
     python scripts/race.py --budget 60 -- model.roi_heads.batch_size_per_image=64   # Hydra overrides after --
 
 Both detectors come from one composed training config (default ``experiment=demo``): frcnn is
-instantiated from it, and torchvision's is :func:`frcnn.peers.torchvision_peer` of that model, so they
+instantiated from it, and torchvision's is :func:`frcnn.benchmarks.peers.torchvision_peer` of that model, so they
 share the trunk and box head architecture, the initial weights, 9 anchors, the RPN and RoI sampling
 numbers, the pooled size, the image size and normalization. They also share everything around the
 model: the same training batches in the same order (same seed, same augmentation), the same optimizer
@@ -39,7 +39,7 @@ from frcnn.engine.distributed import DistInfo  # noqa: E402
 from frcnn.engine.schedule import WarmupCosine  # noqa: E402
 from frcnn.engine.trainer import TrainingError, seed_everything  # noqa: E402
 from frcnn.evaluation.coco_eval import evaluate_results, predict  # noqa: E402
-from frcnn.peers import PeerAdapter, torchvision_peer  # noqa: E402
+from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer  # noqa: E402
 
 
 def race_one(name: str, model: torch.nn.Module, cfg, train_set, val_set, budget: float) -> dict:

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from frcnn.anchors import AnchorGenerator, cell_anchors
+from frcnn.modeling.anchors import AnchorGenerator, cell_anchors
 
 
 def test_cell_anchors_hand_computed():

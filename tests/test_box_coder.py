@@ -1,7 +1,7 @@
 import torch
 from torchvision.models.detection._utils import BoxCoder
 
-from frcnn.box_coder import DEFAULT_SCALE_CLAMP, decode_boxes, encode_boxes
+from frcnn.modeling.box_coder import DEFAULT_SCALE_CLAMP, decode_boxes, encode_boxes
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -117,3 +117,42 @@ def test_truncated_and_missing(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resume(tmp_path, tiny_checkpoint, tiny_data):
+    """Before frcnn.modeling, stages were top-level modules and the backbone owned the box head."""
+    import re
+
+    from frcnn.errors import ConfigError
+    from frcnn.inference import load_model
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    assert any(k.startswith("roi_heads.box_head.") for k in state["model"])
+    old = dict(state)
+    old["model"] = {k.replace("roi_heads.box_head.", "backbone.box_head."): v for k, v in state["model"].items()}
+
+    def old_targets(node):
+        if isinstance(node, dict):
+            return {k: re.sub(r"^frcnn\.modeling\.", "frcnn.", v) if k == "_target_" else old_targets(v) for k, v in node.items()}
+        return node
+
+    old["config"] = old_targets(state["config"])
+    assert old["config"]["model"]["_target_"] == "frcnn.model.FasterRCNN"
+    save_checkpoint(old, tmp_path / "old.pt")
+
+    image = torch.rand(3, 128, 160)
+    new_model, _, _ = load_model(tiny_checkpoint, torch.device("cpu"))
+    old_model, _, _ = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    with torch.no_grad():
+        a, b = new_model([image]).detections[0], old_model([image]).detections[0]
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(a[key], b[key])
+
+    from frcnn.cli import compose_train
+    from frcnn.engine.trainer import train
+
+    from tests.conftest import TINY_TRAIN
+
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", f"train.resume={tmp_path / 'old.pt'}", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="earlier frcnn"):
+        train(cfg)

@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn.backbones import ResNetC4, VGG16, WeightsUnavailableError
+from frcnn.modeling.backbones import ResNetC4, VGG16, WeightsUnavailableError
 from frcnn.config import ConfigError, resolve_device, validate_train_config
 from tests.conftest import compose_train
 
@@ -40,7 +40,7 @@ def test_each_backbone_instantiates_and_runs(backbone, cls, trunk, head, pool):
     feats = model.backbone(torch.zeros(1, 3, 64, 96))
     assert feats.shape == (1, trunk, 4, 6)
     pooled = torch.zeros(2, trunk, pool, pool)
-    assert model.backbone.box_head(pooled).shape == (2, head)
+    assert model.roi_heads.box_head(pooled).shape == (2, head)
     with torch.no_grad():
         assert len(model([torch.rand(3, 64, 96)]).detections) == 1
 
@@ -113,9 +113,9 @@ def test_every_shipped_config_validates(overrides):
         ("data.min_size_train=[600,0]", "data.min_size_train=[600, 0] is not valid"),
         ("data.pin_memory=yes", "data.pin_memory='yes' is not valid; allowed: auto | true | false"),
         ("train.resume=/no/such/last.pt", "train.resume=/no/such/last.pt is not a file"),
-        ("+model.rpn.bogus=1", "model.rpn.bogus is not a parameter of frcnn.rpn.RPN; its parameters are: head,"),
-        ("~model.rpn.head", "model.rpn lacks model.rpn.head, a required parameter of frcnn.rpn.RPN"),
-        ("model.rpn._target_=frcnn.rpn.RPNN", "model.rpn._target_=frcnn.rpn.RPNN cannot be imported"),
+        ("+model.rpn.bogus=1", "model.rpn.bogus is not a parameter of frcnn.modeling.rpn.RPN; its parameters are: head,"),
+        ("~model.rpn.head", "model.rpn lacks model.rpn.head, a required parameter of frcnn.modeling.rpn.RPN"),
+        ("model.rpn._target_=frcnn.modeling.rpn.RPNN", "model.rpn._target_=frcnn.modeling.rpn.RPNN cannot be imported"),
         ("data=coco", "data.root has no value (??? in the config)"),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from frcnn.engine.trainer import TrainingError, train
-from frcnn.model import FasterRCNN
+from frcnn.modeling.model import FasterRCNN
 from tests.conftest import TINY_TRAIN, compose_train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-import frcnn.sampling
-from frcnn.anchors import AnchorGenerator
-from frcnn.roi_heads import BoxPredictor, RoIHeads
-from frcnn.rpn import RPN, RPNHead
-from frcnn.structures import ImageBatch, Proposals, Targets
+import frcnn.modeling.sampling
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.roi_heads import BoxPredictor, RoIHeads
+from frcnn.modeling.rpn import RPN, RPNHead
+from frcnn.modeling.structures import ImageBatch, Proposals, Targets
 
 C = 8
 
@@ -28,7 +28,7 @@ def ordered_sampling(monkeypatch):
         b, n = shape
         return (torch.arange(n, device=device, dtype=torch.float32) / n).expand(b, n).contiguous()
 
-    monkeypatch.setattr(frcnn.sampling, "random_keys", keys)
+    monkeypatch.setattr(frcnn.modeling.sampling, "random_keys", keys)
 
 
 def batch(sizes: list[tuple[int, int]], feats: list[torch.Tensor]) -> tuple[ImageBatch, torch.Tensor]:
@@ -91,9 +91,9 @@ def test_rpn_makes_no_proposals_from_padding():
 
 def test_roi_head_losses_are_the_mean_of_each_images_own():
     torch.manual_seed(0)
-    heads = RoIHeads(predictor=BoxPredictor(in_channels=16, num_classes=3), pooler_resolution=4,
-                     batch_size_per_image=32, positive_fraction=0.25)
     box_head = nn.Sequential(nn.Flatten(), nn.Linear(C * 4 * 4, 16))  # no batch statistics
+    heads = RoIHeads(box_head=box_head, predictor=BoxPredictor(in_channels=16, num_classes=3), pooler_resolution=4,
+                     batch_size_per_image=32, positive_fraction=0.25)
     f_small, f_large = torch.randn(C, 6, 8), torch.randn(C, 14, 20)
 
     def proposals(boxes: list[list[list[float]]]) -> Proposals:
@@ -123,7 +123,7 @@ def test_roi_head_losses_are_the_mean_of_each_images_own():
         ("both", [SMALL, LARGE], [f_small, f_large], [p_small, p_large], [SMALL_GT, LARGE_GT], [[1], [1, 2]]),
     ]:
         images, features = batch(sizes, feats)
-        losses[key] = heads(images, features, proposals(props), box_head, targets(gts, labels))[1]
+        losses[key] = heads(images, features, proposals(props), targets(gts, labels))[1]
         if key == "small":
             sample = heads.sample_rois(proposals(props), targets(gts, labels))
             assert sample.valid.sum() == 8 and (sample.labels > 0).sum() == 8

@@ -1,6 +1,6 @@
 import torch
 
-from frcnn.matching import BACKGROUND, FOREGROUND, IGNORE, match
+from frcnn.modeling.matching import BACKGROUND, FOREGROUND, IGNORE, match
 
 RPN = dict(fg_iou_thresh=0.7, bg_iou_thresh_hi=0.3, bg_iou_thresh_lo=0.0)
 

@@ -29,7 +29,7 @@ def test_losses_and_gradients_reach_backbone(device):
     sum(out.losses.values()).backward()
     first_conv = model.backbone.trunk[0][0].weight
     assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
-    assert model.backbone.box_head[0][0].conv1.weight.grad.abs().sum() > 0  # res5
+    assert model.roi_heads.box_head[0][0].conv1.weight.grad.abs().sum() > 0  # res5
     assert model.rpn.head.conv.weight.grad.abs().sum() > 0
 
 

@@ -1,9 +1,9 @@
-"""torchvision's Faster R-CNN as configured by frcnn.peers: the settings and weights it takes from ours."""
+"""torchvision's Faster R-CNN as configured by frcnn.benchmarks.peers: the settings and weights it takes from ours."""
 
 import pytest
 import torch
 
-from frcnn.peers import PeerAdapter, torchvision_peer
+from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer
 from tests.conftest import small_model
 from tests.test_model import batch
 

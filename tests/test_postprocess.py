@@ -1,6 +1,6 @@
 import torch
 
-from frcnn.postprocess import postprocess_detections
+from frcnn.modeling.postprocess import postprocess_detections
 
 
 def test_per_class_nms_threshold_and_limit():

@@ -1,7 +1,7 @@
 import torch
 
-from frcnn.preprocess import Preprocessor, to_original_pixels
-from frcnn.structures import Detections
+from frcnn.modeling.preprocess import Preprocessor, to_original_pixels
+from frcnn.modeling.structures import Detections
 
 
 def test_resize_rule_and_padding():

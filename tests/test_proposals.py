@@ -2,9 +2,9 @@ import pytest
 import torch
 from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.box_coder import decode_boxes
-from frcnn.proposals import generate_proposals
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.box_coder import decode_boxes
+from frcnn.modeling.proposals import generate_proposals
 
 
 def reference(anchors, logits, deltas, size, min_size, pre, thresh, post):

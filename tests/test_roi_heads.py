@@ -1,9 +1,10 @@
 import torch
 from torchvision.ops import roi_align, roi_pool
 
-from frcnn.box_coder import decode_boxes
-from frcnn.roi_heads import BoxPredictor, RoIHeads
-from frcnn.structures import Proposals, Targets, batched_pairwise_iou
+from frcnn.modeling.box_coder import decode_boxes
+from frcnn.modeling.roi_heads import BoxPredictor, RoIHeads
+from frcnn.modeling.box_ops import batched_pairwise_iou
+from frcnn.modeling.structures import Proposals, Targets
 
 
 def heads(**kw):
@@ -80,7 +81,7 @@ def test_image_without_ground_truth_samples_background_only():
 
 def test_losses_foreground_only_regression():
     h = heads()
-    from frcnn.structures import SampledRois
+    from frcnn.modeling.structures import SampledRois
 
     labels = torch.tensor([[2, 0, 0, 1]])
     sample = SampledRois(
@@ -101,11 +102,13 @@ def pooled_by(h, feats, boxes):
     """What ``h`` hands its box head for ``boxes`` ``[B, R, 4]``, and the predictor's outputs."""
     captured = {}
 
-    def box_head(x):
-        captured["pooled"] = x
-        return x.mean((2, 3))
+    class BoxHead(torch.nn.Module):
+        def forward(self, x):
+            captured["pooled"] = x
+            return x.mean((2, 3))
 
-    logits, deltas = h._predict(feats, boxes, box_head)
+    h.box_head = BoxHead()
+    logits, deltas = h.predict(feats, boxes)
     return captured["pooled"], logits, deltas
 
 
@@ -139,12 +142,14 @@ def test_pooling_stays_fp32_under_autocast():
     boxes = torch.tensor([[[1001.3, 517.7, 1150.9, 700.2]]])
     captured = {}
 
-    def box_head(x):
-        captured["pooled"] = x
-        return x.float().mean((2, 3))
+    class BoxHead(torch.nn.Module):
+        def forward(self, x):
+            captured["pooled"] = x
+            return x.float().mean((2, 3))
 
+    h.box_head = BoxHead()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        h._predict(feats, boxes, box_head)
+        h.predict(feats, boxes)
     rois = torch.cat([torch.zeros(1, 1), boxes[0]], 1)
     exact = roi_align(feats.float(), rois, (7, 7), 1 / 16, 0, True)
     shifted = roi_align(feats.float(), rois.bfloat16().float(), (7, 7), 1 / 16, 0, True)

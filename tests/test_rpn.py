@@ -1,8 +1,8 @@
 import torch
 
-from frcnn.anchors import AnchorGenerator
-from frcnn.rpn import RPN, RPNHead
-from frcnn.structures import ImageBatch, Targets
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.rpn import RPN, RPNHead
+from frcnn.modeling.structures import ImageBatch, Targets
 
 
 def make_rpn(**kw):

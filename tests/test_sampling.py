@@ -1,6 +1,6 @@
 import torch
 
-from frcnn.sampling import sample_fixed, sample_mask
+from frcnn.modeling.sampling import sample_fixed, sample_mask
 
 
 def masks(b, n, p_pos, p_neg, seed=0):

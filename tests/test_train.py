@@ -79,7 +79,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path, monkeypa
               "trainer.checkpoint_period=1000"]
     _run(tiny(tiny_data, tmp_path / "straight", common), tmp_path / "straight")
     # The same 4-step run, interrupted (Ctrl-C) in its third step: last.pt holds the 2 completed steps.
-    from frcnn.model import FasterRCNN
+    from frcnn.modeling.model import FasterRCNN
 
     real_forward, calls = FasterRCNN.forward, {"n": 0}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass checkpoint=/path/to/last.pt or best.pt from a run directory")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain data and was refused (weights_only=True); "
@@ -54,3 +55,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err}); use another checkpoint") from err
+    return upgrade(state)
+
+
+# Before frcnn.modeling existed (2026-11-23), the stages were top-level modules and the backbone owned
+# the box head; checkpoints of that layout load unchanged through this map.
+_MOVED_MODULES = re.compile(
+    r"^frcnn\.(structures|preprocess|anchors|box_coder|matching|sampling|rpn|proposals|roi_heads|postprocess|model|backbones)\b"
+)
+
+
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite a checkpoint of an earlier frcnn layout to the current one (in place; returned).
+
+    Config ``_target_`` paths ``frcnn.<stage>`` become ``frcnn.modeling.<stage>``, and model weights
+    ``backbone.box_head.*`` become ``roi_heads.box_head.*`` (the RoI stage owns the box head).
+    """
+
+    def retarget(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (_MOVED_MODULES.sub(r"frcnn.modeling.\1", v) if k == "_target_" and isinstance(v, str) else retarget(v))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [retarget(v) for v in node]
+        return node
+
+    if isinstance(state, dict) and isinstance(state.get("config"), dict):
+        state["config"] = retarget(state["config"])
+    weights = state.get("model") if isinstance(state, dict) else None
+    if isinstance(weights, dict) and any(k.startswith("backbone.box_head.") for k in weights):
+        state["upgraded_from_layout"] = "2026-11-22"  # the optimizer's per-parameter state follows the old order
+        state["model"] = type(weights)(
+            (("roi_heads." + k[len("backbone."):]) if k.startswith("backbone.box_head.") else k, v) for k, v in weights.items()
+        )
+    return state

@@ -196,6 +196,11 @@ def _train(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> dict[s
 
     resume = cfg.train.get("resume")
     ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
+    if ckpt is not None and ckpt.get("upgraded_from_layout"):
+        raise ConfigError(
+            f"train.resume={resume} was written by an earlier frcnn (backbone-owned box head), whose optimizer state "
+            "does not map onto this version's parameters; evaluate or infer with it, or start a new run"
+        )
     # The learning rate follows the fraction of the budget spent (iterations, or wall clock with
     # trainer.max_time; time spent before a resume counts); warm-up is counted in steps.
     budget = Budget(max_iters, parse_duration(cfg.trainer.get("max_time")), float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0)

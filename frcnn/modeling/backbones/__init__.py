@@ -4,8 +4,8 @@ Every backbone exposes ``trunk`` (``[B, 3, H, W]`` → ``[B, out_channels, H/16,
 ``box_head`` (pooled RoIs ``[M, out_channels, S, S]`` → ``[M, head_channels]``).
 """
 
-from frcnn.backbones.resnet import ResNetC4
-from frcnn.backbones.vgg import VGG16
-from frcnn.backbones.weights import WeightsUnavailableError
+from frcnn.modeling.backbones.resnet import ResNetC4
+from frcnn.modeling.backbones.vgg import VGG16
+from frcnn.modeling.backbones.weights import WeightsUnavailableError
 
 __all__ = ["ResNetC4", "VGG16", "WeightsUnavailableError"]

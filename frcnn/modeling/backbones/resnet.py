@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn.backbones.weights import load_into, load_state_dict
+from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.errors import ConfigError
 
 _ARCH = {18: (resnet18, 256, 512), 34: (resnet34, 256, 512), 50: (resnet50, 1024, 2048), 101: (resnet101, 1024, 2048)}

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frcnn.errors import InputError
-from frcnn.structures import Detections, ImageBatch, clip_boxes
+from frcnn.modeling.box_ops import clip_boxes
+from frcnn.modeling.structures import Detections, ImageBatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,6 +1,6 @@
 """torchvision's Faster R-CNN configured like a built frcnn model: the peer for benchmarks and races.
 
-:func:`torchvision_peer` reads every setting it can from an :class:`frcnn.model.FasterRCNN` and
+:func:`torchvision_peer` reads every setting it can from an :class:`frcnn.modeling.model.FasterRCNN` and
 builds ``torchvision.models.detection.FasterRCNN`` with the same trunk, box head, 9 anchors, RPN and
 RoI sampling numbers, pooled size, image size and normalization, starting from the same weights (a
 copy). Where torchvision has no such setting it keeps its own behaviour, and nothing of
@@ -20,7 +20,7 @@ box-head smooth L1 beta             1.0                         1/9
 ==================================  ==========================  ==========================
 
 :class:`PeerAdapter` gives the peer frcnn's calling convention (``model(images, targets)`` returning
-:class:`frcnn.model.ModelOutput`), so one training loop and :func:`frcnn.evaluation.predict` serve both.
+:class:`frcnn.modeling.model.ModelOutput`), so one training loop and :func:`frcnn.evaluation.predict` serve both.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from frcnn.errors import ConfigError, InputError
-from frcnn.model import FasterRCNN, ModelOutput
+from frcnn.modeling.model import FasterRCNN, ModelOutput
 
 
 class _Trunk(nn.Module):
@@ -93,7 +93,7 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
         rpn_batch_size_per_image=rpn.batch_size_per_image,
         rpn_positive_fraction=rpn.positive_fraction,
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=heads.pooler_resolution, sampling_ratio=heads.sampling_ratio),
-        box_head=backbone.box_head,
+        box_head=copy.deepcopy(heads.box_head),
         box_predictor=predictor,
         box_score_thresh=heads.score_thresh,
         box_nms_thresh=heads.nms_thresh,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import vgg16
 
-from frcnn.backbones.weights import load_into, load_state_dict
+from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.errors import ConfigError
 
 # Index in torchvision's vgg16().features where each conv block starts (conv1_1, conv2_1, ... conv5_1).

@@ -1,7 +1,8 @@
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from frcnn.structures import batched_pairwise_iou, clip_boxes, pack_per_image, pad_targets
+from frcnn.modeling.box_ops import batched_pairwise_iou, clip_boxes, pack_per_image
+from frcnn.modeling.structures import pad_targets
 
 
 def rand_boxes(b, n, g):

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from frcnn.box_coder import decode_boxes
-from frcnn.structures import Proposals, clip_boxes, pack_per_image
+from frcnn.modeling.box_coder import decode_boxes
+from frcnn.modeling.box_ops import clip_boxes, pack_per_image
+from frcnn.modeling.structures import Proposals
 
 
 @torch.no_grad()

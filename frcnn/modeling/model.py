@@ -12,10 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from frcnn.errors import InputError
-from frcnn.preprocess import Preprocessor, to_original_pixels
-from frcnn.roi_heads import RoIHeads
-from frcnn.rpn import RPN
-from frcnn.structures import pad_targets
+from frcnn.modeling.preprocess import Preprocessor, to_original_pixels
+from frcnn.modeling.roi_heads import RoIHeads
+from frcnn.modeling.rpn import RPN
+from frcnn.modeling.structures import pad_targets
 
 
 @dataclass
@@ -37,10 +37,12 @@ class FasterRCNN(nn.Module):
     """The two-stage detector of Ren et al. (2015).
 
     Args:
-        backbone: a module with ``trunk``, ``box_head``, ``out_channels`` (see :mod:`frcnn.backbones`).
-        rpn: :class:`frcnn.rpn.RPN`.
-        roi_heads: :class:`frcnn.roi_heads.RoIHeads`.
-        preprocessor: :class:`frcnn.preprocess.Preprocessor`.
+        backbone: a module with ``trunk``, ``box_head``, ``out_channels`` (see :mod:`frcnn.modeling.backbones`).
+            Its box head moves to ``roi_heads`` here (unless ``roi_heads`` was built with its own): from then
+            on ``model.backbone`` is the shared trunk and ``model.roi_heads.box_head`` the per-RoI head.
+        rpn: :class:`frcnn.modeling.rpn.RPN`.
+        roi_heads: :class:`frcnn.modeling.roi_heads.RoIHeads`.
+        preprocessor: :class:`frcnn.modeling.preprocess.Preprocessor`.
         channels_last: run the convolutions in ``torch.channels_last`` memory format (faster on
             tensor-core GPUs); call ``model.to(memory_format=torch.channels_last)`` as well.
     """
@@ -55,6 +57,12 @@ class FasterRCNN(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        # One owner per module: the backbone built the head from the same pretrained network as the
+        # trunk (res5 in C4, fc6/fc7 in VGG16), and the RoI stage runs it.
+        box_head = backbone.box_head
+        del backbone.box_head
+        if roi_heads.box_head is None:
+            roi_heads.box_head = box_head
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
@@ -110,7 +118,7 @@ class FasterRCNN(nn.Module):
         if bad_labels is not None and bool(bad_labels):
             raise _label_error(targets, self.num_classes)
         detections, roi_losses = self.roi_heads(
-            batch, features, proposals, self.backbone.box_head, padded, detect=detect
+            batch, features, proposals, padded, detect=detect
         )
         per_image = to_original_pixels(detections, batch).per_image() if detections is not None else None
         return ModelOutput(losses={**rpn_losses, **roi_losses}, detections=per_image)

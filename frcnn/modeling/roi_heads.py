@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from frcnn.box_coder import encode_boxes
+from frcnn.modeling.box_coder import encode_boxes
 from frcnn.errors import ConfigError
-from frcnn.matching import BACKGROUND, FOREGROUND, IGNORE, match
-from frcnn.postprocess import postprocess_detections
-from frcnn.sampling import sample_fixed
-from frcnn.structures import Detections, ImageBatch, Proposals, SampledRois, Targets, batched_pairwise_iou
+from frcnn.modeling.matching import BACKGROUND, FOREGROUND, IGNORE, match
+from frcnn.modeling.postprocess import postprocess_detections
+from frcnn.modeling.sampling import sample_fixed
+from frcnn.modeling.box_ops import batched_pairwise_iou
+from frcnn.modeling.structures import Detections, ImageBatch, Proposals, SampledRois, Targets
 
 
 class BoxPredictor(nn.Module):
@@ -49,10 +50,17 @@ class BoxPredictor(nn.Module):
 class RoIHeads(nn.Module):
     """Samples RoIs, pools their features, runs the box head and predictor, scores or decodes.
 
-    The box head itself (res5 or fc6/fc7) belongs to the backbone, which owns all pretrained weights;
-    it is passed to :meth:`forward`.
+    The box head is the per-RoI part of the classification network. In the C4 design (He et al. 2016,
+    sec. "Object detection") the ResNet is cut between res4 and res5: conv1-res4 run once per image as
+    the shared trunk (stride 16), and res5 runs once per RoI on the pooled 14x14 features (its stride 2
+    gives 7x7, then global average pooling), so the whole pretrained network is used and nothing new is
+    added between the pooling and the predictor. VGG16's box head is fc6/fc7 on 7x7 RoIs, as in the
+    paper. The backbone builds trunk and head from one pretrained network; :class:`FasterRCNN` hands the
+    head to this stage, which owns it from then on.
 
     Args:
+        box_head: maps pooled ``[M, C, S, S]`` to ``[M, D]``; None until :class:`FasterRCNN` wires in the
+            backbone's.
         predictor: :class:`BoxPredictor`.
         pooler: ``"align"`` (``torchvision.ops.roi_align``, default) or ``"pool"`` (``roi_pool``,
             the paper's RoI max pooling).
@@ -74,6 +82,7 @@ class RoIHeads(nn.Module):
     def __init__(
         self,
         *,
+        box_head: nn.Module | None = None,
         predictor: BoxPredictor,
         pooler: Literal["align", "pool"] = "align",
         pooler_resolution: int = 14,
@@ -95,6 +104,7 @@ class RoIHeads(nn.Module):
         super().__init__()
         if pooler not in ("align", "pool"):
             raise ConfigError(f"roi_heads.pooler must be 'align' or 'pool', got {pooler!r}")
+        self.register_module("box_head", box_head)  # registered even while None: parameters keep pipeline order
         self.predictor = predictor
         self.pooler = pooler
         self.pooler_resolution = pooler_resolution
@@ -118,7 +128,6 @@ class RoIHeads(nn.Module):
         images: ImageBatch,
         features: Tensor,
         proposals: Proposals,
-        box_head: nn.Module,
         targets: Targets | None = None,
         *,
         detect: bool = False,
@@ -129,7 +138,6 @@ class RoIHeads(nn.Module):
             images: preprocessed batch.
             features: ``[B, C, Hf, Wf]``.
             proposals: ``[B, P, ...]`` from the RPN.
-            box_head: maps pooled ``[M, C, S, S]`` to ``[M, D]``.
             targets: ground truth in network-input pixels, or None.
             detect: also return detections (network-input pixels) for every proposal.
 
@@ -139,11 +147,11 @@ class RoIHeads(nn.Module):
         losses: dict[str, Tensor] = {}
         if targets is not None:
             sample = self.sample_rois(proposals, targets)
-            logits, deltas = self._predict(features, sample.boxes, box_head)
+            logits, deltas = self.predict(features, sample.boxes)
             losses = self.losses(logits, deltas, sample)
         detections = None
         if detect:
-            logits, deltas = self._predict(features, proposals.boxes, box_head)
+            logits, deltas = self.predict(features, proposals.boxes)
             detections = postprocess_detections(
                 logits,
                 deltas,
@@ -157,7 +165,7 @@ class RoIHeads(nn.Module):
             )
         return detections, losses
 
-    def _predict(self, features: Tensor, boxes: Tensor, box_head: nn.Module) -> tuple[Tensor, Tensor]:
+    def predict(self, features: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """Pool ``[B, R, 4]`` boxes, run head and predictor → ``([B, R, K+1], [B, R, K+1, 4])``."""
         b, r = boxes.shape[:2]
         image_index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(-1, r, 1)
@@ -170,7 +178,9 @@ class RoIHeads(nn.Module):
             pooled = roi_align(features, rois.float(), size, self.spatial_scale, self.sampling_ratio, self.aligned)
         else:
             pooled = roi_pool(features, rois.float(), size, self.spatial_scale)
-        x = box_head(pooled)  # [B*R, D]
+        if self.box_head is None:
+            raise RuntimeError("RoIHeads has no box head: build it with box_head=... or inside FasterRCNN")
+        x = self.box_head(pooled)  # [B*R, D]
         logits, deltas = self.predictor(x)
         return logits.float().view(b, r, -1), deltas.float().view(b, r, -1, 4)
 
@@ -181,7 +191,7 @@ class RoIHeads(nn.Module):
         Foreground: IoU ≥ 0.5, labelled with the matched class. Background: IoU in [0.1, 0.5),
         label 0. Proposals under 0.1 are not sampled, except as a fallback background pool for an image
         with no background in range (e.g. an image without ground truth): see
-        :func:`frcnn.sampling.sample_fixed` for the fill rules.
+        :func:`frcnn.modeling.sampling.sample_fixed` for the fill rules.
         """
         boxes, valid = proposals.boxes, proposals.valid
         if self.append_gt_boxes:

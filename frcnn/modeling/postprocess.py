@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from frcnn.box_coder import decode_boxes
-from frcnn.structures import Detections, clip_boxes, pack_per_image
+from frcnn.modeling.box_coder import decode_boxes
+from frcnn.modeling.box_ops import clip_boxes, pack_per_image
+from frcnn.modeling.structures import Detections
 
 
 @torch.no_grad()

@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from frcnn.anchors import AnchorGenerator
+from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.errors import ConfigError
-from frcnn.box_coder import encode_boxes
-from frcnn.matching import FOREGROUND, BACKGROUND, match
-from frcnn.proposals import generate_proposals
-from frcnn.sampling import sample_mask
-from frcnn.structures import ImageBatch, Proposals, Targets, batched_pairwise_iou
+from frcnn.modeling.box_coder import encode_boxes
+from frcnn.modeling.matching import FOREGROUND, BACKGROUND, match
+from frcnn.modeling.proposals import generate_proposals
+from frcnn.modeling.sampling import sample_mask
+from frcnn.modeling.box_ops import batched_pairwise_iou
+from frcnn.modeling.structures import ImageBatch, Proposals, Targets
 
 
 class RPNHead(nn.Module):

@@ -1,5 +1,7 @@
 """Typed contracts between the pipeline stages, and the box conventions they share.
 
+The batched box maths these conventions imply lives in :mod:`frcnn.modeling.box_ops`.
+
 Conventions used everywhere in frcnn:
 
 * Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the image the tensor lives in, with
@@ -133,65 +135,3 @@ def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> Targe
         labels[i, :n] = t["labels"].to(device)
         valid[i, :n] = True
     return Targets(boxes=boxes, labels=labels, valid=valid)
-
-
-def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU between every pair of boxes of the same image, for the whole batch.
-
-    ``torchvision.ops.box_iou`` computes one image's ``[N, M]`` matrix; this is the same formula
-    broadcast over a leading batch dimension (tested equal to ``box_iou`` image by image).
-
-    Args:
-        boxes1: ``[B, N, 4]`` XYXY.
-        boxes2: ``[B, M, 4]`` XYXY.
-
-    Returns:
-        ``[B, N, M]`` IoU in ``[0, 1]`` (0 where the union is empty).
-    """
-    area1 = (boxes1[..., 2] - boxes1[..., 0]).clamp(min=0) * (boxes1[..., 3] - boxes1[..., 1]).clamp(min=0)
-    area2 = (boxes2[..., 2] - boxes2[..., 0]).clamp(min=0) * (boxes2[..., 3] - boxes2[..., 1]).clamp(min=0)
-    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # [B, N, M, 2]
-    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])  # [B, N, M, 2]
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
-
-
-def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
-    """Clip ``[B, N, 4]`` boxes to each image's ``(height, width)`` from ``[B, 2]``.
-
-    The batched form of ``torchvision.ops.clip_boxes_to_image`` (one size per image).
-    """
-    h = image_sizes[:, 0, None].to(boxes.dtype)
-    w = image_sizes[:, 1, None].to(boxes.dtype)
-    x1 = torch.minimum(boxes[..., 0].clamp(min=0), w)
-    y1 = torch.minimum(boxes[..., 1].clamp(min=0), h)
-    x2 = torch.minimum(boxes[..., 2].clamp(min=0), w)
-    y2 = torch.minimum(boxes[..., 3].clamp(min=0), h)
-    return torch.stack([x1, y1, x2, y2], dim=-1)
-
-
-def pack_per_image(keep: Tensor, image_of: Tensor, num_images: int, k: int) -> Tensor:
-    """Lay out the first ``k`` survivors of each image in a padded ``[num_images, k]`` table.
-
-    ``keep`` comes from ``batched_nms`` (indices sorted by score over the whole batch) and
-    ``image_of[keep]`` says which image each belongs to. A stable sort by image keeps the score order
-    inside each image; the rank of a survivor inside its image is its position minus the image's first
-    position. Works on device, with no host synchronization beyond the one ``batched_nms`` made.
-
-    Returns:
-        ``[num_images, k]`` long indices into the flat candidates, ``-1`` where an image has fewer
-        than ``k`` survivors: callers append one sentinel row to the candidates, which ``-1`` picks.
-    """
-    keep_image = image_of[keep]
-    order = torch.sort(keep_image, stable=True).indices
-    keep, keep_image = keep[order], keep_image[order]
-    counts = torch.bincount(keep_image, minlength=num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(keep.numel(), device=keep.device) - starts[keep_image]
-    # Ranks past k land in a spare column that is dropped.
-    slot = keep_image * (k + 1) + rank.clamp(max=k)
-    table = torch.full((num_images * (k + 1),), -1, dtype=torch.long, device=keep.device)
-    table[slot] = keep
-    return table.view(num_images, k + 1)[:, :k]
