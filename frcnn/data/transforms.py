@@ -41,17 +41,15 @@ class Augment:
             ops.append(
                 A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=jitter_prob)
             )
-        # COCO-format boxes ([x, y, w, h]) as the issue asks; converted at the boundary.
+        # albumentations' "pascal_voc" format is frcnn's own: XYXY in absolute pixels (continuous coordinates).
         self.pipeline = A.Compose(
-            ops, bbox_params=A.BboxParams(format="coco", label_fields=["labels"]), strict=True, seed=seed
+            ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]), strict=True, seed=seed
         )
 
     def set_seed(self, seed: int) -> None:
         self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
-        coco = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
-        out = self.pipeline(image=image, bboxes=coco, labels=labels)
-        b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+        out = self.pipeline(image=image, bboxes=boxes, labels=labels)
+        xyxy = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         return out["image"], xyxy, np.asarray(out["labels"], dtype=np.int64)

@@ -59,6 +59,12 @@ def pack_per_image(keep: Tensor, image_of: Tensor, num_images: int, k: int) -> T
     Returns:
         ``[num_images, k]`` long indices into the flat candidates, ``-1`` where an image has fewer
         than ``k`` survivors: callers append one sentinel row to the candidates, which ``-1`` picks.
+
+    Worked example of the sentinel-row gather: candidates ``scores = [0.9, 0.8, 0.7]`` of images
+    ``image_of = [0, 1, 0]``, all kept (``keep = [0, 1, 2]``), ``k = 2`` → table ``[[0, 2], [1, -1]]``.
+    Append a sentinel to the candidates, ``[0.9, 0.8, 0.7, 0.0]``, and index with the table: ``-1``
+    is the last row, so image 0 gets ``[0.9, 0.7]`` and image 1 ``[0.8, 0.0]`` with ``valid = table >= 0``
+    ``= [[True, True], [True, False]]`` — one gather for the whole batch, no per-image loop.
     """
     keep_image = image_of[keep]
     order = torch.sort(keep_image, stable=True).indices

@@ -128,8 +128,8 @@ def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> Non
     """Shape checks on user targets: one clear message instead of an error deep in the pipeline."""
     if len(targets) != num_images:
         raise InputError(f"got {num_images} images but {len(targets)} targets")
-    for i, t in enumerate(targets):
-        boxes, labels = t.get("boxes"), t.get("labels")
+    for i, target in enumerate(targets):
+        boxes, labels = target.get("boxes"), target.get("labels")
         if boxes is None or labels is None:
             raise InputError(f"target {i} needs 'boxes' and 'labels'")
         if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
@@ -140,7 +140,7 @@ def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> Non
 
 def _labels_out_of_range(targets: Sequence[dict[str, Tensor]], num_classes: int) -> Tensor | None:
     """A 0-dim bool on the labels' device: does any label fall outside ``1..K``? None without labels. No sync."""
-    labeled = [t["labels"].reshape(-1) for t in targets if t["labels"].numel()]
+    labeled = [target["labels"].reshape(-1) for target in targets if target["labels"].numel()]
     if not labeled:
         return None
     flat = torch.cat([lab.to(labeled[0].device) for lab in labeled])
@@ -149,12 +149,12 @@ def _labels_out_of_range(targets: Sequence[dict[str, Tensor]], num_classes: int)
 
 def _label_error(targets: Sequence[dict[str, Tensor]], num_classes: int) -> InputError:
     """The error for the first target with a label outside ``1..K``, naming its index and ``image_id``."""
-    for i, t in enumerate(targets):
-        bad = t["labels"][(t["labels"] < 1) | (t["labels"] > num_classes)]
+    for i, target in enumerate(targets):
+        bad = target["labels"][(target["labels"] < 1) | (target["labels"] > num_classes)]
         if bad.numel():
             named = ""
-            if t.get("image_id") is not None:
-                ids = torch.as_tensor(t["image_id"]).reshape(-1).tolist()
+            if target.get("image_id") is not None:
+                ids = torch.as_tensor(target["image_id"]).reshape(-1).tolist()
                 named = f" (image_id {ids[0] if len(ids) == 1 else ids})"
             return InputError(
                 f"target {i}{named} has label {bad[0].item()}, outside 1..{num_classes}: labels are 1..K for the "

@@ -47,27 +47,28 @@ def postprocess_detections(
     Returns:
         :class:`Detections` with ``D = detections_per_image``.
     """
-    batch, num_rois, num_cls1 = class_logits.shape
-    k = num_cls1 - 1
+    batch, num_rois, num_logits = class_logits.shape
+    num_classes = num_logits - 1  # K: background has no detections
     scores = F.softmax(class_logits.float(), dim=-1)[..., 1:]  # [B, R, K]
     boxes = decode_boxes(box_deltas[:, :, 1:], rois[:, :, None, :], bbox_reg_weights)  # [B, R, K, 4]
-    boxes = clip_boxes(boxes.reshape(batch, num_rois * k, 4), image_sizes).reshape(batch, num_rois, k, 4)
+    boxes = clip_boxes(boxes.reshape(batch, num_rois * num_classes, 4), image_sizes).reshape(batch, num_rois, num_classes, 4)
     nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     keep_mask = (scores > score_thresh) & nonempty & roi_valid[..., None]  # [B, R, K]
 
     image_of = torch.arange(batch, device=scores.device)[:, None, None].expand_as(scores)
-    class_of = torch.arange(k, device=scores.device)[None, None, :].expand_as(scores)
+    class_of = torch.arange(num_classes, device=scores.device)[None, None, :].expand_as(scores)
     # Host sync: the number of candidates above the score threshold is data-dependent (test time only).
-    cand = keep_mask.reshape(-1).nonzero().squeeze(1)
-    cand_boxes = boxes.reshape(-1, 4)[cand]
-    cand_scores = scores.reshape(-1)[cand]
-    cand_image = image_of.reshape(-1)[cand]
-    keep = batched_nms(cand_boxes, cand_scores, cand_image * k + class_of.reshape(-1)[cand], nms_thresh)
-    table = pack_per_image(keep, cand_image, batch, detections_per_image)  # [B, D], -1 = padding
-    cand_labels = class_of.reshape(-1)[cand] + 1
+    candidate = keep_mask.reshape(-1).nonzero().squeeze(1)
+    candidate_boxes = boxes.reshape(-1, 4)[candidate]
+    candidate_scores = scores.reshape(-1)[candidate]
+    candidate_image = image_of.reshape(-1)[candidate]
+    keep = batched_nms(candidate_boxes, candidate_scores, candidate_image * num_classes + class_of.reshape(-1)[candidate], nms_thresh)
+    # [B, D] indices into the candidates, -1 = padding; -1 picks the zero row appended below.
+    table = pack_per_image(keep, candidate_image, batch, detections_per_image)
+    candidate_labels = class_of.reshape(-1)[candidate] + 1
     return Detections(
-        boxes=torch.cat([cand_boxes, cand_boxes.new_zeros(1, 4)])[table],
-        scores=torch.cat([cand_scores, cand_scores.new_zeros(1)])[table],
-        labels=torch.cat([cand_labels, cand_labels.new_zeros(1)])[table],
+        boxes=torch.cat([candidate_boxes, candidate_boxes.new_zeros(1, 4)])[table],
+        scores=torch.cat([candidate_scores, candidate_scores.new_zeros(1)])[table],
+        labels=torch.cat([candidate_labels, candidate_labels.new_zeros(1)])[table],
         valid=table >= 0,
     )

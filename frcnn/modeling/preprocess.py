@@ -104,9 +104,9 @@ class Preprocessor(nn.Module):
         if targets is None:
             return batch, None
         scaled = []
-        for t, (sy, sx) in zip(targets, scales):
+        for target, (sy, sx) in zip(targets, scales):
             factor = torch.tensor([sx, sy, sx, sy], dtype=torch.float32, device=device)
-            scaled.append({**t, "boxes": t["boxes"].to(device).float() * factor})
+            scaled.append({**target, "boxes": target["boxes"].to(device).float() * factor})
         return batch, scaled
 
 

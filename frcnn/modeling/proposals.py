@@ -53,6 +53,14 @@ def generate_proposals(
 
     Returns:
         :class:`Proposals` with ``P = min(post_nms_topk, A)``, sorted by score per image.
+
+    Dropped boxes are never removed (that would give each image its own length, and a host sync);
+    their logit becomes ``-inf`` and they come out with ``valid=False``. Worked example, one image,
+    ``pre_nms_topk=3``, ``post_nms_topk=3``: logits ``[2.0, 0.5, 1.0, -1.0]`` where anchor 2's box is
+    under the minimum size → ``[2.0, 0.5, -inf, -1.0]``; top-3 → anchors ``[0, 1, 3]``; NMS keeps all
+    three → proposals ``[0, 1, 3]``, all valid. Had NMS suppressed anchor 1, the image would have two
+    survivors and a padding slot: proposals ``[0, 3, pad]``, ``valid = [True, True, False]``. Had
+    every anchor been too small, all three slots would hold ``-inf`` logits: ``valid`` all False.
     """
     batch, num_anchors = objectness.shape
     boxes = clip_boxes(decode_boxes(deltas, anchors[None], (1.0, 1.0, 1.0, 1.0)), image_sizes)  # [B, A, 4]
@@ -63,15 +71,15 @@ def generate_proposals(
         big_enough = big_enough & anchor_valid
     logits = objectness.float().masked_fill(~big_enough, float("-inf"))
 
-    k = min(pre_nms_topk, num_anchors)
-    top_logits, top_idx = logits.topk(k, dim=1)  # [B, k], sorted
-    top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))  # [B, k, 4]
+    num_top = min(pre_nms_topk, num_anchors)
+    top_logits, top_idx = logits.topk(num_top, dim=1)  # [B, num_top], sorted
+    top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))  # [B, num_top, 4]
 
-    image_index = torch.arange(batch, device=logits.device)[:, None].expand(-1, k).reshape(-1)
+    image_index = torch.arange(batch, device=logits.device)[:, None].expand(-1, num_top).reshape(-1)
     # Host sync: NMS returns a data-dependent number of survivors. Boxes dropped above carry -inf and
     # sort after every real box; they are marked invalid below rather than removed (no extra sync).
     keep = batched_nms(top_boxes.reshape(-1, 4), top_logits.reshape(-1), image_index, nms_thresh)
-    num_out = min(post_nms_topk, k)
+    num_out = min(post_nms_topk, num_top)
     table = pack_per_image(keep, image_index, batch, num_out)  # [B, num_out], -1 = padding
     out_logits = torch.cat([top_logits.reshape(-1), top_logits.new_full((1,), float("-inf"))])[table]
     out_boxes = torch.cat([top_boxes.reshape(-1, 4), top_boxes.new_zeros(1, 4)])[table]

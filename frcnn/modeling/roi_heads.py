@@ -198,7 +198,7 @@ class RoIHeads(nn.Module):
             boxes = torch.cat([boxes, targets.boxes], dim=1)  # [B, P+G, 4]
             valid = torch.cat([valid, targets.valid], dim=1)
         iou = batched_pairwise_iou(boxes, targets.boxes)  # [B, P+G, G]
-        m = match(
+        matches = match(
             iou,
             box_valid=valid,
             gt_valid=targets.valid,
@@ -207,17 +207,17 @@ class RoIHeads(nn.Module):
             bg_iou_thresh_lo=self.bg_iou_thresh_lo,
             allow_low_quality_matches=False,
         )
-        fallback = valid & (m.labels == IGNORE) & (m.max_iou < self.bg_iou_thresh_lo)
+        fallback = valid & (matches.labels == IGNORE) & (matches.max_iou < self.bg_iou_thresh_lo)
         index, slot_valid = sample_fixed(
-            m.labels == FOREGROUND,
-            m.labels == BACKGROUND,
+            matches.labels == FOREGROUND,
+            matches.labels == BACKGROUND,
             fallback,
             num_samples=self.batch_size_per_image,
             positive_fraction=self.positive_fraction,
         )
         rois = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, R, 4]
-        is_fg = (m.labels == FOREGROUND).gather(1, index) & slot_valid  # invalid slots: background, no loss
-        gt_index = m.gt_index.gather(1, index)
+        is_fg = (matches.labels == FOREGROUND).gather(1, index) & slot_valid  # invalid slots: background, no loss
+        gt_index = matches.gt_index.gather(1, index)
         labels = torch.where(is_fg, targets.labels.gather(1, gt_index), 0)
         matched = targets.boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
         deltas = encode_boxes(rois, matched, self.bbox_reg_weights)

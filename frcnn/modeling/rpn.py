@@ -220,21 +220,21 @@ class RPN(nn.Module):
         batch = targets.boxes.shape[0]
         anchors_b = anchors[None].expand(batch, -1, -1)  # [B, N, 4]
         if self.straddle_thresh >= 0:
-            t = self.straddle_thresh
-            h = image_sizes[:, 0, None].to(anchors.dtype)
-            w = image_sizes[:, 1, None].to(anchors.dtype)
+            margin = self.straddle_thresh  # pixels an anchor may cross the border by
+            height = image_sizes[:, 0, None].to(anchors.dtype)
+            width = image_sizes[:, 1, None].to(anchors.dtype)
             inside = (
-                (anchors_b[..., 0] >= -t)
-                & (anchors_b[..., 1] >= -t)
-                & (anchors_b[..., 2] <= w + t)
-                & (anchors_b[..., 3] <= h + t)
+                (anchors_b[..., 0] >= -margin)
+                & (anchors_b[..., 1] >= -margin)
+                & (anchors_b[..., 2] <= width + margin)
+                & (anchors_b[..., 3] <= height + margin)
             )  # [B, N]
         else:
             inside = torch.ones(anchors_b.shape[:2], dtype=torch.bool, device=anchors.device)
         if anchor_valid is not None:
             inside = inside & anchor_valid
         iou = batched_pairwise_iou(anchors_b, targets.boxes)  # [B, N, G]
-        m = match(
+        matches = match(
             iou,
             box_valid=inside,
             gt_valid=targets.valid,
@@ -244,12 +244,12 @@ class RPN(nn.Module):
             allow_low_quality_matches=self.allow_low_quality_matches,
         )
         sampled_pos, sampled_neg = sample_mask(
-            m.labels == FOREGROUND,
-            m.labels == BACKGROUND,
+            matches.labels == FOREGROUND,
+            matches.labels == BACKGROUND,
             num_samples=self.batch_size_per_image,
             positive_fraction=self.positive_fraction,
         )
-        matched = targets.boxes.gather(1, m.gt_index[..., None].expand(-1, -1, 4))  # [B, N, 4]
+        matched = targets.boxes.gather(1, matches.gt_index[..., None].expand(-1, -1, 4))  # [B, N, 4]
         deltas = encode_boxes(anchors_b, matched, (1.0, 1.0, 1.0, 1.0))
         # Only positives are regressed; elsewhere the matched box may be padding (log 0 = -inf).
         deltas = torch.where(sampled_pos[..., None], deltas, torch.zeros_like(deltas))

@@ -124,14 +124,14 @@ def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> Targe
     ``G = max(1, max_i G_i)``: one padded slot is kept even when no image has a box, so that
     reductions over ground truth never see an empty dimension.
     """
-    num = max([1] + [int(t["boxes"].shape[0]) for t in targets])  # list lengths: no device sync
+    num = max([1] + [int(target["boxes"].shape[0]) for target in targets])  # list lengths: no device sync
     batch = len(targets)
     boxes = torch.zeros(batch, num, 4, device=device)
     labels = torch.zeros(batch, num, dtype=torch.long, device=device)
     valid = torch.zeros(batch, num, dtype=torch.bool, device=device)
-    for i, t in enumerate(targets):
-        n = t["boxes"].shape[0]
-        boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
-        labels[i, :n] = t["labels"].to(device)
+    for i, target in enumerate(targets):
+        n = target["boxes"].shape[0]
+        boxes[i, :n] = target["boxes"].to(device=device, dtype=torch.float32)
+        labels[i, :n] = target["labels"].to(device)
         valid[i, :n] = True
     return Targets(boxes=boxes, labels=labels, valid=valid)
