@@ -33,14 +33,19 @@ from frcnn.errors import UserError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/train.yaml`` composed with Hydra ``overrides`` outside a Hydra app (tests, benchmarks).
+def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with Hydra ``overrides`` outside a Hydra app (tests, benchmarks).
 
-    ``run_dir`` interpolates Hydra's runtime output folder, which exists only inside ``@hydra.main``:
-    override it before resolving the config.
+    ``run_dir`` (train) and ``output_dir`` (evaluate, infer) interpolate Hydra's runtime output folder,
+    which exists only inside ``@hydra.main``: override them before resolving the config.
     """
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
+
+
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` composed with Hydra ``overrides``: :func:`compose_config` of ``"train"``."""
+    return compose_config("train", overrides)
 
 
 def user_message(err: BaseException) -> str | None:

@@ -117,8 +117,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         if not values or not all(_is_int(s) and s >= 1 for s in values):
             raise ConfigError(f"data.min_size_train={_show(sizes)} is not valid; allowed: a list of shorter-side sizes >= 1, e.g. [600]")
 
+    if _get(cfg, "optim.reference_batch_size") is not _ABSENT:
+        raise ConfigError("optim.reference_batch_size is now trainer.reference_batch_size (optim holds only the optimizer's "
+                          "arguments); move it there")
+    _number(cfg, "trainer.reference_batch_size", integer=True, low=1)
     _number(cfg, "optim.lr", low=0, low_open=True)
-    _number(cfg, "optim.reference_batch_size", integer=True, low=1)
     _number(cfg, "optim.weight_decay", low=0)
     _number(cfg, "optim.momentum", low=0, high=1)
     _number(cfg, "schedule.warmup_iters", integer=True, low=0)
@@ -132,7 +135,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _number(cfg, "data.augment.hue", low=0, high=0.5)
 
     _validate_model(cfg)
-    for key in ("model", "schedule", "data.augment"):  # optim is instantiated by builders, which pops its extra keys
+    for key in ("model", "optim", "schedule", "data.augment"):
         node = _get(cfg, key)
         if isinstance(node, DictConfig):
             _check_targets(node, key)

@@ -1,7 +1,13 @@
-"""Rebuild a trained detector from its checkpoint, and run it on single images."""
+"""Rebuild a trained detector from its checkpoint, run it on single images, and draw what it found.
+
+:func:`infer` is the task behind ``scripts/infer.py``: a config in, one annotated PNG and one JSON of
+detections per image out.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +15,16 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torchvision.io import write_png
+from torchvision.utils import draw_bounding_boxes
 
+from frcnn.config import resolve_device, validate_infer_config
 from frcnn.data.coco import CategoryMap
+from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
+from frcnn.errors import MissingFileError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def load_model(
@@ -42,3 +55,86 @@ def detect(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> d
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device)
     det = model([tensor]).detections[0]
     return {k: v.cpu() for k, v in det.items()}
+
+
+def image_paths(path: Path) -> list[Path]:
+    """``path`` itself, or the images in the folder ``path`` (by suffix, sorted by name).
+
+    Raises:
+        MissingFileError: ``path`` does not exist, or is a folder without images.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise MissingFileError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        return files
+    if not path.exists():
+        raise MissingFileError(f"image {path} not found")
+    return [path]
+
+
+def infer(cfg: DictConfig) -> list[Path]:
+    """Detect objects in ``cfg.image`` (a file or a folder) with ``cfg.checkpoint``; ``conf/infer.yaml``.
+
+    For each image writes ``<stem>.png`` (boxes, class names and scores drawn) and ``<stem>.json``
+    (detections at or above ``cfg.score_thresh``, in the original image's pixels) into
+    ``cfg.output_dir``, and prints one line with the count and the latency.
+
+    Returns:
+        The PNG files written, in the order of the images.
+
+    Raises:
+        UserError: a bad config value, a missing or unreadable checkpoint or image.
+    """
+    validate_infer_config(cfg)
+    device = resolve_device(cfg.device, "device")
+    model, categories, _ = load_model(cfg.checkpoint, device)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in image_paths(Path(cfg.image)):
+        image = read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+        t0 = time.perf_counter()
+        det = detect(model, image, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the kernels run asynchronously: wait for them before reading the clock
+        latency = (time.perf_counter() - t0) * 1000
+        keep = det["scores"] >= float(cfg.score_thresh)
+        boxes = det["boxes"][keep]
+        records = detection_records(boxes, det["scores"][keep], det["labels"][keep], categories)
+        h, w = image.shape[:2]
+        (out / f"{path.stem}.json").write_text(
+            json.dumps({"image": str(path), "width": w, "height": h, "detections": records}, indent=1)
+        )
+        png = out / f"{path.stem}.png"
+        write_png(draw(image, boxes, [f"{r['category']} {r['score']:.2f}" for r in records]), str(png))
+        written.append(png)
+        print(f"{path}: {len(records)} detections, {latency:.1f} ms -> {png}")
+    return written
+
+
+def detection_records(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, categories: CategoryMap) -> list[dict[str, Any]]:
+    """One JSON-ready dict per detection: ``box_xyxy`` (pixels), ``score``, ``label`` (1..K), and the
+    data set's ``category_id`` and ``category`` name for it.
+
+    Args:
+        boxes: ``[N, 4]`` XYXY; scores: ``[N]``; labels: ``[N]`` int64 in ``1..K``.
+    """
+    return [
+        {
+            "box_xyxy": [round(float(v), 2) for v in b],
+            "score": round(float(s), 4),
+            "label": int(lab),
+            "category_id": categories.category_id(int(lab)),
+            "category": categories.name(int(lab)),
+        }
+        for b, s, lab in zip(boxes, scores, labels)
+    ]
+
+
+def draw(image: np.ndarray, boxes: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """``image`` (``[H, W, 3]`` uint8) with ``boxes`` (``[N, 4]`` XYXY pixels) drawn in red and labelled
+    ``names``, as a ``[3, H, W]`` uint8 tensor; the line width grows with the image (1 px per 300)."""
+    h, w = image.shape[:2]
+    canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    return draw_bounding_boxes(canvas, boxes, labels=names, colors="red", width=max(1, round(max(h, w) / 300)))

@@ -476,7 +476,7 @@ TRAIN = [
     md("""
 # 3. Train, evaluate, look
 
-A ResNet-18-C4 Faster R-CNN trained from scratch on a small synthetic set for under a CPU minute,
+A ResNet-18-C4 Faster R-CNN trained from scratch on a small synthetic set for about a CPU minute,
 through the same `train(cfg)` that `scripts/train.py` runs, with the demo's settings
 (`experiment=demo`; the run's overrides are `frcnn.recipes.QUICK`). That buys only a first, weak
 detector: `make demo` trains the same model for up to ten minutes on 800 images and reaches COCO AP ≈ 0.5

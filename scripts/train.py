@@ -8,11 +8,13 @@ import sys
 from omegaconf import DictConfig
 
 from frcnn.cli import hydra_app
-from frcnn.engine.trainer import train
 
 
 @hydra_app("train")
 def main(cfg: DictConfig) -> float:
+    # Imported once Hydra has composed the config: a mistaken override ends in a second, before torch loads.
+    from frcnn.engine.trainer import train
+
     metrics = train(cfg)
     if metrics["stopped_by_signal"] is not None:
         # Preempted: last.pt is saved; a non-zero status tells the scheduler the run is unfinished.

@@ -15,13 +15,13 @@ from tests.conftest import small_model
 @pytest.mark.parametrize(
     "overrides, world, optimizer, lr",
     [
-        (["data.batch_size=3", "optim.lr=0.02", "optim.reference_batch_size=16"], 4, torch.optim.SGD, 0.02 * 3 * 4 / 16),
-        (["data.batch_size=3", "optim.lr=0.02", "optim.reference_batch_size=16"], 1, torch.optim.SGD, 0.02 * 3 / 16),
+        (["data.batch_size=3", "optim.lr=0.02", "trainer.reference_batch_size=16"], 4, torch.optim.SGD, 0.02 * 3 * 4 / 16),
+        (["data.batch_size=3", "optim.lr=0.02", "trainer.reference_batch_size=16"], 1, torch.optim.SGD, 0.02 * 3 / 16),
         (["optim=adamw", "data.batch_size=2"], 1, torch.optim.AdamW, 1e-4 * 2 / 16),  # conf/optim/adamw.yaml: lr 1e-4 at 16
     ],
 )
 def test_lr_scales_with_the_total_batch(overrides, world, optimizer, lr):
-    """lr = optim.lr x data.batch_size x world_size / optim.reference_batch_size (linear scaling rule)."""
+    """lr = optim.lr x data.batch_size x world_size / trainer.reference_batch_size (linear scaling rule)."""
     cfg = compose_train(overrides)
     opt = builders.build_optimizer(cfg, nn.Linear(3, 2), world_size=world)
     assert type(opt) is optimizer

@@ -119,7 +119,7 @@ def test_truncated_and_missing(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resume(tmp_path, tiny_checkpoint, tiny_data):
+def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resume(tmp_path, tiny_checkpoint):
     """Before frcnn.modeling, stages were top-level modules and the backbone owned the box head."""
     import re
 
@@ -153,6 +153,9 @@ def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resu
 
     from tests.conftest import TINY_TRAIN
 
-    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", f"train.resume={tmp_path / 'old.pt'}", f"run_dir={tmp_path / 'run'}"])
+    # data.root does not exist: the built-in data set would be generated there if the refusal came after it
+    data = tmp_path / "not_generated"
+    cfg = compose_train(TINY_TRAIN + [f"data.root={data}", f"train.resume={tmp_path / 'old.pt'}", f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="earlier frcnn"):
         train(cfg)
+    assert not data.exists()  # refused before any data were generated or read

@@ -1,4 +1,11 @@
-"""frcnn.cli and the scripts' entry points: one line for the user's mistakes, a traceback for ours."""
+"""frcnn.cli and the scripts' entry points: one line for the user's mistakes, a traceback for ours.
+
+Mistakes Hydra finds while composing (unknown keys, bad override syntax) run through the scripts'
+CLIs: the scripts import torch only after composing, so these end in about a second. Wrong values,
+found by the task functions the scripts call, are checked in-process on those functions; such an
+error raised inside a task runs through a script's CLI in tests/test_infer.py (evaluate.py on a
+decompression bomb) and tests/test_train.py.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,18 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from frcnn.cli import compose_train, friendly_errors, user_message
+from frcnn.cli import compose_config, compose_train, friendly_errors, user_message
 from frcnn.data.coco import AnnotationError
+from frcnn.engine.trainer import train
 from frcnn.errors import ConfigError, MissingFileError
+from frcnn.evaluation.evaluate import evaluate
+from frcnn.inference import infer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _exits_with_one_line(fn, capsys) -> str:
+def exits_with_one_line(fn, capsys) -> str:
+    """``fn()`` under :func:`friendly_errors` ends with exit status 2 and one ``error: ...`` line on stderr; that line."""
     with pytest.raises(SystemExit) as exc:
         friendly_errors(fn)()
     assert exc.value.code == 2
@@ -38,9 +49,9 @@ def _raise(err: BaseException):
 
 
 def test_project_errors_are_one_line_and_exit_2(capsys):
-    assert _exits_with_one_line(_raise(ConfigError("trainer.amp='fp32' is not valid")), capsys) == "error: trainer.amp='fp32' is not valid"
-    assert "a.jpg" in _exits_with_one_line(_raise(MissingFileError("image a.jpg not found")), capsys)
-    assert _exits_with_one_line(_raise(AnnotationError("duplicate image ids [3]\nids must be unique")), capsys) == (
+    assert exits_with_one_line(_raise(ConfigError("trainer.amp='fp32' is not valid")), capsys) == "error: trainer.amp='fp32' is not valid"
+    assert "a.jpg" in exits_with_one_line(_raise(MissingFileError("image a.jpg not found")), capsys)
+    assert exits_with_one_line(_raise(AnnotationError("duplicate image ids [3]\nids must be unique")), capsys) == (
         "error: duplicate image ids [3]; ids must be unique"
     )
 
@@ -60,10 +71,10 @@ def test_a_value_error_from_inside_torch_keeps_its_traceback():
 def test_instantiate_errors_are_the_users_only_when_the_config_is_at_fault(capsys):
     # A key the target does not take: the call itself fails, so the config is at fault.
     bad_key = OmegaConf.create({"_target_": "frcnn.engine.schedule.WarmupCosine", "max_iters": 3, "bogus": 1})
-    assert "bogus" in _exits_with_one_line(lambda: instantiate(bad_key), capsys)
+    assert "bogus" in exits_with_one_line(lambda: instantiate(bad_key), capsys)
     # A project error raised by the constructor is reported as itself.
     bad_value = compose_train(["model.roi_heads.pooler=bilinear", "run_dir=x"]).model.roi_heads
-    assert "'bilinear'" in _exits_with_one_line(lambda: instantiate(bad_value), capsys)
+    assert "'bilinear'" in exits_with_one_line(lambda: instantiate(bad_value), capsys)
     # Anything raised inside the target is a bug, even a TypeError: Hydra's wrapper is re-raised with its cause.
     for target, cause in (("tests.test_cli._buggy_target", TypeError), ("numpy.zeros", ValueError)):
         broken = OmegaConf.create({"_target_": target, "shape": -1})
@@ -103,21 +114,19 @@ def run_script(script: str, args: list[str], tmp_path: Path) -> subprocess.Compl
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
 
 
-MISTAKES = {
+COMPOSITION_MISTAKES = {
     "unknown key": ("train.py", ["model.rpn.no_such_key=1"], ["model.rpn.no_such_key", "nms_thresh"]),
     "unknown key in a sweep": ("train.py", ["-m", "optim.lr=0.01,0.02", "optim.no_such_key=1"], ["optim.no_such_key", "weight_decay"]),
-    "amp": ("train.py", ["trainer.amp=fp32"], ["trainer.amp='fp32'", "none | bf16 | fp16"]),
-    "device": ("train.py", ["trainer.device=gpu"], ["trainer.device='gpu'", "auto | cpu | cuda"]),
     "override syntax": ("train.py", ["trainer.max_iters=="], ["trainer.max_iters==", "key=value"]),
-    "evaluate amp": ("evaluate.py", ["checkpoint=best.pt", "amp=fp32"], ["amp='fp32'", "none | bf16 | fp16"]),
-    "infer device": ("infer.py", ["checkpoint=best.pt", "image=a.jpg", "device=gpu"], ["device='gpu'", "auto | cpu | cuda"]),
+    "evaluate unknown key": ("evaluate.py", ["checkpoint=best.pt", "batch_sise=4"], ["batch_sise is not a config key", "did you mean batch_size?"]),
+    "infer unknown key": ("infer.py", ["checkpoint=best.pt", "image=a.jpg", "score_tresh=0.3"], ["score_tresh is not a config key", "did you mean score_thresh?"]),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(MISTAKES))
-def test_config_mistakes_end_with_one_line_and_exit_2(case, tmp_path):
-    script, args, expected = MISTAKES[case]
+@pytest.mark.parametrize("case", list(COMPOSITION_MISTAKES))
+def test_composition_mistakes_end_with_one_line_and_exit_2(case, tmp_path):
+    script, args, expected = COMPOSITION_MISTAKES[case]
     data = tmp_path / "data"
     res = run_script(script, [*args, f"data.root={data}"] if script == "train.py" else args, tmp_path)
     assert res.returncode == 2, res.stderr[-3000:]
@@ -128,13 +137,32 @@ def test_config_mistakes_end_with_one_line_and_exit_2(case, tmp_path):
     assert not data.exists()  # it failed before generating any data
 
 
+VALUE_MISTAKES = {
+    "amp": (train, "train", ["trainer.amp=fp32"], ["trainer.amp='fp32'", "none | bf16 | fp16"]),
+    "device": (train, "train", ["trainer.device=gpu"], ["trainer.device='gpu'", "auto | cpu | cuda"]),
+    "evaluate amp": (evaluate, "evaluate", ["checkpoint=best.pt", "amp=fp32"], ["amp='fp32'", "none | bf16 | fp16"]),
+    "infer device": (infer, "infer", ["checkpoint=best.pt", "image=a.jpg", "device=gpu"], ["device='gpu'", "auto | cpu | cuda"]),
+}
+
+
+@pytest.mark.parametrize("case", list(VALUE_MISTAKES))
+def test_config_value_mistakes_end_with_one_line_before_any_work(case, tmp_path, capsys):
+    """The task each script calls checks the values first: one line, exit status 2, no data and no output folder."""
+    task, config_name, overrides, expected = VALUE_MISTAKES[case]
+    data, out = tmp_path / "data", tmp_path / "out"
+    where = [f"data.root={data}", f"run_dir={out}"] if config_name == "train" else [f"output_dir={out}"]
+    cfg = compose_config(config_name, [*overrides, *where])
+    line = exits_with_one_line(lambda: task(cfg), capsys)
+    for part in expected:
+        assert part in line
+    assert not data.exists() and not out.exists()
+
+
 @pytest.mark.slow
 def test_a_bug_under_hydra_app_keeps_its_traceback(tmp_path):
     script = tmp_path / "buggy.py"
     script.write_text(textwrap.dedent(
-        f"""
-        import sys
-        sys.path.insert(0, {str(REPO)!r})
+        """
         import numpy as np
         from frcnn.cli import hydra_app
 

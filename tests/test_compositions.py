@@ -4,12 +4,16 @@ the primary config as it is), the anchors fit the images and the schedule fits t
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from frcnn.cli import compose_train
+
+OPTIM_FILES = sorted((Path(__file__).resolve().parents[1] / "conf" / "optim").glob("*.yaml"))
 
 DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"]}
 BACKBONES = ["r18_c4", "r50_c4", "vgg16"]
@@ -43,7 +47,7 @@ def test_each_composition_fits_its_data(data, backbone, schedule):
     assert 0.5 <= cfg.model.rpn.min_size / (16 * cfg.data.min_size_test / 600) <= 2
     # Schedule: 5-50 epochs at the batch the learning rate is defined for, warm-up <= 20 % of it, and
     # the step schedule's decays inside the run.
-    epochs = cfg.trainer.max_iters * cfg.optim.reference_batch_size / cfg.data.num_train_images
+    epochs = cfg.trainer.max_iters * cfg.trainer.reference_batch_size / cfg.data.num_train_images
     assert 5 <= epochs <= 50, epochs
     assert cfg.schedule.warmup_iters <= 0.2 * cfg.trainer.max_iters
     sched = instantiate(cfg.schedule)
@@ -57,7 +61,7 @@ def test_primary_config_as_it_is_fits_the_built_in_data():
     OmegaConf.resolve(cfg)
     assert cfg.data.generate is not None  # the built-in data, generated on first use
     assert list(cfg.model.rpn.anchor_generator.sizes) == [32, 64, 128]
-    assert cfg.trainer.max_iters * cfg.optim.reference_batch_size / cfg.data.num_train_images == 20
+    assert cfg.trainer.max_iters * cfg.trainer.reference_batch_size / cfg.data.num_train_images == 20
     # the paper's settings where the data are the paper's
     coco = compose_train(["data=coco", "data.root=/d", "run_dir=/tmp/x"])
     assert list(coco.model.rpn.anchor_generator.sizes) == [128, 256, 512] and coco.model.rpn.min_size == 16
@@ -69,3 +73,18 @@ def test_demo_experiment_fits_the_built_in_data():
     OmegaConf.resolve(cfg)
     assert list(cfg.model.rpn.anchor_generator.sizes) == [32, 64, 128] and cfg.model.rpn.min_size == 8
     assert cfg.trainer.max_time is not None  # a wall-clock budget keeps make demo within its bound
+
+
+@pytest.mark.parametrize("path", OPTIM_FILES, ids=[p.stem for p in OPTIM_FILES])
+def test_each_optimizer_config_instantiates_as_it_stands(path):
+    """A group file of conf/optim is a partial optimizer whose keys are all its arguments: the parameters
+    are all it lacks (the trainer scales lr and splits the parameters into weight-decay groups)."""
+    cfg = OmegaConf.load(path)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = instantiate(cfg)([weight])
+    assert type(optimizer).__name__ == cfg._target_.rsplit(".", 1)[1]
+    group = optimizer.param_groups[0]
+    assert group["lr"] == cfg.lr and group["weight_decay"] == cfg.weight_decay
+    weight.sum().backward()
+    optimizer.step()
+    assert (weight < 1).all()  # it steps against the gradient

@@ -1,16 +1,24 @@
-"""COCO evaluation against pycocotools run directly, on hand-made fixtures."""
+"""COCO evaluation against pycocotools run directly, on hand-made fixtures; the evaluation task on a results file."""
 
 import contextlib
 import copy
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from frcnn.cli import compose_config
+from frcnn.errors import ConfigError, InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table
+from frcnn.evaluation.evaluate import evaluate
 from frcnn.evaluation.plots import plot_pr_curves
+
+REPO = Path(__file__).resolve().parents[1]
 
 GT = {
     "images": [{"id": 1, "width": 200, "height": 200, "file_name": "1.png"}, {"id": 2, "width": 200, "height": 100, "file_name": "2.png"}],
@@ -152,20 +160,53 @@ def test_per_class_table_and_pr_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_evaluate_script_scores_a_results_file(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
     (tmp_path / "gt.json").write_text(json.dumps(GT))
     (tmp_path / "res.json").write_text(json.dumps(perfect()[:-1]))
+    out = tmp_path / "out"
     res = subprocess.run(
-        [sys.executable, str(repo / "scripts" / "evaluate.py"), f"predictions={tmp_path / 'res.json'}",
-         f"annotations={tmp_path / 'gt.json'}", f"hydra.run.dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, cwd=repo, timeout=300,
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"predictions={tmp_path / 'res.json'}",
+         f"annotations={tmp_path / 'gt.json'}", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stats"]["AP"] == pytest.approx(reference(perfect()[:-1])["AP"])
-    assert (tmp_path / "out" / "pr_curves.png").is_file() and (tmp_path / "out" / "per_class_ap.md").is_file()
+    assert metrics["num_detections"] == len(perfect()) - 1
+    assert (out / "pr_curves.png").is_file() and not (out / "detections.json").exists()
+    table = (out / "per_class_ap.md").read_text()
+    assert table == per_class_table(metrics["per_class_ap"]) + "\n"
+    lines = res.stdout.splitlines()
+    assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
+    assert "\n".join(lines[1:-1]) + "\n" == table
+    assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
+
+
+def test_evaluate_without_detections_writes_zeros_and_no_curves(tmp_path, capsys):
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "res.json").write_text("[]")
+    out = tmp_path / "out"
+    metrics = evaluate(compose_config("evaluate", [f"predictions={tmp_path / 'res.json'}", f"annotations={tmp_path / 'gt.json'}",
+                                                   f"output_dir={out}"]))
+    assert metrics == {"stats": {n: 0.0 for n in STAT_NAMES}, "per_class_ap": {"cat": 0.0, "dog": 0.0}, "num_detections": 0}
+    assert json.loads((out / "metrics.json").read_text()) == metrics and not (out / "pr_curves.png").exists()
+    assert capsys.readouterr().out.splitlines()[-1] == f"COCO AP@[.5:.95] = 0.0000; results in {out}"
+
+
+@pytest.mark.parametrize(
+    "predictions, annotations, error, message",
+    [
+        ("missing.json", "gt.json", MissingFileError, "predictions file .*missing.json not found; pass predictions="),
+        ("broken.json", "gt.json", InputError, "predictions file .*broken.json is not valid JSON"),
+        ("res.json", None, ConfigError, "predictions=... needs annotations="),
+    ],
+)
+def test_evaluate_results_file_mistakes(tmp_path, predictions, annotations, error, message):
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "res.json").write_text(json.dumps(perfect()))
+    (tmp_path / "broken.json").write_text("[{")
+    overrides = [f"predictions={tmp_path / predictions}", f"output_dir={tmp_path / 'out'}"]
+    cfg = compose_config("evaluate", overrides + ([f"annotations={tmp_path / annotations}"] if annotations else []))
+    with pytest.raises(error, match=message):
+        evaluate(cfg)

@@ -2,7 +2,6 @@
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -56,9 +55,11 @@ def test_sigterm_saves_at_step_boundary_and_resume_continues(tiny_data, tmp_path
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     stopped_at = torch.load(run / "last.pt", weights_only=True)["iteration"]
     assert 2 <= stopped_at < 1000
-    resumed = subprocess.run(args + [f"trainer.max_iters={stopped_at + 2}", f"train.resume={run / 'last.pt'}",
-                                     f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # Resumed in this process (the CLI is the thin wrapper above): no second interpreter to start.
+    resumed = train(compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.eval_period=0",
+                                                "trainer.checkpoint_period=1000", f"trainer.max_iters={stopped_at + 2}",
+                                                f"train.resume={run / 'last.pt'}", f"run_dir={tmp_path / 'resumed'}"]))
+    assert resumed["iteration"] == stopped_at + 2 and resumed["stopped_by_signal"] is None
     iters = [json.loads(l)["iteration"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert iters == [stopped_at + 1, stopped_at + 2]
 
@@ -88,26 +89,6 @@ def test_amp_overflow_streak_fails_the_run():
         m.update(True, 9)
 
 
-def test_ddp_ranks_with_only_negative_images_do_not_hang(tiny_data, tmp_path):
-    import shutil
-
-    from tests.test_train import run_group, tiny
-
-    data = tmp_path / "neg"
-    shutil.copytree(tiny_data, data)
-    ann = data / "annotations" / "train.json"
-    d = json.loads(ann.read_text())
-    d["annotations"] = []
-    ann.write_text(json.dumps(d))
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "train.py"),
-           *tiny(data, run, ["trainer.max_iters=3", "trainer.eval_period=0"])]
-    res = run_group(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
-    assert [r["loss_box_reg"] for r in records] == [0.0, 0.0, 0.0] and all(r["loss_cls"] > 0 for r in records)
-
-
 def _copy_data(tiny_data, tmp_path):
     import shutil
 
@@ -133,7 +114,7 @@ def test_corrupt_validation_image_is_left_out_counted_and_the_run_kept(tiny_data
 
 
 def test_a_failure_in_evaluation_keeps_the_steps_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import frcnn.engine.trainer as trainer
+    import frcnn.engine.hooks as hooks
 
     def broken(*args, **kwargs):
         # the step's checkpoint is already on disk when evaluation runs
@@ -141,7 +122,7 @@ def test_a_failure_in_evaluation_keeps_the_steps_checkpoint(tiny_data, tmp_path,
         raise OSError("No space left on device")
 
     run = tmp_path / "run"
-    monkeypatch.setattr(trainer, "evaluate_results", broken)
+    monkeypatch.setattr(hooks, "evaluate_results", broken)
     cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=2", "trainer.eval_period=2",
                                       "trainer.checkpoint_period=1000", f"run_dir={run}"])
     with pytest.raises(OSError, match="No space left"):
@@ -190,15 +171,15 @@ def test_decompression_bomb_in_training_is_skipped_and_counted(tiny_data, tmp_pa
 
 def test_max_time_ends_training_on_time_with_a_full_schedule(tiny_data, tmp_path):
     run = tmp_path / "run"
-    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=100000", "trainer.max_time=6",
+    cfg = compose_train(TINY_TRAIN + [f"data.root={tiny_data}", "trainer.max_iters=100000", "trainer.max_time=3",
                                       "trainer.eval_period=0", "schedule=cosine", f"run_dir={run}"])
     out = train(cfg)
     assert 1 <= out["iteration"] < 100000  # however slow the machine: the budget, not the step count, ended it
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
     # the cosine schedule ran over the time budget: the last step's lr is near zero, not near the base
-    # lr it would still have at step ~10 of a 100000-step schedule
+    # lr it would still have at step ~5 of a 100000-step schedule
     assert records[-1]["lr"] < 0.2 * cfg.optim.lr
-    assert records[-1]["elapsed_s"] >= 6
+    assert records[-1]["elapsed_s"] >= 3
     assert torch.load(run / "last.pt", weights_only=True)["iteration"] == out["iteration"]
 
 

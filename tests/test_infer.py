@@ -1,4 +1,10 @@
-"""The inference script end to end, on a trained tiny checkpoint and every kind of image users have."""
+"""Inference (frcnn.inference) and the evaluation of a checkpoint (frcnn.evaluation.evaluate) on a trained
+tiny checkpoint and every kind of image users have.
+
+One run of each script through its CLI (scripts/infer.py on every image kind; scripts/evaluate.py ending
+in a user's error raised in a data-loader worker); every other case calls the task function in-process,
+under the same :func:`frcnn.cli.friendly_errors` the scripts use.
+"""
 
 import json
 import shutil
@@ -11,7 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
+from frcnn.cli import compose_config
 from frcnn.data.synthetic import CATEGORY_IDS, CLASSES
+from frcnn.evaluation.coco_eval import STAT_NAMES
+from frcnn.evaluation.evaluate import evaluate
+from frcnn.inference import infer
+from tests.test_cli import exits_with_one_line
+from tests.test_data import bomb_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +67,10 @@ def test_infer_every_image_kind(tiny_checkpoint, tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count(" ms -> ") == len(sizes)
+    lines = res.stdout.splitlines()
+    assert len(lines) == len(sizes)  # one line per image, in name order
+    for line, path in zip(lines, sorted((tmp_path / "in").iterdir())):
+        assert line.startswith(f"{path}: ") and " detections, " in line and line.endswith(f" ms -> {out / path.stem}.png"), line
     counts = {}
     for stem, (w, h) in sizes.items():
         png = Image.open(out / f"{stem}.png")
@@ -72,55 +87,51 @@ def test_infer_every_image_kind(tiny_checkpoint, tmp_path):
     assert counts["shapes"] >= 1, counts
 
 
-def test_infer_unreadable_file_is_a_clear_error(tiny_checkpoint, tmp_path):
+def test_infer_unreadable_file_is_a_clear_error(tiny_checkpoint, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "infer.py"), f"checkpoint={tiny_checkpoint}", f"image={bad}", f"hydra.run.dir={tmp_path / 'o'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "broken.jpg" in res.stderr
+    cfg = compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={bad}", "device=cpu", f"output_dir={tmp_path / 'o'}"])
+    assert "broken.jpg" in exits_with_one_line(lambda: infer(cfg), capsys)
 
 
-def test_evaluate_script_on_a_checkpoint(tiny_checkpoint, tmp_path):
+def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"checkpoint={tiny_checkpoint}", "device=cpu", f"hydra.run.dir={out}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["stats"]) >= {"AP", "AP50", "AR100"}
+    metrics = evaluate(compose_config("evaluate", [f"checkpoint={tiny_checkpoint}", "device=cpu", f"output_dir={out}"]))
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(metrics["stats"]) == set(STAT_NAMES)
     dets = json.loads((out / "detections.json").read_text())
-    assert len(dets) >= 1 and all(d["category_id"] in CATEGORY_IDS for d in dets)
+    assert metrics["num_detections"] == len(dets) >= 1 and all(d["category_id"] in CATEGORY_IDS for d in dets)
     assert metrics["stats"]["AP50"] > 0  # the trained model's detections match the ground truth's ids
+    assert (out / "pr_curves.png").is_file()
+    table = (out / "per_class_ap.md").read_text()
+    assert all(f"| {name} |" in table for name in CLASSES)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
+    assert "\n".join(lines[1:-1]) + "\n" == table
+    assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
 
 
-def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path):
+def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path, capsys):
     """A file whose header claims 30000x30000 ends evaluation and inference with one line naming it;
-    the limit is configurable (raised, the same file gets as far as decoding and is found truncated)."""
-    from tests.test_data import bomb_png
-
+    the limit is configurable (raised, the same file gets as far as decoding and is found truncated).
+    Evaluation runs through its CLI: the error is raised in a data-loader worker and still ends as one line."""
     folder = tmp_path / "in"
     folder.mkdir()
     bomb_png(folder / "bomb.png")
     ann = {"images": [{"id": 1, "file_name": "bomb.png", "width": 30000, "height": 30000}], "annotations": [],
            "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, CLASSES)]}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    commands = {
-        "infer": ["infer.py", f"image={folder / 'bomb.png'}"],
-        "evaluate": ["evaluate.py", f"images={folder}", f"annotations={tmp_path / 'ann.json'}"],
-    }
-    cases = [("infer", "", "its header claims 30000x30000"), ("evaluate", "", "its header claims 30000x30000"),
-             ("infer", "max_pixels=1000000000", "cannot decode image")]
-    for name, limit, expected in cases:
-        script, *args = commands[name]
-        res = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / script), f"checkpoint={tiny_checkpoint}", *args, "device=cpu",
-             f"hydra.run.dir={tmp_path / name}", *([limit] if limit else [])],
-            capture_output=True, text=True, cwd=REPO, timeout=300,
-        )
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode == 2 and len(lines) == 1, (name, res.stderr[-2000:])
-        assert lines[0].startswith("error: ") and "bomb.png" in lines[0] and expected in lines[0], (name, lines)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"checkpoint={tiny_checkpoint}", f"images={folder}",
+         f"annotations={tmp_path / 'ann.json'}", "device=cpu", f"hydra.run.dir={tmp_path / 'evaluate'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("error: ") and "bomb.png" in lines[0] and "its header claims 30000x30000" in lines[0], lines
+
+    for limit, expected in (([], "its header claims 30000x30000"), (["max_pixels=1000000000"], "cannot decode image")):
+        cfg = compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={folder / 'bomb.png'}", "device=cpu",
+                                       f"output_dir={tmp_path / 'infer'}", *limit])
+        line = exits_with_one_line(lambda: infer(cfg), capsys)
+        assert "bomb.png" in line and expected in line, line

@@ -118,7 +118,7 @@ def test_multirun_sweep(tiny_data, tmp_path):
         ckpt = torch.load(sweep / job / "last.pt", weights_only=True)
         assert ckpt["config"]["optim"]["lr"] == lr
         groups = ckpt["optimizer"]["param_groups"]
-        # the optimizer was built with it: data.batch_size = optim.reference_batch_size = 2, so no scaling
+        # the optimizer was built with it: data.batch_size = trainer.reference_batch_size = 2, so no scaling
         assert [g["initial_lr"] for g in groups] == pytest.approx([lr] * len(groups), rel=1e-12)
         current_lrs.append([g["lr"] for g in groups])
     # the same schedule multiplies both: the lrs they trained with at the end differ by the swept ratio
@@ -143,7 +143,31 @@ coco.CocoDetection.__getitem__ = _recording
 """
 
 
-def test_two_gloo_ranks_stay_in_step(tiny_data, tmp_path):
+def test_two_gloo_ranks_stay_in_step_on_their_own_shards(tiny_data, tmp_path):
+    """Two gloo ranks under torchrun: each reads its own shard; rank 0 trains on images without boxes only
+    while rank 1 has boxes at every step, and neither hangs; the replicas are identical after every step."""
+    import shutil
+
+    from frcnn.data.coco import CocoDetection
+    from frcnn.engine.builders import InfiniteBatches
+    from frcnn.engine.distributed import DistInfo
+
+    seed, steps = 6, 4
+    data = CocoDetection(tiny_data / "train", tiny_data / "annotations" / "train.json")
+    streams = []  # the image ids of each batch each rank trains on
+    for rank in (0, 1):
+        batches = iter(InfiniteBatches(data, 2, seed, DistInfo(rank=rank, world_size=2)))
+        streams.append([[data.records[index]["image_id"] for index, _ in next(batches)] for _ in range(steps)])
+    # Rank 0's images lose their boxes; under this seed each of rank 1's batches keeps an image with boxes.
+    negative = {i for batch in streams[0] for i in batch}
+    assert all(set(batch) - negative for batch in streams[1]), f"seed={seed} no longer mixes the ranks; pick another"
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    ann = root / "annotations" / "train.json"
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] not in negative]
+    ann.write_text(json.dumps(coco))
+
     run = tmp_path / "ddp"
     hooks = tmp_path / "hooks"
     hooks.mkdir()
@@ -151,26 +175,22 @@ def test_two_gloo_ranks_stay_in_step(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FRCNN_IDS_DIR": str(hooks),
            "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "train.py"),
-           *tiny(tiny_data, run, ["trainer.checkpoint_period=1"])]
-    res = run_group(cmd, env=env, timeout=300)
+           *tiny(root, run, ["trainer.checkpoint_period=1", f"seed={seed}"])]
+    res = run_group(cmd, env=env, timeout=300)  # a rank waiting for the other's gradients forever fails here
     assert res.returncode == 0, res.stderr[-3000:]
     # Each rank reads its own DistributedSampler shard: the images each rank trained on are exactly its
     # own stream (both ranks reading one shard, or the whole set, would not match), and the two
     # ranks' first-epoch shards are disjoint.
-    from frcnn.data.coco import CocoDetection
-    from frcnn.engine.builders import InfiniteBatches
-    from frcnn.engine.distributed import DistInfo
-
-    data = CocoDetection(tiny_data / "train", tiny_data / "annotations" / "train.json")
     ids = [[int(i) for i in (hooks / f"rank{r}").read_text().split()] for r in (0, 1)]
     for rank in (0, 1):
-        stream = iter(InfiniteBatches(data, 2, 0, DistInfo(rank=rank, world_size=2)))
-        expected = [data.records[index]["image_id"] for _ in range(4) for index, _ in next(stream)]
-        assert ids[rank] == expected, (rank, ids)
-    shards = [set(InfiniteBatches(data, 2, 0, DistInfo(rank=r, world_size=2)).batches.sampler) for r in (0, 1)]
+        assert ids[rank] == [i for batch in streams[rank] for i in batch], (rank, ids)
+    shards = [set(InfiniteBatches(data, 2, seed, DistInfo(rank=r, world_size=2)).batches.sampler) for r in (0, 1)]
     assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 8
     assert ids[0] != ids[1]
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    # Rank 0 logs its own losses: no boxes, so exactly zero box regression, and a classification loss.
+    losses = [r for r in records if "loss" in r]
+    assert [r["loss_box_reg"] for r in losses] == [0.0] * steps and all(r["loss_cls"] > 0 for r in losses)
     sums = [r["replica_checksums"] for r in records if "replica_checksums" in r]
     assert len(sums) >= 4 and all(len(s) == 2 for s in sums)  # every checkpoint (period 1), best.pt too
     assert all(s[0] == s[1] for s in sums)  # identical weights on both ranks after every step

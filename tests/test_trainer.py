@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import frcnn.engine.trainer as trainer
+import frcnn.engine.schedule as schedule
 from frcnn.engine.distributed import agree_across_ranks
 from frcnn.engine.schedule import WarmupCosine, WarmupMultiStep
 from frcnn.config import ConfigError, parse_duration
@@ -29,7 +29,7 @@ def test_parse_duration():
 
 def test_budget_progress_is_the_larger_fraction_and_counts_time_spent_before_resume(monkeypatch):
     clock = {"now": 1000.0}
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: clock["now"])
     b = Budget(max_iters=100, max_time=60.0, spent=15.0)  # resumed after 15 s
     assert b.progress(10) == pytest.approx(0.25)  # 15/60 > 10/100
     clock["now"] += 15
@@ -84,3 +84,35 @@ def test_ranks_agree_on_flags_and_the_global_count():
     for p in procs:
         p.join(timeout=60)
     assert results == {0: [True, False, 3, 0.5], 1: [True, False, 3, 0.5]}
+
+
+def test_a_failure_saves_the_last_completed_step_only_if_it_is_whole_and_finite(tmp_path, capsys):
+    """The failure path (Checkpointer.on_failure): no save before the first step, in the middle of an
+    optimizer update or with non-finite weights; otherwise the failing rank saves its completed step once."""
+    from types import SimpleNamespace
+
+    from frcnn.engine.hooks import Checkpointer, MetricsLogger, OverflowMonitor
+
+    model = torch.nn.Linear(2, 2)
+    run = SimpleNamespace(it=0, start_iter=0, updating=False, model=model, world=1, is_main=True, run_dir=tmp_path)
+    run.checkpoint_state = lambda rngs: {"iteration": run.it, "rng": rngs}
+    log = MetricsLogger(tmp_path, period=1, tensorboard=False, progress=False, overflows=OverflowMonitor(3))
+    checkpointer = Checkpointer(period=1000, log=log)
+    last, error = tmp_path / "last.pt", RuntimeError("any failure")
+
+    checkpointer.on_failure(run, error)  # no step completed
+    run.it, run.updating = 3, True
+    checkpointer.on_failure(run, error)  # the weights are neither step 2's nor step 3's
+    assert not last.exists()
+    run.updating = False
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    checkpointer.on_failure(run, error)
+    assert not last.exists() and "the weights are not finite" in capsys.readouterr().out
+    with torch.no_grad():
+        model.weight[0, 0] = 1.0
+    checkpointer.on_failure(run, error)
+    assert torch.load(last, weights_only=True)["iteration"] == 3 and checkpointer.saved_at == 3
+    last.unlink()
+    checkpointer.on_failure(run, error)  # step 3 is already saved
+    assert not last.exists()

@@ -20,7 +20,7 @@ box-head smooth L1 beta             1.0                         1/9
 ==================================  ==========================  ==========================
 
 :class:`PeerAdapter` gives the peer frcnn's calling convention (``model(images, targets)`` returning
-:class:`frcnn.modeling.model.ModelOutput`), so one training loop and :func:`frcnn.evaluation.predict` serve both.
+:class:`frcnn.modeling.model.ModelOutput`), so one training loop and :func:`frcnn.evaluation.coco_eval.predict` serve both.
 """
 
 from __future__ import annotations

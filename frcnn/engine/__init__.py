@@ -1,1 +1,2 @@
-"""Training machinery: the step and the loop, checkpoints, schedules, distributed set-up."""
+"""Training machinery: the step and the loop (trainer), the hooks around them, checkpoints, schedules,
+distributed set-up."""

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from frcnn.data.coco import CategoryMap, CocoDetection, collate
 from frcnn.data.samplers import GroupedBatchSampler
 from frcnn.data.synthetic import generate
 from frcnn.engine.distributed import DistInfo, barrier
+from frcnn.errors import ConfigError
 
 
 def ensure_synthetic(cfg: DictConfig, dist_info: DistInfo) -> None:
@@ -69,11 +70,9 @@ class InfiniteBatches(torch.utils.data.Sampler):
         self.dist_info = dist_info
         self.start = start
         groups = [dataset.aspect_ratio_group(i) for i in range(len(dataset))]
-        if dist_info.world_size > 1:
-            base = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed, drop_last=True)
-        else:
-            base = _SeededRandomSampler(len(dataset), seed)
-        self.batches = GroupedBatchSampler(base, groups, batch_size, drop_last=True)
+        # One process is a world of one: the whole set, a permutation per epoch seeded by seed + epoch.
+        shard = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed, drop_last=True)
+        self.batches = GroupedBatchSampler(shard, groups, batch_size, drop_last=True)
 
     def _stream(self) -> Iterator[list[tuple[int, int]]]:
         for epoch in itertools.count():
@@ -88,25 +87,6 @@ class InfiniteBatches(torch.utils.data.Sampler):
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed`` (32 bits)."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class _SeededRandomSampler(torch.utils.data.Sampler[int]):
-    """A random permutation per epoch determined by ``seed + epoch``."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int) -> DataLoader:
@@ -144,17 +124,28 @@ def _pin(cfg: DictConfig) -> bool:
     return torch.cuda.is_available() if pin == "auto" else bool(pin)
 
 
+def build_model(cfg: DictConfig, categories: CategoryMap) -> torch.nn.Module:
+    """The detector ``cfg.model`` describes, after checking that ``data.num_classes`` matches the data."""
+    if int(cfg.data.num_classes) != categories.num_classes:
+        raise ConfigError(
+            f"data.num_classes={cfg.data.num_classes} but {cfg.data.train.annotations} has "
+            f"{categories.num_classes} categories; set data.num_classes={categories.num_classes}"
+        )
+    return instantiate(cfg.model)
+
+
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, world_size: int = 1) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optim`` names, over :func:`param_groups` of ``model``.
+    """The optimizer ``cfg.optim`` names (a ``_partial_`` config), over :func:`param_groups` of ``model``.
 
     Linear scaling rule (Goyal et al., 2017): the learning rate is ``optim.lr`` × total batch
-    (``data.batch_size`` × ``world_size``) / ``optim.reference_batch_size``.
+    (``data.batch_size`` × ``world_size``) / ``trainer.reference_batch_size``.
     """
-    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
     total_batch = int(cfg.data.batch_size) * world_size
-    optim_cfg["lr"] = float(optim_cfg["lr"]) * total_batch / int(optim_cfg.pop("reference_batch_size"))
-    weight_decay = optim_cfg.pop("weight_decay")
-    return instantiate(optim_cfg, _partial_=True)(param_groups(model, weight_decay))
+    lr = float(cfg.optim.lr) * total_batch / int(cfg.trainer.reference_batch_size)
+    # _convert_="all": plain lists (AdamW's betas), not ListConfig, in the optimizer's state, which
+    # checkpoints hold and load with weights_only=True.
+    make = instantiate(cfg.optim, lr=lr, _convert_="all")
+    return make(param_groups(model, float(cfg.optim.weight_decay)))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, norm_weight_decay: float = 0.0) -> list[dict]:

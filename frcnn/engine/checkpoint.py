@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from frcnn.errors import UserError
@@ -56,6 +58,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err}); use another checkpoint") from err
     return upgrade(state)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch, CUDA) as tensors and plain lists, so that a
+    checkpoint holding them loads with ``weights_only=True``."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA's only where CUDA is available)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # Before frcnn.modeling existed (2026-11-23), the stages were top-level modules and the backbone owned

@@ -69,6 +69,17 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def ddp_broadcasts_buffers(model: torch.nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers each step: only if some BatchNorm updates running
+    statistics (trainable ``BatchNorm2d`` without SyncBatchNorm). Frozen BN (``FrozenBatchNorm2d``,
+    which frozen stages always use) and GroupNorm have no buffers that change."""
+    return any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm)
+        and m.track_running_stats
+        for m in model.modules()
+    )
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

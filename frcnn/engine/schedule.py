@@ -1,4 +1,4 @@
-"""Learning-rate schedules: multipliers of the base learning rate.
+"""Learning-rate schedules (multipliers of the base learning rate) and the training :class:`Budget`.
 
 Each schedule gives ``factor(it, progress)``: linear warm-up over the first ``warmup_iters`` steps,
 times a decay defined over ``progress`` in [0, 1], the fraction of the training budget spent (steps
@@ -10,6 +10,7 @@ progress is ``it / max_iters``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from frcnn.errors import ConfigError
@@ -81,3 +82,35 @@ def linear_warmup(it: int, iters: int, factor: float) -> float:
         return 1.0
     alpha = it / iters
     return factor * (1 - alpha) + alpha
+
+
+class Budget:
+    """How far training is: ``max_iters`` steps, and optionally ``max_time`` seconds of wall clock.
+
+    ``progress`` is the larger of the two fractions spent, so a schedule defined over it ends on time
+    whichever limit comes first (a cluster time limit, or a slower machine than the one a recipe was
+    tuned on). Time already spent by an interrupted run (``spent``) counts, so a resumed run keeps
+    its budget.
+    """
+
+    def __init__(self, max_iters: int, max_time: float | None, spent: float = 0.0) -> None:
+        self.max_iters = max_iters
+        self.max_time = max_time
+        self.started = time.perf_counter() - spent
+        self.agreed: float | None = None  # elapsed time all ranks agreed on at this step (set by the trainer)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def progress(self, it: int) -> float:
+        """Fraction spent. Under DDP the time is the one all ranks agreed on at this step (``agreed``),
+        so every rank computes the same learning rate."""
+        fraction = it / max(self.max_iters, 1)
+        if self.max_time:
+            elapsed = self.agreed if self.agreed is not None else self.elapsed()
+            fraction = max(fraction, elapsed / self.max_time)
+        return min(fraction, 1.0)
+
+    def time_left(self, elapsed: float | None = None) -> bool:
+        elapsed = self.elapsed() if elapsed is None else elapsed
+        return self.max_time is None or elapsed < self.max_time

@@ -1,0 +1,86 @@
+"""The evaluation task behind ``scripts/evaluate.py``: a config in, a folder of scores out.
+
+Two modes (``conf/evaluate.yaml``): score a checkpoint on a COCO-format split (its own validation
+split by default), or score a COCO results file of any model against ground truth. Writes into
+``cfg.output_dir``: ``detections.json`` (COCO results, checkpoint mode only), ``metrics.json`` (the 12
+stats, per-class AP and the number of detections), ``per_class_ap.md`` and ``pr_curves.png`` (when
+there is at least one detection to draw curves from).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from pycocotools.coco import COCO
+
+from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
+from frcnn.data.coco import CocoDetection, collate, load_coco
+from frcnn.data.images import DEFAULT_MAX_PIXELS
+from frcnn.errors import InputError, MissingFileError
+from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table, predict
+from frcnn.evaluation.plots import plot_pr_curves
+from frcnn.inference import load_model
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.checkpoint`` or ``cfg.predictions``, write the report files, print the scores.
+
+    Prints the 12 stats on one line (``AP=0.1234 AP50=...``), the per-class table, and
+    ``COCO AP@[.5:.95] = ...; results in <output_dir>``.
+
+    Returns:
+        ``{"stats": {name: value}, "per_class_ap": {class name: AP}, "num_detections": int}``, as
+        written to ``metrics.json``.
+
+    Raises:
+        UserError: a bad config value, a missing or malformed predictions, annotations or checkpoint
+            file, an unreadable image, or results naming categories or images the ground truth lacks.
+    """
+    validate_evaluate_config(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.predictions:
+        results, gt = _read_results(cfg)
+    else:
+        results, gt = _predict_split(cfg)
+        (out / "detections.json").write_text(json.dumps(results))
+    ev = evaluate_results(gt, results)
+    metrics = {"stats": ev["stats"], "per_class_ap": ev["per_class_ap"], "num_detections": len(results)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    table = per_class_table(ev["per_class_ap"])
+    (out / "per_class_ap.md").write_text(table + "\n")
+    if ev["precision"] is not None:
+        plot_pr_curves(ev["precision"], list(ev["per_class_ap"]), out / "pr_curves.png")
+    print(" ".join(f"{n}={ev['stats'][n]:.4f}" for n in STAT_NAMES))
+    print(table)
+    print(f"COCO AP@[.5:.95] = {ev['stats']['AP']:.4f}; results in {out}")
+    return metrics
+
+
+def _read_results(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
+    """The COCO results list of ``cfg.predictions`` and the ground truth of ``cfg.annotations`` (no image is read)."""
+    path = Path(cfg.predictions)
+    if not path.is_file():
+        raise MissingFileError(f"predictions file {cfg.predictions} not found; pass predictions=/path/to/results.json")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"predictions file {cfg.predictions} is not valid JSON ({err}); pass a COCO results list") from err
+    return results, load_coco(cfg.annotations)
+
+
+def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
+    """The checkpoint's COCO results on ``cfg.images`` / ``cfg.annotations`` (default: its validation split), and that split's ground truth."""
+    device = resolve_device(cfg.device, "device")
+    model, categories, train_cfg = load_model(cfg.checkpoint, device)
+    images = cfg.images or train_cfg.data.val.images
+    annotations = cfg.annotations or train_cfg.data.val.annotations
+    dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=collate)
+    results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=sys.stderr.isatty())
+    return results, dataset.coco
