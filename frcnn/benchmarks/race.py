@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer
@@ -43,7 +42,7 @@ def race(cfg: DictConfig, *, order: Sequence[str] = FRAMEWORKS, budget: float) -
     builders.ensure_synthetic(cfg, DistInfo())
     train_set = builders.build_dataset(cfg, "train", train=True)
     val_set = builders.build_dataset(cfg, "val", train=False, categories=train_set.categories)
-    ours = instantiate(cfg.model)
+    ours = builders.build_model(cfg, train_set.categories)  # checks data.num_classes, as training does
     peer = PeerAdapter(torchvision_peer(ours))  # a copy of the same initial weights
     if cfg.model.get("channels_last"):
         ours = ours.to(memory_format=torch.channels_last)
