@@ -17,7 +17,7 @@ $(UV):
 # uv installs torch and torchvision together from the package registry (matching builds), exactly as
 # pinned in uv.lock; it ignores pip's local wheel folder, whose torch does not match torchvision.
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
 	touch $@
 
 install: .venv/.installed

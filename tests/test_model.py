@@ -117,7 +117,7 @@ def test_autocast_and_channels_last(device, dtype):
         pytest.skip("fp16 autocast is a GPU feature")
     # Fewer RoIs than the paper's 128 / 2000: bf16 convolutions on a CPU without bf16 units are slow, and
     # what is checked here (dtypes, finiteness, backward) does not depend on the count.
-    small_heads = ["model.channels_last=true", "model.roi_heads.batch_size_per_image=32", "model.rpn.post_nms_topk_train=100"]
+    small_heads = ["model.channels_last=true", "model.roi_heads.batch_size_per_image=8", "model.rpn.post_nms_topk_train=10"]
     model = small_model(overrides=small_heads).to(device).to(memory_format=torch.channels_last).train()
     images, targets = batch(device)
     with torch.autocast(device.type, dtype=dtype):

@@ -20,7 +20,7 @@ def test_notebook_runs(path, trained_run):
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
     # Executed from notebooks/, as Jupyter does when a user opens it there.
-    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", shutdown_kernel="immediate", resources={"metadata": {"path": str(path.parent)}}).execute()
 
 
 def test_notebooks_match_their_source():

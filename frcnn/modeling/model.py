@@ -11,11 +11,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+import torch.nn.functional as F
+
 from frcnn.errors import InputError
+from frcnn.modeling.box_coder import decode_boxes
+from frcnn.modeling.box_ops import batched_pairwise_iou, clip_boxes
 from frcnn.modeling.preprocess import Preprocessor, to_original_pixels
 from frcnn.modeling.roi_heads import RoIHeads
 from frcnn.modeling.rpn import RPN
-from frcnn.modeling.structures import pad_targets
+from frcnn.modeling.structures import AnchorOutputs, ImageBatch, Proposals, RoIOutputs, pad_targets
 
 
 @dataclass
@@ -105,11 +109,8 @@ class FasterRCNN(nn.Module):
             _check_targets(targets, len(images))
             bad_labels = _labels_out_of_range(targets, self.num_classes)
         batch, scaled_targets = self.preprocessor(images, targets)
-        x = batch.tensor
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x)
-        padded = pad_targets(scaled_targets, x.device) if scaled_targets is not None else None
+        features = self.features(batch)
+        padded = pad_targets(scaled_targets, batch.tensor.device) if scaled_targets is not None else None
         proposals, rpn_losses = self.rpn(batch, features, padded)
         # Host sync, placed after the RPN's own (its NMS output has a data-dependent size) so the GPU has
         # little left to drain, and before the RoI head's cross_entropy, where a label past K is a
@@ -122,6 +123,89 @@ class FasterRCNN(nn.Module):
         )
         per_image = to_original_pixels(detections, batch).per_image() if detections is not None else None
         return ModelOutput(losses={**rpn_losses, **roi_losses}, detections=per_image)
+
+    def features(self, batch: ImageBatch) -> Tensor:
+        """The shared trunk's feature map ``[B, C, Hf, Wf]`` of a preprocessed batch."""
+        x = batch.tensor
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    def roi_outputs(
+        self, images: Sequence[Tensor], *, near: Tensor | None = None, max_rois: int | None = None
+    ) -> RoIOutputs:
+        """Every RoI's class vector and class-specific boxes, before thresholding and NMS.
+
+        The RPN's proposals come out as at test time (or train time, in train mode); gradients flow
+        from ``probs`` and ``boxes`` back to ``images`` through the box head and the trunk, not through
+        the proposal coordinates (fixed inputs to the box head, as in training).
+
+        Args:
+            images: ``B`` RGB tensors ``[3, H_i, W_i]``, float in ``[0, 1]`` (or uint8).
+            near: optional ``[M, 4]`` boxes in original pixels; with ``max_rois``, only the ``max_rois``
+                proposals of each image that overlap them most (IoU > 0) go through the box head. The box
+                head runs once per RoI and dominates the cost; an explanation that follows a few
+                detections needs only the RoIs around them.
+            max_rois: see ``near``.
+
+        Returns:
+            :class:`RoIOutputs` with boxes in each original image's pixels (``P = max_rois`` when cut).
+        """
+        batch, _ = self.preprocessor(images)
+        features = self.features(batch)
+        proposals, _ = self.rpn(batch, features)
+        if near is not None and max_rois is not None and max_rois < proposals.boxes.shape[1]:
+            proposals = _nearest_proposals(proposals, near, batch, max_rois)
+        logits, deltas = self.roi_heads.predict(features, proposals.boxes)  # [B, P, K+1], [B, P, K+1, 4]
+        b, p, k = deltas.shape[0], deltas.shape[1], deltas.shape[2] - 1
+        boxes = decode_boxes(deltas[:, :, 1:], proposals.boxes[:, :, None, :], self.roi_heads.bbox_reg_weights)
+        boxes = _to_original(clip_boxes(boxes.reshape(b, p * k, 4), batch.image_sizes), batch).reshape(b, p, k, 4)
+        return RoIOutputs(
+            proposals=_to_original(proposals.boxes, batch),
+            boxes=boxes,
+            probs=F.softmax(logits, dim=-1),
+            objectness=proposals.scores,
+            valid=proposals.valid,
+        )
+
+    def anchor_outputs(self, images: Sequence[Tensor]) -> AnchorOutputs:
+        """The RPN's decoded box and objectness probability for every anchor (differentiable), before NMS.
+
+        Args:
+            images: as for :meth:`roi_outputs`.
+        """
+        batch, _ = self.preprocessor(images)
+        features = self.features(batch)
+        logits, deltas = self.rpn.head(features)  # [B, A], [B, A, 4]
+        hf, wf = features.shape[-2:]
+        anchors = self.rpn.anchor_generator(hf, wf)
+        boxes = clip_boxes(decode_boxes(deltas, anchors[None], (1.0, 1.0, 1.0, 1.0)), batch.image_sizes)
+        return AnchorOutputs(
+            boxes=_to_original(boxes, batch),
+            objectness=torch.sigmoid(logits.float()),
+            valid=self.rpn.locations_in_image(hf, wf, batch.image_sizes),
+        )
+
+
+def _nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, count: int) -> Proposals:
+    """Each image's ``count`` proposals of highest IoU with any of ``near`` (``[M, 4]`` original pixels)."""
+    sy, sx = batch.scales[:, 0], batch.scales[:, 1]
+    factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [B, 1, 4]
+    iou = batched_pairwise_iou(proposals.boxes, near[None].to(factor) * factor)  # [B, P, M]
+    overlap = iou.amax(dim=2).masked_fill(~proposals.valid, -1.0)  # [B, P]
+    best, index = overlap.topk(count, dim=1)  # [B, count]
+    return Proposals(
+        boxes=proposals.boxes.gather(1, index[..., None].expand(-1, -1, 4)),
+        scores=proposals.scores.gather(1, index),
+        valid=best > 0,
+    )
+
+
+def _to_original(boxes: Tensor, batch: ImageBatch) -> Tensor:
+    """``[B, N, 4]`` boxes from network-input pixels to each original image's pixels, clipped to it."""
+    sy, sx = batch.scales[:, 0], batch.scales[:, 1]
+    factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [B, 1, 4]
+    return clip_boxes(boxes / factor, batch.original_sizes)
 
 
 def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> None:

@@ -38,6 +38,7 @@ class RPNHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
         self.objectness = nn.Conv2d(width, num_anchors, kernel_size=1)
         self.deltas = nn.Conv2d(width, 4 * num_anchors, kernel_size=1)
+        self.relu = nn.ReLU()  # a module, not F.relu: guided backpropagation rewrites ReLU modules' backward
         for layer in (self.conv, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)  # paper sec. 3.1.3: zero-mean Gaussian, std 0.01
             nn.init.zeros_(layer.bias)
@@ -51,7 +52,7 @@ class RPNHead(nn.Module):
         Returns:
             ``(objectness [B, N], deltas [B, N, 4])``.
         """
-        x = F.relu(self.conv(features))
+        x = self.relu(self.conv(features))
         logits = self.objectness(x)  # [B, A, Hf, Wf]
         deltas = self.deltas(x)  # [B, 4A, Hf, Wf]
         b, a, h, w = logits.shape

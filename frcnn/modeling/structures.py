@@ -118,6 +118,44 @@ class Detections:
         return out
 
 
+@dataclass
+class RoIOutputs:
+    """Every RoI's outputs before score thresholding and NMS, in original-image pixels.
+
+    What the explanation methods score a perturbed image with (:mod:`frcnn.explain`): NMS picks a
+    different RoI when the input changes, so a detection is followed through all of them. Differentiable
+    with respect to the input images, except where noted.
+
+    Attributes:
+        proposals: ``[B, P, 4]`` the RoIs (RPN proposals), fixed inputs to the box head: no gradient.
+        boxes: ``[B, P, K, 4]`` each RoI decoded with each class's deltas, clipped to the image.
+        probs: ``[B, P, K+1]`` softmax class vector, index 0 background.
+        objectness: ``[B, P]`` the RPN's objectness probability of each proposal (no gradient).
+        valid: ``[B, P]`` bool; False for padding.
+    """
+
+    proposals: Tensor
+    boxes: Tensor
+    probs: Tensor
+    objectness: Tensor
+    valid: Tensor
+
+
+@dataclass
+class AnchorOutputs:
+    """The RPN's raw output for every anchor, in original-image pixels (to explain proposals).
+
+    Attributes:
+        boxes: ``[B, A, 4]`` each anchor decoded with its deltas, clipped to the image.
+        objectness: ``[B, A]`` objectness probability, differentiable with respect to the images.
+        valid: ``[B, A]`` bool: the anchor's location lies in the image (not on padding).
+    """
+
+    boxes: Tensor
+    objectness: Tensor
+    valid: Tensor
+
+
 def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> Targets:
     """Pad a list of per-image ``{"boxes": [G_i, 4], "labels": [G_i]}`` into :class:`Targets`.
 

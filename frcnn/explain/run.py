@@ -1,0 +1,161 @@
+"""The task behind ``scripts/explain.py``: explain an image's detections with several methods, score each
+map's faithfulness, and write a panel per detection plus the maps and numbers (``conf/explain.yaml``).
+
+Outputs in ``cfg.output_dir``:
+
+* ``<stem>_<detection>.png`` — the image with the detection's box, then one heat map per method, each
+  titled with its deletion / insertion AUC (lower / higher is better) on ``faithfulness.substrate``;
+* ``explanations.npz`` — ``<detection>/<method>`` → ``[H, W]`` float32 map;
+* ``explanations.json`` — per detection: box, class, score, and per method the target score, seconds,
+  the two AUCs and the method's own facts (e.g. IG's completeness error).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from frcnn.config import resolve_device  # noqa: E402
+from frcnn.data.coco import CategoryMap  # noqa: E402
+from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb  # noqa: E402
+from frcnn.errors import ConfigError, MissingFileError  # noqa: E402
+from frcnn.explain.api import Explanation, as_image_tensor, explain, method_name  # noqa: E402
+from frcnn.explain.faithfulness import Curves, deletion_insertion  # noqa: E402
+from frcnn.explain.target import Detection, DetectionScore, find_detections  # noqa: E402
+
+SUBSTRATES = ("black", "grey", "blur", "noise")
+
+
+def select(found: list[Detection], spec: Any) -> list[Detection]:
+    """Pick detections by ``spec``: ``"topN"``, ``"all"``, an index or a list of indices into ``found``."""
+    if isinstance(spec, str):
+        if spec == "all":
+            return found
+        match = re.fullmatch(r"top(\d+)", spec)
+        if match:
+            return found[: int(match.group(1))]
+        raise ConfigError(f"detections={spec!r}: use topN (e.g. top3), all, or a list of indices like [0,2]")
+    indices = [spec] if isinstance(spec, int) else list(spec)
+    bad = [i for i in indices if not isinstance(i, int) or not 0 <= i < len(found)]
+    if bad:
+        raise ConfigError(f"detections={indices}: index {bad[0]} is not one of the {len(found)} detections found (0..{len(found) - 1})")
+    return [found[i] for i in indices]
+
+
+def validate_explain_config(cfg: DictConfig) -> list[str]:
+    """Check a composed ``conf/explain.yaml``; return the canonical method names."""
+    missing = [key for key in ("checkpoint", "image") if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(f"give {missing[0]}=... (see conf/explain.yaml)")
+    methods = [cfg.methods] if isinstance(cfg.methods, str) else list(cfg.methods)
+    try:
+        names = [method_name(m) for m in methods]
+    except ValueError as err:
+        raise ConfigError(f"methods: {err}") from None
+    if cfg.faithfulness.substrate not in SUBSTRATES:
+        raise ConfigError(f"faithfulness.substrate={cfg.faithfulness.substrate!r}: one of {', '.join(SUBSTRATES)}")
+    if cfg.explain not in ("detections", "proposals"):
+        raise ConfigError(f"explain={cfg.explain!r}: detections or proposals")
+    if cfg.target not in ("similarity", "roi_score"):
+        raise ConfigError(f"target={cfg.target!r}: similarity or roi_score")
+    resolve_device(cfg.device, "device")
+    return names
+
+
+def run_explain(cfg: DictConfig) -> dict[str, Any]:
+    """Explain ``cfg.image``'s detections with ``cfg.methods``; write panels, NPZ and JSON; return the JSON."""
+    from frcnn.inference import load_model
+
+    names = validate_explain_config(cfg)
+    device = resolve_device(cfg.device, "device")
+    model, categories, _ = load_model(cfg.checkpoint, device)
+    path = Path(cfg.image)
+    if not path.is_file():
+        raise MissingFileError(f"image {path} not found")
+    image = as_image_tensor(read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS)), device)
+    kind = "proposal" if cfg.explain == "proposals" else "detection"
+    found = find_detections(model, image, top=None, score_thresh=float(cfg.score_thresh), kind=kind)
+    chosen = select(found, cfg.detections)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"image": str(path), "checkpoint": str(cfg.checkpoint), "target": cfg.target, "detections": []}
+    if not chosen:
+        print(f"{path}: no {cfg.explain} scoring >= {cfg.score_thresh}; lower score_thresh=... to explain weaker ones")
+        (out / "explanations.json").write_text(json.dumps(report, indent=1))
+        return report
+    common = {"target": cfg.target, "objectness": bool(cfg.objectness), "max_rois": cfg.max_rois}
+    score = DetectionScore(model, chosen, **common).to(device)
+    per_method: dict[str, list[Explanation]] = {}
+    curves: dict[str, list[Curves]] = {}
+    for name in names:
+        options = dict(cfg.options.get(name) or {})
+        per_method[name] = explain(model, image, chosen, method=name, **common, **options)
+        curves[name] = [
+            deletion_insertion(
+                lambda x, m=m: score(x)[:, m], image, e.saliency,
+                substrate=cfg.faithfulness.substrate, steps=int(cfg.faithfulness.steps), seed=int(cfg.seed),
+            )
+            for m, e in enumerate(per_method[name])
+        ]
+        print(f"{name}: {per_method[name][0].seconds:.2f} s per {kind}")
+    maps = {}
+    for m, det in enumerate(chosen):
+        entry = _detection_record(det, categories)
+        entry["methods"] = {}
+        for name in names:
+            e, c = per_method[name][m], curves[name][m]
+            maps[f"{det.name}/{name}"] = e.saliency.numpy().astype(np.float32)
+            entry["methods"][name] = {
+                "target_score": round(e.score, 4), "seconds": round(e.seconds, 3),
+                "deletion_auc": round(c.deletion_auc, 4), "insertion_auc": round(c.insertion_auc, 4), **e.info,
+            }
+        entry["panel"] = str(draw_panel(image, det, [per_method[n][m] for n in names], [curves[n][m] for n in names],
+                                        out / f"{path.stem}_{det.name}.png", title=entry["category"]))
+        report["detections"].append(entry)
+    np.savez_compressed(out / "explanations.npz", **maps)
+    (out / "explanations.json").write_text(json.dumps(report, indent=1))
+    print(f"{path}: {len(chosen)} {cfg.explain} explained with {', '.join(names)} -> {out}")
+    return report
+
+
+def _detection_record(det: Detection, categories: CategoryMap) -> dict[str, Any]:
+    record = {"name": det.name, "kind": det.kind, "box_xyxy": [round(float(v), 2) for v in det.box], "score": round(det.score, 4)}
+    if det.kind == "detection":
+        record.update(label=det.label, category_id=categories.category_id(det.label), category=categories.name(det.label))
+    else:
+        record.update(category="proposal")
+    return record
+
+
+def draw_panel(
+    image: torch.Tensor, det: Detection, explanations: list[Explanation], curves: list[Curves], path: Path, *, title: str = ""
+) -> Path:
+    """One row: the image with the detection's box, then each method's map over the image, titled with its AUCs."""
+    rgb = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+    grey = rgb.mean(axis=2)
+    columns = 1 + len(explanations)
+    fig, axes = plt.subplots(1, columns, figsize=(3.2 * columns, 3.0), squeeze=False)
+    x1, y1, x2, y2 = det.box.tolist()
+    for ax in axes[0]:
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=1.5))
+        ax.set_axis_off()
+    axes[0, 0].imshow(rgb)
+    axes[0, 0].set_title(f"{title} {det.score:.2f}", fontsize=9)
+    for ax, e, c in zip(axes[0, 1:], explanations, curves):
+        ax.imshow(grey, cmap="gray")
+        ax.imshow(e.saliency.numpy(), cmap="jet", alpha=0.5)
+        ax.set_title(f"{e.method}\ndel {c.deletion_auc:.3f}  ins {c.insertion_auc:.3f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,244 @@
+"""What an explanation explains: a detection (or proposal), and its score on any input image.
+
+Explaining "detection ``d``" has to keep meaning the same object when the input is perturbed (noise,
+masks, points on an interpolation path): NMS may then keep a different RoI, or none above the
+threshold. So the score of ``d`` on an image ``x`` is not read off the final detections but from every
+RoI before NMS (:meth:`frcnn.modeling.model.FasterRCNN.roi_outputs`), with D-RISE's similarity
+(Petsiuk et al. 2021), maximised over the RoIs::
+
+    s(d; x) = max_r  IoU(box_d, box_r[c_d]) · cos(p_d, p_r) [· objectness_r]
+
+where ``box_r[c_d]`` is RoI ``r`` decoded with the deltas of ``d``'s class and ``p`` the softmax class
+vectors. On the image ``d`` came from, the RoI that produced it scores 1 (IoU 1, cosine 1). The score
+is differentiable almost everywhere (through the class vector and the box deltas; the proposal
+coordinates are fixed inputs to the box head), so one target serves gradient and black-box methods.
+
+Two alternatives: ``"roi_score"`` holds the producing RoI's box fixed and scores the softmax
+probability of ``d``'s class there (the plain "class score" target), and a proposal (``kind="proposal"``)
+is scored by the same similarity over the RPN's anchors, with the anchor's objectness in place of the
+class cosine: ``s(q; x) = max_a IoU(box_q, box_a) · σ(o_a)``.
+
+Shape shorthand: ``N`` images (perturbed copies of one image), ``M`` detections explained at once,
+``P`` RoIs per image, ``A`` anchors, ``K`` object classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from frcnn.modeling.model import FasterRCNN
+
+TargetKind = Literal["similarity", "roi_score"]
+
+
+@dataclass
+class Detection:
+    """One detection (or proposal) to explain, with what identifies it on a perturbed input.
+
+    Attributes:
+        box: ``[4]`` XYXY in the original image's pixels.
+        label: class in ``1..K`` (0 for a proposal).
+        score: the detector's score for it (class probability, or objectness for a proposal).
+        probs: ``[K+1]`` the class vector of the RoI that produced it (empty for a proposal).
+        roi: ``[4]`` the producing RoI (proposal box) in original pixels, for the ``roi_score`` target.
+        kind: ``"detection"`` or ``"proposal"``.
+        index: its rank among the image's detections (or proposals), for naming outputs.
+    """
+
+    box: Tensor
+    label: int
+    score: float
+    probs: Tensor = field(default_factory=lambda: torch.zeros(0))
+    roi: Tensor | None = None
+    kind: Literal["detection", "proposal"] = "detection"
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.index}"
+
+
+def elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a[..., 4]`` and ``b[..., 4]`` paired element by element (broadcast), differentiable.
+
+    Example: ``elementwise_iou([0, 0, 2, 2], [1, 0, 3, 2])`` = overlap 2 / union 6 = 1/3.
+    """
+    x1 = torch.maximum(a[..., 0], b[..., 0])
+    y1 = torch.maximum(a[..., 1], b[..., 1])
+    x2 = torch.minimum(a[..., 2], b[..., 2])
+    y2 = torch.minimum(a[..., 3], b[..., 3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    return inter / (area_a + area_b - inter).clamp(min=1e-6)
+
+
+def similarity(
+    det_boxes: Tensor,
+    det_labels: Tensor,
+    det_probs: Tensor,
+    roi_boxes: Tensor,
+    roi_probs: Tensor,
+    roi_valid: Tensor,
+    roi_objectness: Tensor | None = None,
+) -> Tensor:
+    """D-RISE's similarity of each detection to its best-matching RoI, per image.
+
+    Args:
+        det_boxes: ``[M, 4]``; det_labels: ``[M]`` in ``1..K``; det_probs: ``[M, K+1]``.
+        roi_boxes: ``[N, P, K, 4]`` class-specific boxes; roi_probs: ``[N, P, K+1]``; roi_valid: ``[N, P]``.
+        roi_objectness: optional ``[N, P]`` factor.
+
+    Returns:
+        ``[N, M]``: ``max_r IoU(det_m, roi_r[c_m]) · cos(p_m, p_r) [· o_r]``; 0 where no RoI is valid.
+    """
+    boxes = roi_boxes[:, :, det_labels - 1]  # [N, P, M, 4]: each RoI decoded with each detection's class
+    iou = elementwise_iou(boxes, det_boxes[None, None])  # [N, P, M]
+    cos = F.normalize(roi_probs, dim=-1) @ F.normalize(det_probs, dim=-1).T  # [N, P, M]
+    score = iou * cos
+    if roi_objectness is not None:
+        score = score * roi_objectness[..., None]
+    score = score.masked_fill(~roi_valid[..., None], 0.0)
+    return score.amax(dim=1)
+
+
+class DetectionScore(nn.Module):
+    """``images [N, 3, H, W] → scores [N, M]``: the target score of ``M`` detections on each image.
+
+    The forward function every method explains (captum's ``forward_func``). Images are float RGB in
+    ``[0, 1]`` of the original size; the model's own preprocessing resizes and normalizes them.
+
+    Args:
+        model: a :class:`FasterRCNN` in eval mode.
+        detections: the ``M`` detections, all of one kind (detections or proposals).
+        target: ``"similarity"`` (default) or ``"roi_score"`` for detections; proposals always use the
+            anchor similarity.
+        objectness: multiply the similarity by the RoI's objectness (D-RISE's full vector).
+        max_rois: score only the ``max_rois`` proposals per image that overlap the detections most
+            (None: all). The box head runs once per RoI and dominates a forward pass, and the maximum is
+            won by an RoI around the detection, so a cut to the nearest RoIs leaves the scores nearly
+            unchanged (docs/explanations.md measures how much for D-RISE's maps).
+    """
+
+    def __init__(
+        self,
+        model: FasterRCNN,
+        detections: Sequence[Detection],
+        *,
+        target: TargetKind = "similarity",
+        objectness: bool = False,
+        max_rois: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not detections:
+            raise ValueError("DetectionScore needs at least one detection")
+        kinds = {d.kind for d in detections}
+        if len(kinds) != 1:
+            raise ValueError(f"explain detections and proposals in separate calls, got {sorted(kinds)}")
+        if target not in ("similarity", "roi_score"):
+            raise ValueError(f"target must be 'similarity' or 'roi_score', got {target!r}")
+        self.model = model
+        self.kind = kinds.pop()
+        self.target = target
+        self.objectness = objectness
+        self.max_rois = max_rois
+        self.register_buffer("boxes", torch.stack([d.box.float() for d in detections]), persistent=False)
+        self.register_buffer("labels", torch.tensor([d.label for d in detections]), persistent=False)
+        if self.kind == "detection":
+            self.register_buffer("probs", torch.stack([d.probs.float() for d in detections]), persistent=False)
+            if target == "roi_score":
+                if any(d.roi is None for d in detections):
+                    raise ValueError("the roi_score target needs each detection's producing RoI (Detection.roi)")
+                self.register_buffer("rois", torch.stack([d.roi.float() for d in detections]), persistent=False)
+
+    @property
+    def num_targets(self) -> int:
+        """``M``."""
+        return len(self.boxes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` float in ``[0, 1]`` → ``[N, M]``."""
+        device = self.boxes.device
+        images = images.to(device)
+        if self.kind == "proposal":
+            out = self.model.anchor_outputs(list(images))
+            iou = box_iou(self.boxes, out.boxes.flatten(0, 1)).view(len(self.boxes), len(images), -1)  # [M, N, A]
+            score = (iou * out.objectness[None]).masked_fill(~out.valid[None], 0.0)
+            return score.amax(dim=2).T
+        if self.target == "roi_score":
+            return self._roi_score(images)
+        out = self.model.roi_outputs(list(images), near=self.boxes, max_rois=self.max_rois)
+        return similarity(
+            self.boxes, self.labels, self.probs, out.boxes, out.probs, out.valid,
+            out.objectness if self.objectness else None,
+        )
+
+    def _roi_score(self, images: Tensor) -> Tensor:
+        """Class probability of each detection's label at its producing RoI, held fixed."""
+        batch, _ = self.model.preprocessor(list(images))
+        features = self.model.features(batch)
+        sy, sx = batch.scales[:, 0], batch.scales[:, 1]
+        factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [N, 1, 4]
+        rois = self.rois[None] * factor  # [N, M, 4] in network-input pixels
+        logits, _ = self.model.roi_heads.predict(features, rois)  # [N, M, K+1]
+        probs = F.softmax(logits, dim=-1)
+        return probs.gather(2, self.labels[None, :, None].expand(len(images), -1, 1)).squeeze(2)
+
+
+@torch.no_grad()
+def find_detections(
+    model: FasterRCNN,
+    image: Tensor,
+    *,
+    top: int | None = 3,
+    score_thresh: float = 0.5,
+    kind: Literal["detection", "proposal"] = "detection",
+) -> list[Detection]:
+    """The detections (or proposals) of ``image`` to explain, best first.
+
+    Each detection is traced back to the RoI that produced it: the RoI whose class-specific box and
+    class probability reproduce the detection's (IoU 1, equal score), so its class vector and box
+    identify the detection on perturbed inputs.
+
+    Args:
+        model: a :class:`FasterRCNN` in eval mode.
+        image: ``[3, H, W]`` float in ``[0, 1]``.
+        top: keep at most this many (None: all above ``score_thresh``).
+        score_thresh: minimum class score (objectness for proposals).
+        kind: explain final detections or the RPN's proposals.
+    """
+    if kind == "proposal":
+        out = model.roi_outputs([image])
+        keep = out.valid[0] & (out.objectness[0] >= score_thresh)
+        boxes, scores = out.proposals[0][keep], out.objectness[0][keep]
+        if top is not None:
+            boxes, scores = boxes[:top], scores[:top]
+        return [
+            Detection(box=box, label=0, score=float(score), roi=box, kind="proposal", index=i)
+            for i, (box, score) in enumerate(zip(boxes, scores))
+        ]
+    found = model([image]).detections[0]
+    keep = found["scores"] >= score_thresh
+    boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
+    if top is not None:
+        boxes, scores, labels = boxes[:top], scores[:top], labels[:top]
+    if not len(boxes):
+        return []
+    out = model.roi_outputs([image])
+    detections = []
+    for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
+        class_boxes = out.boxes[0, :, label - 1]  # [P, 4]
+        class_scores = out.probs[0, :, label]  # [P]
+        agreement = elementwise_iou(class_boxes, box[None]) - (class_scores - score).abs()
+        r = int(agreement.masked_fill(~out.valid[0], -float("inf")).argmax())
+        detections.append(
+            Detection(box=box, label=int(label), score=float(score), probs=out.probs[0, r], roi=out.proposals[0, r], index=i)
+        )
+    return detections

@@ -1,0 +1,362 @@
+"""frcnn.explain: the detection target, the methods' defining rules, the faithfulness checks, the CLI.
+
+Hand-computed cases where the answer is known exactly (IoU x cosine on toy RoIs, guided backprop on a
+three-unit ReLU net, IG on a linear model, deletion AUC of a perfect and a reversed map), toy
+"detectors" whose evidence sits in one known region, and one run of the CLI on the shared trained
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+from torchvision.ops import box_iou
+
+from frcnn.explain import Detection, DetectionScore, explain, find_detections
+from frcnn.explain.faithfulness import deletion_insertion, pointing_game, sanity_check, spearman
+from frcnn.explain.methods import (
+    METHODS,
+    _feature_map_to_image,
+    drise,
+    guided_backprop,
+    integrated_gradients,
+    random_masks,
+)
+from frcnn.explain.target import elementwise_iou, similarity
+from tests.conftest import small_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the target -----------------------------------------------------------------------------------
+
+
+def test_elementwise_iou_by_hand_and_against_torchvision():
+    a = torch.tensor([0.0, 0.0, 2.0, 2.0])
+    b = torch.tensor([1.0, 0.0, 3.0, 2.0])
+    assert elementwise_iou(a, b).item() == pytest.approx(1 / 3)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(50, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 1 + torch.rand(50, 2, generator=g) * 50], dim=1)
+    other = boxes.roll(1, dims=0)
+    torch.testing.assert_close(elementwise_iou(boxes, other), box_iou(boxes, other).diagonal())
+
+
+def test_similarity_is_iou_times_cosine_maximised_over_rois():
+    det_boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    det_labels = torch.tensor([1])
+    det_probs = torch.tensor([[0.0, 1.0, 0.0]])  # background, class 1, class 2
+    # Two RoIs; class 1's boxes: r0 overlaps by 1/3 with the same class vector, r1 matches exactly with
+    # half its mass on background (cosine 0.5 / sqrt(0.5) = 0.7071). Class 2's boxes are far away.
+    roi_boxes = torch.tensor([[[[1.0, 0.0, 3.0, 2.0], [50, 50, 60, 60]], [[0.0, 0.0, 2.0, 2.0], [50, 50, 60, 60]]]])
+    roi_probs = torch.tensor([[[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]])
+    both = torch.tensor([[True, True]])
+    assert similarity(det_boxes, det_labels, det_probs, roi_boxes, roi_probs, both).item() == pytest.approx(math.sqrt(0.5))
+    only_r0 = torch.tensor([[True, False]])
+    assert similarity(det_boxes, det_labels, det_probs, roi_boxes, roi_probs, only_r0).item() == pytest.approx(1 / 3)
+    objectness = torch.tensor([[1.0, 0.2]])  # r1: 0.7071 * 0.2 = 0.141 < r0's 1/3
+    assert similarity(det_boxes, det_labels, det_probs, roi_boxes, roi_probs, both, objectness).item() == pytest.approx(1 / 3)
+    # A class-2 detection is compared with the class-2 boxes, which are elsewhere: no overlap.
+    assert similarity(det_boxes, torch.tensor([2]), det_probs, roi_boxes, roi_probs, both).item() == 0.0
+
+
+def _val_image(trained_run: Path) -> tuple[torch.Tensor, dict]:
+    from omegaconf import OmegaConf
+
+    from frcnn.data.images import read_rgb
+
+    cfg = OmegaConf.load(trained_run / "config.yaml")
+    annotations = json.loads(Path(cfg.data.val.annotations).read_text())
+    info = annotations["images"][0]
+    image = torch.from_numpy(read_rgb(Path(cfg.data.val.images) / info["file_name"])).permute(2, 0, 1).float() / 255
+    boxes = [a["bbox"] for a in annotations["annotations"] if a["image_id"] == info["id"]]
+    return image, {"boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes])}
+
+
+@pytest.fixture(scope="module")
+def trained_model(tiny_checkpoint, trained_run):
+    from frcnn.inference import load_model
+
+    model, _, _ = load_model(tiny_checkpoint, torch.device("cpu"))
+    image, truth = _val_image(trained_run)
+    return model, image, truth
+
+
+def test_each_detection_is_traced_to_the_roi_that_produced_it(trained_model):
+    model, image, _ = trained_model
+    detections = find_detections(model, image, top=3, score_thresh=0.05)
+    assert detections, "the shared quick model finds nothing on its first validation image"
+    with torch.no_grad():
+        similarity_scores = DetectionScore(model, detections)(image[None])[0]
+        roi_scores = DetectionScore(model, detections, target="roi_score")(image[None])[0]
+    # On its own image a detection is its RoI's output exactly: IoU 1 and cosine 1 ...
+    torch.testing.assert_close(similarity_scores, torch.ones(len(detections)), atol=1e-4, rtol=0)
+    # ... also through only the 4 nearest RoIs (its own is the nearest), and on a perturbed copy the
+    # cut is a maximum over a subset: never above the full score.
+    noisy = (image + 0.2 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with torch.no_grad():
+        cut = DetectionScore(model, detections, max_rois=4)(torch.stack([image, noisy]))
+        full = DetectionScore(model, detections)(noisy[None])[0]
+    torch.testing.assert_close(cut[0], torch.ones(len(detections)), atol=1e-4, rtol=0)
+    assert (cut[1] <= full + 1e-6).all()
+    # ... and the fixed RoI's class probability is the detection's score.
+    torch.testing.assert_close(roi_scores, torch.tensor([d.score for d in detections]), atol=1e-4, rtol=0)
+    proposals = find_detections(model, image, top=2, score_thresh=0.0, kind="proposal")
+    with torch.no_grad():
+        proposal_scores = DetectionScore(model, proposals)(image[None])[0]
+    # A proposal's own anchor decodes to it (IoU 1), so the similarity is at least its objectness.
+    assert (proposal_scores >= torch.tensor([p.score for p in proposals]) - 1e-4).all()
+
+
+# --- the methods' defining rules --------------------------------------------------------------------
+
+
+class _Toy(nn.Module):
+    """A one-output "detector" from a function of the image batch."""
+
+    num_targets = 1
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, images):
+        return self.fn(images)[:, None]
+
+
+def test_guided_backprop_passes_gradient_only_where_activation_and_gradient_are_positive():
+    # y = w2 · relu(x) on three "pixels": activations relu([1, 2, -1]) = [1, 2, 0], incoming gradient
+    # w2 = [1, -1, 1]. Plain gradient: [1, -1, 0]; guided: only unit 0 has both positive -> [1, 0, 0].
+    w2 = torch.tensor([1.0, -1.0, 1.0])
+    relu = nn.ReLU(inplace=True)  # in place, as torchvision's ResNets have them
+
+    class Net(_Toy):
+        def __init__(self):
+            super().__init__(None)
+            self.relu = relu
+
+        def forward(self, images):
+            return (self.relu(images.flatten(1) * 1.0) * w2).sum(1, keepdim=True)
+
+    x = torch.tensor([1.0, 2.0, -1.0]).view(3, 1, 1)
+    result = guided_backprop(Net(), x)
+    torch.testing.assert_close(result.attributions[0].flatten(), torch.tensor([1.0, 0.0, 0.0]))
+    assert relu.inplace, "the ReLU's in-place flag is restored afterwards"
+
+
+def test_integrated_gradients_is_exact_and_complete_on_a_linear_model():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 8, 8, generator=g)
+    image = torch.rand(3, 8, 8, generator=g)
+    result = integrated_gradients(_Toy(lambda x: (x * w).flatten(1).sum(1)), image, steps=4, baseline="black")
+    torch.testing.assert_close(result.attributions[0], w * image)  # attribution = w · (x − 0), any step count
+    assert result.info[0]["completeness_error"] < 1e-4
+    assert result.info[0]["score_gap"] == pytest.approx(float((w * image).sum()), rel=1e-5)
+
+
+def _region_detector(rows: slice, cols: slice) -> _Toy:
+    """Scores the mean of the region's pixels: the evidence is all in that one region."""
+    return _Toy(lambda x: x[:, :, rows, cols].mean(dim=(1, 2, 3)))
+
+
+def test_drise_finds_the_region_a_toy_detector_depends_on():
+    image = torch.ones(3, 48, 64)
+    rows, cols = slice(8, 20), slice(36, 52)
+    result = drise(_region_detector(rows, cols), image, masks=256, grid=8, batch_size=64, seed=0)
+    saliency = result.maps[0]
+    y, x = divmod(int(saliency.argmax()), saliency.shape[1])
+    assert rows.start <= y < rows.stop and cols.start <= x < cols.stop
+    inside = saliency[rows, cols].mean()
+    outside = torch.cat([saliency[:, :30].flatten(), saliency[30:].flatten()]).mean()
+    # A RISE map is E[s · M(p)]: about E[s] · keep = 0.25 everywhere, raised where keeping p raises s.
+    assert inside - outside > 0.02
+    again = drise(_region_detector(rows, cols), image, masks=256, grid=8, batch_size=64, seed=0).maps
+    torch.testing.assert_close(again, result.maps)  # seeded
+
+
+def test_random_masks_are_shifted_upsampled_grids_in_unit_range():
+    masks = random_masks(64, 30, 40, grid=5, keep=0.5, generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (64, 1, 30, 40)
+    assert masks.min() >= 0 and masks.max() <= 1
+    assert 0.35 < masks.mean() < 0.65
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_gradcam_map_is_put_back_through_resize_and_padding():
+    model = small_model()  # resizes to 128 px, pads to a multiple of 32, stride 16
+    pre = model.preprocessor
+    height, width = 90, 100  # -> 128 x 142, padded to 128 x 160: the 8 x 10 feature map's last column is padding
+    nh, nw = pre.target_size(height, width, pre.min_size_test)
+    assert (nh, nw) == (128, 142)
+    cam = torch.zeros(1, 8, 10)
+    cam[0, :, 9] = 1.0  # only the padding column (x in [144, 160) of the network input)
+    mapped = _feature_map_to_image(cam, model, height, width)
+    assert mapped.shape == (1, height, width)
+    # The image ends at x = 142 of the network input: the padding column (centre x = 152) reaches only
+    # the image's last columns through the bilinear blend. A plain resize of the 8 x 10 map to 90 x 100
+    # would give that column the image's last tenth and bleed into x >= 85.
+    assert mapped[0, :, :90].abs().max() == 0
+    cam = torch.zeros(1, 8, 10)
+    cam[0, 0, 0] = 1.0  # the top-left cell: the top-left of the image
+    mapped = _feature_map_to_image(cam, model, height, width)
+    y, x = divmod(int(mapped[0].argmax()), width)
+    assert y < 12 and x < 12
+
+
+def test_every_method_explains_detections_of_a_real_model(trained_model):
+    model, image, _ = trained_model
+    detections = find_detections(model, image, top=2, score_thresh=0.05)
+    quick = {
+        "integrated_gradients": {"steps": 4, "batch_size": 4},
+        "smoothgrad": {"samples": 2},
+        "vargrad": {"samples": 2},
+        "drise": {"masks": 16},
+        "kernel_shap": {"samples": 24, "patch": 64},
+    }
+    for name in METHODS:
+        explanations = explain(model, image, detections, method=name, max_rois=8, **quick.get(name, {}))
+        assert len(explanations) == len(detections)
+        for e in explanations:
+            assert e.saliency.shape == image.shape[-2:], name
+            assert torch.isfinite(e.saliency).all(), name
+            assert e.saliency.abs().sum() > 0, f"{name} gave an all-zero map"
+            assert e.score == pytest.approx(1.0, abs=1e-4)
+            assert e.seconds > 0
+    single = explain(model, image, detections[0], method="gradient", target="roi_score", max_rois=8)
+    assert single.detection is detections[0] and single.score == pytest.approx(detections[0].score, abs=1e-4)
+
+
+# --- faithfulness -------------------------------------------------------------------------------------
+
+
+def test_deletion_and_insertion_auc_of_a_perfect_and_a_reversed_map():
+    image = torch.ones(3, 16, 16)
+    rows, cols = slice(4, 8), slice(4, 8)  # 16 of 256 pixels: 1/16 of the image
+    detector = _region_detector(rows, cols)
+    perfect = torch.zeros(16, 16)
+    perfect[rows, cols] = 1.0
+    perfect += torch.linspace(0, 1e-3, 256).view(16, 16)  # break the ties inside each part
+    reversed_map = -perfect
+
+    def score(x):
+        return detector(x)[:, 0]
+
+    best = deletion_insertion(score, image, perfect, substrate="black", steps=16)
+    worst = deletion_insertion(score, image, reversed_map, substrate="black", steps=16)
+    # Perfect: the region goes with the first 1/16 of the pixels -> 1 at t=0, 0 from t=1/16: AUC 1/32.
+    assert best.deletion_auc == pytest.approx(1 / 32)
+    assert best.insertion_auc == pytest.approx(31 / 32)
+    # Reversed: the region goes last -> 1 until t=15/16, 0 at t=1: AUC 31/32; insertion 1/32.
+    assert worst.deletion_auc == pytest.approx(31 / 32)
+    assert worst.insertion_auc == pytest.approx(1 / 32)
+    assert best.fractions[0] == 0 and best.fractions[-1] == 1
+
+
+def test_pointing_game():
+    saliency = torch.zeros(20, 30)
+    saliency[5, 12] = 1.0
+    assert pointing_game(saliency, torch.tensor([10.0, 3.0, 15.0, 8.0]))
+    assert not pointing_game(saliency, torch.tensor([0.0, 0.0, 10.0, 5.0]))
+    assert pointing_game(saliency, torch.tensor([0.0, 0.0, 10.0, 5.0]), tolerance=3)
+    assert not pointing_game(torch.zeros(20, 30), torch.tensor([0.0, 0.0, 30.0, 20.0]))  # no maximum
+
+
+def test_spearman_matches_scipy_with_ties():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (200,), generator=g).float()  # many ties
+    b = a + torch.randn(200, generator=g)
+    assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic, abs=1e-9)
+    assert math.isnan(spearman(torch.ones(10), b[:10]))
+
+
+def test_sanity_check_flags_a_map_that_ignores_the_weights_and_passes_gradcam(trained_model):
+    model, image, _ = trained_model
+    detection = find_detections(model, image, top=1, score_thresh=0.05)[0]
+    edges = (image[:, 1:, 1:] - image[:, :-1, :-1]).abs().sum(0)  # an edge detector: no weights at all
+
+    check = sanity_check(lambda _model: edges, model)
+    assert check.flagged and all(c == pytest.approx(1.0) for c in check.correlations)
+    assert check.stages[0] == "roi_heads.predictor" and check.stages[-1].startswith("backbone.trunk")
+
+    # Grad-CAM of the trained model and of the randomized one have little in common. (Vanilla gradient
+    # and guided backprop do not pass on this model: their maps follow the image's edges whatever the
+    # weights, as Adebayo et al. found for guided backprop; docs/explanations.md has the numbers.)
+    check = sanity_check(lambda m: explain(m, image, detection, method="gradcam", max_rois=8).saliency, model)
+    assert not check.flagged, check.correlations
+    assert abs(check.correlations[-1]) < 0.5
+    assert model.roi_heads.predictor.cls_score.weight.abs().sum() > 0  # the model itself was not touched
+    original = explain(model, image, detection, method="gradcam").saliency
+    torch.testing.assert_close(original, explain(model, image, detection, method="gradcam").saliency)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------
+
+
+def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_run, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(trained_run / "config.yaml")
+    image = sorted(Path(cfg.data.val.images).glob("*.png"))[0]
+    out = tmp_path / "explain"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "explain.py"), f"checkpoint={tiny_checkpoint}", f"image={image}",
+         "methods=[gradcam,drise]", "detections=top2", "score_thresh=0.05", "options.drise.masks=32",
+         "faithfulness.steps=8", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "explanations.json").read_text())
+    assert 1 <= len(report["detections"]) <= 2
+    maps = np.load(out / "explanations.npz")
+    for entry in report["detections"]:
+        assert Path(entry["panel"]).is_file()
+        for method in ("gradcam", "drise"):
+            scores = entry["methods"][method]
+            assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
+            assert maps[f"{entry['name']}/{method}"].shape == (192, 256) or maps[f"{entry['name']}/{method}"].ndim == 2
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "explain.py"), f"checkpoint={tiny_checkpoint}", f"image={image}", "methods=[gradcam,lime]"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert bad.returncode == 2 and "unknown explanation method 'lime'" in bad.stderr
+
+
+# --- ROAR ---------------------------------------------------------------------------------------------
+
+
+def test_roar_removes_exactly_the_top_fraction_and_the_oracle_ranks_boxes_first():
+    from frcnn.explain.roar import image_saliency, remove_top
+
+    image = np.full((10, 20, 3), 200, dtype=np.uint8)
+    saliency = torch.arange(200, dtype=torch.float32).view(10, 20)  # the last pixels are the most salient
+    out = remove_top(image, saliency, 0.25, fill=(10.2, 20.0, 30.0))
+    removed = (out != image).any(axis=2)
+    assert removed.sum() == 50 and removed.reshape(-1)[-50:].all()
+    assert (out[removed] == [10, 20, 30]).all()
+    boxes = torch.tensor([[2.0, 1.0, 6.0, 4.0]])  # 4 x 3 = 12 pixels
+    oracle = image_saliency("oracle", None, torch.zeros(3, 10, 20), boxes, torch.tensor([1]))
+    top12 = oracle.flatten().argsort(descending=True)[:12]
+    inside = torch.zeros(10, 20, dtype=torch.bool)
+    inside[1:4, 2:6] = True
+    assert inside.flatten()[top12].all()
+    random_map = image_saliency("random", None, torch.zeros(3, 10, 20), boxes, torch.tensor([1]), seed=3)
+    torch.testing.assert_close(random_map, image_saliency("random", None, torch.zeros(3, 10, 20), boxes, torch.tensor([1]), seed=3))
+
+
+def test_roar_saliency_of_a_real_model_explains_every_ground_truth_object(trained_model):
+    from frcnn.explain.roar import image_saliency
+
+    model, image, truth = trained_model
+    labels = torch.ones(len(truth["boxes"]), dtype=torch.long)
+    for method in ("gradcam", "gradient"):
+        saliency = image_saliency(method, model, image, truth["boxes"], labels)
+        assert saliency.shape == image.shape[-2:] and saliency.abs().sum() > 0
