@@ -323,11 +323,24 @@ def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_r
             scores = entry["methods"][method]
             assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
             assert maps[f"{entry['name']}/{method}"].shape == (192, 256) or maps[f"{entry['name']}/{method}"].ndim == 2
-    bad = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "explain.py"), f"checkpoint={tiny_checkpoint}", f"image={image}", "methods=[gradcam,lime]"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )
-    assert bad.returncode == 2 and "unknown explanation method 'lime'" in bad.stderr
+
+
+def test_explain_config_errors_name_the_key(tiny_checkpoint, tmp_path):
+    from frcnn.cli import compose_config
+    from frcnn.errors import ConfigError
+    from frcnn.explain.run import run_explain
+
+    base = [f"checkpoint={tiny_checkpoint}", "image=none.png", f"output_dir={tmp_path}"]
+    cases = {
+        "methods=[gradcam,lime]": "unknown explanation method 'lime'",
+        "faithfulness.substrate=white": "faithfulness.substrate='white'",
+        "target=logit": "target='logit'",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+            run_explain(compose_config("explain", [*base, override]))
+    with pytest.raises(FileNotFoundError, match="none.png"):
+        run_explain(compose_config("explain", base))
 
 
 # --- ROAR ---------------------------------------------------------------------------------------------
