@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from frcnn.modeling.model import FasterRCNN
+from frcnn.modeling.preprocess import box_scale
 
 TargetKind = Literal["similarity", "roi_score"]
 
@@ -184,9 +185,7 @@ class DetectionScore(nn.Module):
         """Class probability of each detection's label at its producing RoI, held fixed."""
         batch, _ = self.model.preprocessor(list(images))
         features = self.model.features(batch)
-        sy, sx = batch.scales[:, 0], batch.scales[:, 1]
-        factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [N, 1, 4]
-        rois = self.rois[None] * factor  # [N, M, 4] in network-input pixels
+        rois = self.rois[None] * box_scale(batch)  # [N, M, 4] in network-input pixels
         logits, _ = self.model.roi_heads.predict(features, rois)  # [N, M, K+1]
         probs = F.softmax(logits, dim=-1)
         return probs.gather(2, self.labels[None, :, None].expand(len(images), -1, 1)).squeeze(2)

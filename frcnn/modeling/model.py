@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from frcnn.errors import InputError
 from frcnn.modeling.box_coder import decode_boxes
 from frcnn.modeling.box_ops import batched_pairwise_iou, clip_boxes
-from frcnn.modeling.preprocess import Preprocessor, to_original_pixels
+from frcnn.modeling.preprocess import Preprocessor, box_scale, boxes_to_original, to_original_pixels
 from frcnn.modeling.roi_heads import RoIHeads
 from frcnn.modeling.rpn import RPN
 from frcnn.modeling.structures import AnchorOutputs, ImageBatch, Proposals, RoIOutputs, pad_targets
@@ -159,9 +159,9 @@ class FasterRCNN(nn.Module):
         logits, deltas = self.roi_heads.predict(features, proposals.boxes)  # [B, P, K+1], [B, P, K+1, 4]
         b, p, k = deltas.shape[0], deltas.shape[1], deltas.shape[2] - 1
         boxes = decode_boxes(deltas[:, :, 1:], proposals.boxes[:, :, None, :], self.roi_heads.bbox_reg_weights)
-        boxes = _to_original(clip_boxes(boxes.reshape(b, p * k, 4), batch.image_sizes), batch).reshape(b, p, k, 4)
+        boxes = boxes_to_original(clip_boxes(boxes.reshape(b, p * k, 4), batch.image_sizes), batch).reshape(b, p, k, 4)
         return RoIOutputs(
-            proposals=_to_original(proposals.boxes, batch),
+            proposals=boxes_to_original(proposals.boxes, batch),
             boxes=boxes,
             probs=F.softmax(logits, dim=-1),
             objectness=proposals.scores,
@@ -181,7 +181,7 @@ class FasterRCNN(nn.Module):
         anchors = self.rpn.anchor_generator(hf, wf)
         boxes = clip_boxes(decode_boxes(deltas, anchors[None], (1.0, 1.0, 1.0, 1.0)), batch.image_sizes)
         return AnchorOutputs(
-            boxes=_to_original(boxes, batch),
+            boxes=boxes_to_original(boxes, batch),
             objectness=torch.sigmoid(logits.float()),
             valid=self.rpn.locations_in_image(hf, wf, batch.image_sizes),
         )
@@ -189,8 +189,7 @@ class FasterRCNN(nn.Module):
 
 def _nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, count: int) -> Proposals:
     """Each image's ``count`` proposals of highest IoU with any of ``near`` (``[M, 4]`` original pixels)."""
-    sy, sx = batch.scales[:, 0], batch.scales[:, 1]
-    factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [B, 1, 4]
+    factor = box_scale(batch)  # [B, 1, 4]
     iou = batched_pairwise_iou(proposals.boxes, near[None].to(factor) * factor)  # [B, P, M]
     overlap = iou.amax(dim=2).masked_fill(~proposals.valid, -1.0)  # [B, P]
     best, index = overlap.topk(count, dim=1)  # [B, count]
@@ -199,13 +198,6 @@ def _nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, co
         scores=proposals.scores.gather(1, index),
         valid=best > 0,
     )
-
-
-def _to_original(boxes: Tensor, batch: ImageBatch) -> Tensor:
-    """``[B, N, 4]`` boxes from network-input pixels to each original image's pixels, clipped to it."""
-    sy, sx = batch.scales[:, 0], batch.scales[:, 1]
-    factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [B, 1, 4]
-    return clip_boxes(boxes / factor, batch.original_sizes)
 
 
 def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> None:

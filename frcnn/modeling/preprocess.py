@@ -110,9 +110,18 @@ class Preprocessor(nn.Module):
         return batch, scaled
 
 
+def box_scale(images: ImageBatch) -> Tensor:
+    """``[B, 1, 4]`` ``(sx, sy, sx, sy)``: original-image XYXY pixels × this = network-input pixels."""
+    sy, sx = images.scales[:, 0], images.scales[:, 1]
+    return torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]
+
+
+def boxes_to_original(boxes: Tensor, images: ImageBatch) -> Tensor:
+    """``[B, N, 4]`` boxes from network-input pixels to each original image's pixels, clipped to it."""
+    return clip_boxes(boxes / box_scale(images), images.original_sizes)
+
+
 def to_original_pixels(detections: Detections, images: ImageBatch) -> Detections:
     """Map detections from network-input pixels back to each original image, clipped to it."""
-    sy, sx = images.scales[:, 0], images.scales[:, 1]
-    factor = torch.stack([sx, sy, sx, sy], dim=-1)[:, None, :]  # [B, 1, 4]
-    boxes = clip_boxes(detections.boxes / factor, images.original_sizes)
+    boxes = boxes_to_original(detections.boxes, images)
     return Detections(boxes=boxes, scores=detections.scores, labels=detections.labels, valid=detections.valid)
