@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import runpy
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 # albumentations asks PyPI for a newer version on import (up to 2 s, in every training process): not in tests.
@@ -90,3 +94,47 @@ def trained_run(tmp_path_factory) -> Path:
 def tiny_checkpoint(trained_run) -> Path:
     """A trained checkpoint (the shared quick run's ``last.pt``) for inference and evaluation tests."""
     return trained_run / "last.pt"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ScriptResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """Run ``scripts/<name>`` with ``args`` as its ``__main__``, in this process: ``ScriptResult``.
+
+    The script's own code runs as from the command line (argument parsing, Hydra's app, friendly errors,
+    exit status), without a second interpreter paying the ~10 s import of torch and torchvision again.
+    The real-process path keeps its own tests: every script's wrong-override case, ``train.py`` under
+    torchrun, SIGTERM and multirun, ``evaluate.py`` on a results file. Hydra's logging setup and its
+    global state are undone afterwards.
+    """
+
+    def run(name: str, args: list[str]) -> ScriptResult:
+        from hydra.core.global_hydra import GlobalHydra
+
+        root, level = logging.getLogger(), logging.getLogger().level
+        handlers = root.handlers[:]
+        monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / name), *args])
+        code = 0
+        try:
+            runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+            root.setLevel(level)
+        captured = capsys.readouterr()
+        return ScriptResult(code, captured.out, captured.err)
+
+    return run

@@ -1,4 +1,5 @@
-"""frcnn.benchmarks.speed in-process, and scripts/benchmark.py and scripts/race.py end to end on tiny inputs
+"""frcnn.benchmarks.speed in-process, and scripts/benchmark.py and scripts/race.py end to end on tiny inputs, run as
+``__main__`` in this process (their wrong-override case in a process of its own)
 (no timing is asserted). The race itself (frcnn.benchmarks.race) runs only through its script."""
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def test_peak_memory_is_the_fresh_processs_own():
 
 
 @pytest.mark.slow
-def test_benchmark_script_writes_its_json(tmp_path):
+def test_benchmark_script_writes_its_json(tmp_path, run_script):
     out = tmp_path / "bench.json"
-    res = run("benchmark.py", ["--reps", "1", "--warmup", "0", "--image-hw", "96", "128", "--batch", "1", "--no-memory", "--json", str(out), "--", *SMALL])
+    res = run_script("benchmark.py", ["--reps", "1", "--warmup", "0", "--image-hw", "96", "128", "--batch", "1", "--no-memory", "--json", str(out), "--", *SMALL])
+    assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["env"]["model"]["rois_per_image"] == 8 and data["env"]["model"]["padded_input"] == [96, 128]
     (row,) = data["results"]
@@ -78,9 +80,10 @@ def test_benchmark_script_writes_its_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_race_trains_and_scores_both(tmp_path, tiny_data):
+def test_race_trains_and_scores_both(tmp_path, tiny_data, run_script):
     out = tmp_path / "race.json"
-    res = run("race.py", ["--budget", "1", "--json", str(out), "--", f"data.root={tiny_data}", "data.num_workers=0", *SMALL])
+    res = run_script("race.py", ["--budget", "1", "--json", str(out), "--", f"data.root={tiny_data}", "data.num_workers=0", *SMALL])
+    assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
     assert [r["framework"] for r in rows] == ["frcnn", "torchvision"]
     for r in rows:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,6 @@ from frcnn.explain.methods import (
 from frcnn.explain.target import elementwise_iou, similarity
 from tests.conftest import small_model
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # --- the target -----------------------------------------------------------------------------------
@@ -301,7 +298,7 @@ def test_sanity_check_flags_a_map_that_ignores_the_weights_and_passes_gradcam(tr
 # --- the CLI ------------------------------------------------------------------------------------------
 
 
-def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_run, tmp_path):
+def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_run, tmp_path, run_script):
     from omegaconf import OmegaConf
 
     from frcnn.data.images import read_rgb
@@ -309,12 +306,9 @@ def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_r
     cfg = OmegaConf.load(trained_run / "config.yaml")
     image = sorted(Path(cfg.data.val.images).glob("*.png"))[0]
     out = tmp_path / "explain"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "explain.py"), f"checkpoint={tiny_checkpoint}", f"image={image}",
-         "methods=[gradcam,drise]", "detections=top2", "score_thresh=0.05", "options.drise.masks=32",
-         "faithfulness.steps=8", f"hydra.run.dir={out}"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
+    proc = run_script("explain.py", [f"checkpoint={tiny_checkpoint}", f"image={image}", "methods=[gradcam,drise]",
+                                     "detections=top2", "score_thresh=0.05", "options.drise.masks=32", "max_rois=4",
+                                     "faithfulness.steps=8", f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "explanations.json").read_text())
     assert 1 <= len(report["detections"]) <= 2

@@ -1,15 +1,13 @@
 """Inference (frcnn.inference) and the evaluation of a checkpoint (frcnn.evaluation.evaluate) on a trained
 tiny checkpoint and every kind of image users have.
 
-One run of each script through its CLI (scripts/infer.py on every image kind; scripts/evaluate.py ending
-in a user's error raised in a data-loader worker); every other case calls the task function in-process,
-under the same :func:`frcnn.cli.friendly_errors` the scripts use.
+One run of each script as its ``__main__`` (scripts/infer.py on every image kind; scripts/evaluate.py ending
+in a user's error raised in a data-loader worker), in this process (the ``run_script`` fixture); every
+other case calls the task function under the same :func:`frcnn.cli.friendly_errors` the scripts use.
 """
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,6 @@ from frcnn.inference import infer
 from tests.test_cli import exits_with_one_line
 from tests.test_data import bomb_png
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +50,7 @@ def make_images(folder: Path) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def test_infer_every_image_kind(tiny_checkpoint, tmp_path):
+def test_infer_every_image_kind(tiny_checkpoint, tmp_path, run_script):
     sizes = make_images(tmp_path / "in")
     # a validation image of the checkpoint's own data: the trained model finds objects in it
     cfg = torch.load(tiny_checkpoint, weights_only=True)["config"]
@@ -61,11 +58,8 @@ def test_infer_every_image_kind(tiny_checkpoint, tmp_path):
     shutil.copy(val, tmp_path / "in" / "shapes.png")
     sizes["shapes"] = Image.open(val).size
     out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "infer.py"), f"checkpoint={tiny_checkpoint}", f"image={tmp_path / 'in'}",
-         "score_thresh=0.0", "device=cpu", f"hydra.run.dir={out}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
+    res = run_script("infer.py", [f"checkpoint={tiny_checkpoint}", f"image={tmp_path / 'in'}", "score_thresh=0.0",
+                                  "device=cpu", f"hydra.run.dir={out}"])
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
     assert len(lines) == len(sizes)  # one line per image, in name order
@@ -111,21 +105,18 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
 
 
-def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path, capsys):
+def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path, capsys, run_script):
     """A file whose header claims 30000x30000 ends evaluation and inference with one line naming it;
     the limit is configurable (raised, the same file gets as far as decoding and is found truncated).
-    Evaluation runs through its CLI: the error is raised in a data-loader worker and still ends as one line."""
+    Evaluation runs through its script: the error is raised in a data-loader worker and still ends as one line."""
     folder = tmp_path / "in"
     folder.mkdir()
     bomb_png(folder / "bomb.png")
     ann = {"images": [{"id": 1, "file_name": "bomb.png", "width": 30000, "height": 30000}], "annotations": [],
            "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, CLASSES)]}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"checkpoint={tiny_checkpoint}", f"images={folder}",
-         f"annotations={tmp_path / 'ann.json'}", "device=cpu", f"hydra.run.dir={tmp_path / 'evaluate'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
+    res = run_script("evaluate.py", [f"checkpoint={tiny_checkpoint}", f"images={folder}", f"annotations={tmp_path / 'ann.json'}",
+                                     "device=cpu", "num_workers=1", f"hydra.run.dir={tmp_path / 'evaluate'}"])
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
     assert lines[0].startswith("error: ") and "bomb.png" in lines[0] and "its header claims 30000x30000" in lines[0], lines
