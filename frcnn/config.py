@@ -176,6 +176,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     _number(cfg, "batch_size", integer=True, low=1)
     _number(cfg, "num_workers", integer=True, low=0)
     _number(cfg, "max_pixels", integer=True, low=1, nullable=True)
+    _choice(cfg, "backend", ("pycocotools", "faster_coco_eval"))
     if _get(cfg, "predictions", None) and not _get(cfg, "annotations", None):
         raise ConfigError("predictions=... needs annotations=/path/to/ground_truth.json")
     if not _get(cfg, "predictions", None) and not _get(cfg, "checkpoint", None):

@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="deletion / insertion steps")
     parser.add_argument("--drise-masks", type=int, default=1000)
     parser.add_argument("--sanity-detections", type=int, default=2)
+    parser.add_argument("--max-rois", type=int, default=16, help="follow detections through their nearest proposals (0: all)")
+    parser.add_argument("--agreement-masks", type=int, default=300, help="D-RISE masks for the max-rois agreement check")
     parser.add_argument("--out", default="outputs/explain_benchmark.json")
     args = parser.parse_args()
 
@@ -49,11 +51,12 @@ def main() -> None:
     result = benchmark(
         model, categories, Path(cfg.data.val.annotations), Path(cfg.data.val.images), methods=methods,
         num_images=args.images, top=args.top, score_thresh=args.score_thresh, steps=args.steps,
-        sanity_detections=args.sanity_detections, sanity_options=sanity,
+        sanity_detections=args.sanity_detections, sanity_options=sanity, max_rois=args.max_rois or None,
+        agreement={"gradcam": {}, "integrated_gradients": {"steps": 16}, "drise": {"masks": args.agreement_masks}},
     )
     result["setup"] = {
         "checkpoint": args.checkpoint, "images": args.images, "top": args.top, "score_thresh": args.score_thresh,
-        "steps": args.steps, "methods": methods, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "steps": args.steps, "methods": methods, "max_rois": args.max_rois, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "wall_s": round(time.time() - start, 1),
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -1,4 +1,8 @@
-"""Run a detector over a split, write COCO results, and score them with pycocotools' COCOeval."""
+"""Run a detector over a split, write COCO results, and score them with COCOeval.
+
+Two scoring backends: pycocotools (the reference, always installed) and faster-coco-eval (the
+``fast-eval`` extra: a C++ COCOeval with the same protocol, tested against pycocotools on every stat).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from frcnn.data.coco import CategoryMap
-from frcnn.errors import InputError
+from frcnn.errors import ConfigError, InputError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
 @torch.no_grad()
@@ -69,11 +74,15 @@ def predict(
     return results
 
 
-def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]], image_ids: list[int] | None = None) -> dict[str, Any]:
+def evaluate_results(
+    coco_gt: COCO, results: list[dict[str, Any]], image_ids: list[int] | None = None, *, backend: str = "pycocotools"
+) -> dict[str, Any]:
     """Score COCO-format ``results`` against ``coco_gt`` (bbox IoU type).
 
     Args:
         image_ids: score only these images (e.g. all but the unreadable ones); default: every image.
+        backend: ``"pycocotools"`` (the reference) or ``"faster_coco_eval"`` (the ``fast-eval`` extra;
+            the ground truth is rebuilt from ``coco_gt.dataset``).
 
     Returns:
         ``{"stats": {name: value for the 12 standard stats}, "per_class_ap": {name: AP},
@@ -81,7 +90,9 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]], image_ids: li
 
     Raises:
         InputError: a result names a category or image that is not in the ground truth.
+        ConfigError: an unknown backend, or faster_coco_eval without its extra installed.
     """
+    cocoeval = _cocoeval_class(backend)
     known_cats = set(coco_gt.getCatIds())
     known_imgs = set(coco_gt.getImgIds())
     for r in results:
@@ -100,8 +111,9 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]], image_ids: li
             "precision": None,
         }
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        gt = coco_gt if backend == "pycocotools" else _faster_coco(coco_gt)
+        coco_dt = gt.loadRes(copy.deepcopy(results))
+        ev = cocoeval(gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             ev.params.imgIds = sorted(image_ids)
         ev.evaluate()
@@ -115,6 +127,28 @@ def evaluate_results(coco_gt: COCO, results: list[dict[str, Any]], image_ids: li
         p = p[p > -1]
         per_class[names[cat_id]] = float(p.mean()) if p.size else float("nan")
     return {"stats": stats, "per_class_ap": per_class, "precision": precision}
+
+
+def _cocoeval_class(backend: str) -> type:
+    if backend == "pycocotools":
+        return COCOeval
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCOeval_faster
+        except ImportError as err:
+            raise ConfigError(
+                "backend=faster_coco_eval needs the fast-eval extra: uv sync --extra fast-eval "
+                "(make installs it), or backend=pycocotools"
+            ) from err
+        return COCOeval_faster
+    raise ConfigError(f"backend={backend!r} is not valid; allowed: {' | '.join(BACKENDS)}")
+
+
+def _faster_coco(coco_gt: COCO) -> Any:
+    """faster-coco-eval's ground-truth object for the same data set dict."""
+    from faster_coco_eval import COCO as FasterCOCO
+
+    return FasterCOCO(copy.deepcopy(coco_gt.dataset))
 
 
 def per_class_table(per_class_ap: dict[str, float]) -> str:

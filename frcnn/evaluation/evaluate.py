@@ -49,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         results, gt = _predict_split(cfg)
         (out / "detections.json").write_text(json.dumps(results))
-    ev = evaluate_results(gt, results)
+    ev = evaluate_results(gt, results, backend=cfg.get("backend", "pycocotools"))
     metrics = {"stats": ev["stats"], "per_class_ap": ev["per_class_ap"], "num_detections": len(results)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     table = per_class_table(ev["per_class_ap"])

@@ -8,7 +8,10 @@ every method's map is scored by
 * the pointing game against the detection's matched ground-truth box (same class, IoU ≥ 0.5);
 * the sanity check: Spearman ρ between the trained model's map and the fully randomized model's
   (cascade, every stage), for the first ``sanity_detections`` detections;
-* seconds per detection (the method's own call, detections of an image explained together).
+* seconds per detection (the method's own call, detections of an image explained together);
+* with ``max_rois`` set, whether following a detection through only its nearest proposals changes the
+  map: Spearman ρ between the map with ``max_rois`` and with every proposal, on the first image
+  (``agreement`` methods, each at the options given there).
 
 ``scripts/explain_benchmark.py`` is the command; docs/explanations.md holds the recorded table.
 """
@@ -57,20 +60,23 @@ def benchmark(
     steps: int = 16,
     sanity_detections: int = 2,
     sanity_options: dict[str, dict[str, Any]] | None = None,
+    max_rois: int | None = None,
+    agreement: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns per-method means and the per-substrate method ranks (JSON-ready)."""
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     sanity_done = 0
-    for path, gt_boxes, gt_cats, _ in _ground_truth(annotation_file, images_dir, num_images):
+    agreement_rows: dict[str, list[float]] = defaultdict(list)
+    for index, (path, gt_boxes, gt_cats, _) in enumerate(_ground_truth(annotation_file, images_dir, num_images)):
         image = as_image_tensor(read_rgb(path))
         detections = find_detections(model, image, top=top, score_thresh=score_thresh)
         if not detections:
             continue
-        score = DetectionScore(model, detections)
+        score = DetectionScore(model, detections, max_rois=max_rois)
         gt_labels = torch.tensor([categories.label(int(c)) for c in gt_cats], dtype=torch.long)
         for name, options in methods.items():
             start = time.perf_counter()
-            explanations = explain(model, image, detections, method=name, **options)
+            explanations = explain(model, image, detections, method=name, max_rois=max_rois, **options)
             rows[name]["seconds"].append((time.perf_counter() - start) / len(detections))
             for m, (det, e) in enumerate(zip(detections, explanations)):
                 for substrate in SUBSTRATES:
@@ -87,18 +93,25 @@ def benchmark(
         for det in detections[: max(0, sanity_detections - sanity_done)]:
             for name, options in methods.items():
                 opts = (sanity_options or {}).get(name, options)
-                reference = explain(model, image, det, method=name, **opts).saliency.abs()
+                reference = explain(model, image, det, method=name, max_rois=max_rois, **opts).saliency.abs()
                 *_, (_, randomized) = list(randomized_cascade(model))
-                current = explain(randomized, image, det, method=name, **opts).saliency.abs()
+                current = explain(randomized, image, det, method=name, max_rois=max_rois, **opts).saliency.abs()
                 rows[name]["sanity_spearman"].append(spearman(reference, current))
             sanity_done += 1
+        if index == 0 and max_rois is not None:
+            for name, options in (agreement or {}).items():
+                near = explain(model, image, detections, method=name, max_rois=max_rois, **options)
+                every = explain(model, image, detections, method=name, **options)
+                agreement_rows[name] += [spearman(a.saliency, b.saliency) for a, b in zip(near, every)]
     summary = {name: {key: float(np.nanmean(values)) for key, values in columns.items()} | {"n_detections": len(columns["deletion_black"])}
                for name, columns in rows.items()}
     ranks = {}
     for substrate in SUBSTRATES:
         gap = {name: s[f"insertion_{substrate}"] - s[f"deletion_{substrate}"] for name, s in summary.items()}
         ranks[substrate] = sorted(gap, key=gap.get, reverse=True)
-    return {"methods": summary, "rank_by_substrate": ranks}
+    agreement_summary = {name: {"spearman_min": min(v), "spearman_mean": float(np.mean(v)), "n_detections": len(v)}
+                         for name, v in agreement_rows.items()}
+    return {"methods": summary, "rank_by_substrate": ranks, "max_rois": max_rois, "max_rois_agreement": agreement_summary}
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -117,4 +130,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append("Rank by insertion − deletion AUC, per substrate:")
     for substrate, order in result["rank_by_substrate"].items():
         lines.append(f"- {substrate}: {' > '.join(order)}")
+    if result.get("max_rois_agreement"):
+        lines.append("")
+        lines.append(f"Maps with the {result['max_rois']} nearest proposals vs every proposal (Spearman ρ, first image):")
+        for name, a in result["max_rois_agreement"].items():
+            lines.append(f"- {name}: mean {a['spearman_mean']:.3f}, min {a['spearman_min']:.3f} over {a['n_detections']} detections")
     return "\n".join(lines)
