@@ -41,7 +41,9 @@ def main() -> None:
 
     def fit(root: Path, name: str) -> float:
         cfg = compose_train([
-            "experiment=demo", f"data.root={root}", f"run_dir={out / 'runs' / name}", "data.num_workers=0",
+            # data.generate=null: these folders are not the generator's (it would regenerate a folder without its READY file)
+            "experiment=demo", f"data.root={root}", "data.generate=null", f"data.num_train_images={args.train_images}",
+            f"run_dir={out / 'runs' / name}", "data.num_workers=0",
             f"trainer.max_iters={args.steps}", "trainer.max_time=null", f"trainer.eval_period={args.steps}",
             f"trainer.checkpoint_period={args.steps}", "trainer.progress=false", "trainer.tensorboard=false",
             f"schedule.warmup_iters={min(50, args.steps // 4)}", f"seed={args.seed}",

@@ -107,22 +107,24 @@ class ScriptResult:
 
 
 @pytest.fixture
-def run_script(monkeypatch, capsys):
+def run_script(monkeypatch, capfd):
     """Run ``scripts/<name>`` with ``args`` as its ``__main__``, in this process: ``ScriptResult``.
 
     The script's own code runs as from the command line (argument parsing, Hydra's app, friendly errors,
-    exit status), without a second interpreter paying the ~10 s import of torch and torchvision again.
-    The real-process path keeps its own tests: every script's wrong-override case, ``train.py`` under
-    torchrun, SIGTERM and multirun, ``evaluate.py`` on a results file. Hydra's logging setup and its
-    global state are undone afterwards.
+    exit status), without a second interpreter paying the 10-15 s import of torch and torchvision again.
+    Output is captured at the file-descriptor level (``capfd``), so what a forked data-loader worker
+    writes is seen too. Real processes stay where they are the point: ``train.py`` under torchrun, on
+    SIGTERM and in a multirun, ``evaluate.py`` on a results file, and the wrong-override cases of the
+    scripts that have them. Hydra's logging set-up, its global state and ``HYDRA_FULL_ERROR`` are undone.
     """
 
     def run(name: str, args: list[str]) -> ScriptResult:
         from hydra.core.global_hydra import GlobalHydra
 
-        root, level = logging.getLogger(), logging.getLogger().level
-        handlers = root.handlers[:]
+        root = logging.getLogger()
+        level, handlers = root.level, root.handlers[:]
         monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / name), *args])
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
         code = 0
         try:
             runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
@@ -130,11 +132,15 @@ def run_script(monkeypatch, capsys):
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:
             GlobalHydra.instance().clear()
-            for handler in root.handlers[:]:
+            for handler in root.handlers[:]:  # Hydra's console and file handlers: closed, pytest's put back
                 if handler not in handlers:
                     root.removeHandler(handler)
+                    handler.close()
+            for handler in handlers:
+                if handler not in root.handlers:
+                    root.addHandler(handler)
             root.setLevel(level)
-        captured = capsys.readouterr()
+        captured = capfd.readouterr()
         return ScriptResult(code, captured.out, captured.err)
 
     return run

@@ -130,3 +130,21 @@ def test_batch_order_depends_on_the_seed(dist):
 
     assert order(0) == order(0)
     assert order(0) != order(1) and order(1) != order(2)
+
+
+def test_synthetic_data_is_generated_once_and_never_over_a_data_set_it_did_not_write(tmp_path):
+    from frcnn.errors import ConfigError
+
+    cfg = compose_train(["run_dir=x", f"data.root={tmp_path / 'gen'}", "data.generate.num_train=2", "data.generate.num_val=1"])
+    main = DistInfo(rank=0, world_size=1, local_rank=0)
+    builders.ensure_synthetic(cfg, main)
+    assert (tmp_path / "gen" / "READY").is_file() and len(list((tmp_path / "gen" / "train").iterdir())) == 2
+    before = (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns
+    builders.ensure_synthetic(cfg, main)  # READY: left as it is
+    assert (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns == before
+
+    (tmp_path / "gen" / "READY").unlink()  # a folder with annotations the generator did not write (e.g. edited images)
+    with pytest.raises(ConfigError, match="pass data.generate=null"):
+        builders.ensure_synthetic(cfg, main)
+    assert (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns == before
+    builders.ensure_synthetic(compose_train(["run_dir=x", f"data.root={tmp_path / 'gen'}", "data.generate=null"]), main)

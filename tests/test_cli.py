@@ -120,6 +120,7 @@ COMPOSITION_MISTAKES = {
     "override syntax": ("train.py", ["trainer.max_iters=="], ["trainer.max_iters==", "key=value"]),
     "evaluate unknown key": ("evaluate.py", ["checkpoint=best.pt", "batch_sise=4"], ["batch_sise is not a config key", "did you mean batch_size?"]),
     "infer unknown key": ("infer.py", ["checkpoint=best.pt", "image=a.jpg", "score_tresh=0.3"], ["score_tresh is not a config key", "did you mean score_thresh?"]),
+    "explain unknown key": ("explain.py", ["checkpoint=best.pt", "image=a.jpg", "max_roi=4"], ["max_roi is not a config key", "did you mean max_rois?"]),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from frcnn.benchmarks.eval_backends import compare, jittered_detections
 from frcnn.cli import compose_config
 from frcnn.errors import ConfigError, InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table
@@ -215,28 +216,6 @@ def test_evaluate_results_file_mistakes(tmp_path, predictions, annotations, erro
 # --- the faster-coco-eval backend (the fast-eval extra): pycocotools is the reference -------------------
 
 
-def _jittered(dataset: dict, seed: int) -> list[dict]:
-    """Detections near each non-crowd box (shifted, rescaled, relabelled now and then) plus false positives."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    cats = [c["id"] for c in dataset["categories"]]
-    out = []
-    for a in dataset["annotations"]:
-        x, y, w, h = a["bbox"]
-        for _ in range(int(rng.integers(0, 3))):
-            s = rng.uniform(0.7, 1.3, 2)
-            out.append({"image_id": a["image_id"], "category_id": int(rng.choice(cats)) if rng.random() < 0.2 else a["category_id"],
-                        "bbox": [float(x + rng.normal(0, w / 8)), float(y + rng.normal(0, h / 8)), float(w * s[0]), float(h * s[1])],
-                        "score": float(rng.random())})
-    for im in dataset["images"]:
-        for _ in range(int(rng.integers(0, 4))):
-            w, h = rng.uniform(5, im["width"] / 2), rng.uniform(5, im["height"] / 2)
-            out.append({"image_id": im["id"], "category_id": int(rng.choice(cats)), "score": float(rng.random()),
-                        "bbox": [float(rng.uniform(0, im["width"] - w)), float(rng.uniform(0, im["height"] - h)), float(w), float(h)]})
-    return out
-
-
 def _assert_backends_agree(coco: COCO, results: list[dict], image_ids=None) -> None:
     import numpy as np
 
@@ -252,11 +231,11 @@ def _assert_backends_agree(coco: COCO, results: list[dict], image_ids=None) -> N
 
 def test_faster_coco_eval_agrees_on_crowds_non_contiguous_ids_and_images_without_detections():
     pytest.importorskip("faster_coco_eval", reason="the fast-eval extra (make installs it)")
-    for results in (perfect(), perfect()[:-1], _jittered(GT, 0), [r for r in _jittered(GT, 1) if r["image_id"] == 1],
+    for results in (perfect(), perfect()[:-1], jittered_detections(GT, 0), [r for r in jittered_detections(GT, 1) if r["image_id"] == 1],
                     perfect() + [{"image_id": 2, "category_id": 8, "bbox": [121, 11, 58, 58], "score": 0.95}]):
         _assert_backends_agree(gt_coco(), results)
-    _assert_backends_agree(gt_coco(), _jittered(GT, 2), image_ids=[2])
-    # no detections at all: every stat 0 from either backend
+    _assert_backends_agree(gt_coco(), jittered_detections(GT, 2), image_ids=[2])
+    # no detections at all: every stat 0 whichever backend was asked for (neither runs)
     assert evaluate_results(gt_coco(), [], backend="faster_coco_eval")["stats"] == {n: 0.0 for n in STAT_NAMES}
 
 
@@ -267,7 +246,24 @@ def test_faster_coco_eval_agrees_on_the_synthetic_validation_split(tmp_path):
     root = generate(tmp_path, num_train=1, num_val=40, seed=3)
     dataset = json.loads((root / "annotations" / "val.json").read_text())
     for seed in range(3):
-        _assert_backends_agree(coco_from(dataset), _jittered(dataset, seed))
+        _assert_backends_agree(coco_from(dataset), jittered_detections(dataset, seed))
+    row = compare(coco_from(dataset), jittered_detections(dataset, 0), reps=1)  # the speed benchmark's own check
+    assert row["max_abs_stat_difference"] < 1e-4 and row["detections"] == len(jittered_detections(dataset, 0)) > 40
+
+
+def test_a_missing_fast_eval_extra_is_one_clear_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faster_coco_eval(name, *args, **kwargs):
+        if name.startswith("faster_coco_eval"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faster_coco_eval)
+    with pytest.raises(ConfigError, match="needs the fast-eval extra"):
+        evaluate_results(gt_coco(), perfect(), backend="faster_coco_eval")
 
 
 def test_an_unknown_backend_is_a_config_error(tmp_path):

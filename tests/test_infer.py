@@ -105,7 +105,7 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
 
 
-def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path, capsys, run_script):
+def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path, capfd, run_script):
     """A file whose header claims 30000x30000 ends evaluation and inference with one line naming it;
     the limit is configurable (raised, the same file gets as far as decoding and is found truncated).
     Evaluation runs through its script: the error is raised in a data-loader worker and still ends as one line."""
@@ -124,5 +124,5 @@ def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpo
     for limit, expected in (([], "its header claims 30000x30000"), (["max_pixels=1000000000"], "cannot decode image")):
         cfg = compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={folder / 'bomb.png'}", "device=cpu",
                                        f"output_dir={tmp_path / 'infer'}", *limit])
-        line = exits_with_one_line(lambda: infer(cfg), capsys)
+        line = exits_with_one_line(lambda: infer(cfg), capfd)
         assert "bomb.png" in line and expected in line, line

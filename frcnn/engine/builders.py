@@ -26,6 +26,11 @@ def ensure_synthetic(cfg: DictConfig, dist_info: DistInfo) -> None:
         return
     root = Path(cfg.data.root)
     if dist_info.is_main and not (root / "READY").exists():
+        if (root / "annotations").is_dir() and any((root / "annotations").iterdir()):
+            raise ConfigError(
+                f"data.root={root} holds a data set the generator did not write (no READY file); generating would "
+                f"overwrite it: pass data.generate=null to train on it as it is"
+            )
         print(f"generating the synthetic data set in {root} ...", flush=True)
         generate(root, **gen)
     barrier()

@@ -113,7 +113,7 @@ def evaluate_results(
     with contextlib.redirect_stdout(io.StringIO()):
         gt = coco_gt if backend == "pycocotools" else _faster_coco(coco_gt)
         coco_dt = gt.loadRes(copy.deepcopy(results))
-        ev = cocoeval(gt, coco_dt, iouType="bbox")
+        ev = cocoeval(gt, coco_dt, iouType="bbox") if backend == "pycocotools" else cocoeval(gt, coco_dt, iouType="bbox", print_function=_quiet)
         if image_ids is not None:
             ev.params.imgIds = sorted(image_ids)
         ev.evaluate()
@@ -127,6 +127,15 @@ def evaluate_results(
         p = p[p > -1]
         per_class[names[cat_id]] = float(p.mean()) if p.size else float("nan")
     return {"stats": stats, "per_class_ap": per_class, "precision": precision}
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """faster-coco-eval reports through ``logging.info`` (pycocotools prints, and is redirected): silenced alike."""
+
+
+def check_backend(backend: str) -> None:
+    """Raise :class:`ConfigError` now, before any prediction, for an unknown or uninstalled backend."""
+    _cocoeval_class(backend)
 
 
 def _cocoeval_class(backend: str) -> type:
@@ -148,7 +157,7 @@ def _faster_coco(coco_gt: COCO) -> Any:
     """faster-coco-eval's ground-truth object for the same data set dict."""
     from faster_coco_eval import COCO as FasterCOCO
 
-    return FasterCOCO(copy.deepcopy(coco_gt.dataset))
+    return FasterCOCO(copy.deepcopy(coco_gt.dataset), print_function=_quiet)
 
 
 def per_class_table(per_class_ap: dict[str, float]) -> str:

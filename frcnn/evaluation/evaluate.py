@@ -22,7 +22,7 @@ from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
 from frcnn.data.coco import CocoDetection, collate, load_coco
 from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.errors import InputError, MissingFileError
-from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table, predict
+from frcnn.evaluation.coco_eval import STAT_NAMES, check_backend, evaluate_results, per_class_table, predict
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.inference import load_model
 
@@ -42,6 +42,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             file, an unreadable image, or results naming categories or images the ground truth lacks.
     """
     validate_evaluate_config(cfg)
+    backend = cfg.get("backend", "pycocotools")
+    check_backend(backend)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.predictions:
@@ -49,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         results, gt = _predict_split(cfg)
         (out / "detections.json").write_text(json.dumps(results))
-    ev = evaluate_results(gt, results, backend=cfg.get("backend", "pycocotools"))
+    ev = evaluate_results(gt, results, backend=backend)
     metrics = {"stats": ev["stats"], "per_class_ap": ev["per_class_ap"], "num_detections": len(results)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     table = per_class_table(ev["per_class_ap"])

@@ -67,7 +67,7 @@ def benchmark(
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     sanity_done = 0
     agreement_rows: dict[str, list[float]] = defaultdict(list)
-    for index, (path, gt_boxes, gt_cats, _) in enumerate(_ground_truth(annotation_file, images_dir, num_images)):
+    for path, gt_boxes, gt_cats, _ in _ground_truth(annotation_file, images_dir, num_images):
         image = as_image_tensor(read_rgb(path))
         detections = find_detections(model, image, top=top, score_thresh=score_thresh)
         if not detections:
@@ -98,7 +98,7 @@ def benchmark(
                 current = explain(randomized, image, det, method=name, max_rois=max_rois, **opts).saliency.abs()
                 rows[name]["sanity_spearman"].append(spearman(reference, current))
             sanity_done += 1
-        if index == 0 and max_rois is not None:
+        if not agreement_rows and max_rois is not None:  # the first image with detections
             for name, options in (agreement or {}).items():
                 near = explain(model, image, detections, method=name, max_rois=max_rois, **options)
                 every = explain(model, image, detections, method=name, **options)
@@ -109,7 +109,7 @@ def benchmark(
     for substrate in SUBSTRATES:
         gap = {name: s[f"insertion_{substrate}"] - s[f"deletion_{substrate}"] for name, s in summary.items()}
         ranks[substrate] = sorted(gap, key=gap.get, reverse=True)
-    agreement_summary = {name: {"spearman_min": min(v), "spearman_mean": float(np.mean(v)), "n_detections": len(v)}
+    agreement_summary = {name: {"spearman_min": float(np.nanmin(v)), "spearman_mean": float(np.nanmean(v)), "n_detections": len(v)}
                          for name, v in agreement_rows.items()}
     return {"methods": summary, "rank_by_substrate": ranks, "max_rois": max_rois, "max_rois_agreement": agreement_summary}
 
