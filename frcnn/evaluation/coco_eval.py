@@ -111,9 +111,11 @@ def evaluate_results(
             "precision": None,
         }
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = coco_gt if backend == "pycocotools" else _faster_coco(coco_gt)
-        coco_dt = gt.loadRes(copy.deepcopy(results))
-        ev = cocoeval(gt, coco_dt, iouType="bbox") if backend == "pycocotools" else cocoeval(gt, coco_dt, iouType="bbox", print_function=_quiet)
+        if backend == "pycocotools":
+            gt, quiet = coco_gt, {}
+        else:  # faster-coco-eval: its own ground-truth object, and its logging silenced like pycocotools' prints
+            gt, quiet = _faster_coco(coco_gt), {"print_function": _quiet}
+        ev = cocoeval(gt, gt.loadRes(copy.deepcopy(results)), iouType="bbox", **quiet)
         if image_ids is not None:
             ev.params.imgIds = sorted(image_ids)
         ev.evaluate()
