@@ -1,14 +1,16 @@
 # Two commands on a fresh machine with python3 and make:
 #   make demo   install everything, then train -> evaluate -> infer on the built-in synthetic data
 #   make test   install everything, then run the test suite
+#   make track-demo   SiamRPN: generate sequences, train, evaluate against OpenCV's trackers, track one sequence
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV_PY := .venv/bin/python
 DEMO_DIR ?= outputs/demo
+TRACK_DIR ?= outputs/siamrpn_demo
 
-.PHONY: install demo test clean
+.PHONY: install demo track-demo test clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,6 +29,12 @@ demo: install
 	$(VENV_PY) scripts/evaluate.py checkpoint=$(DEMO_DIR)/best.pt hydra.run.dir=$(DEMO_DIR)/evaluate
 	$(VENV_PY) scripts/infer.py checkpoint=$(DEMO_DIR)/best.pt image=data/synthetic/val/000000.png score_thresh=0.5 hydra.run.dir=$(DEMO_DIR)/infer
 	@$(VENV_PY) -c "import json; s=json.load(open('$(DEMO_DIR)/evaluate/metrics.json'))['stats']; print(f\"\nCOCO AP@[.5:.95] on the synthetic val split: {s['AP']:.4f} (AP50 {s['AP50']:.4f})\nannotated image: $(DEMO_DIR)/infer/000000.png\")"
+
+track-demo: install
+	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_demo hydra.run.dir=$(TRACK_DIR)
+	$(VENV_PY) scripts/track_benchmark.py --checkpoint $(TRACK_DIR)/last.pt --out $(TRACK_DIR)/benchmark
+	$(VENV_PY) scripts/track.py checkpoint=$(TRACK_DIR)/last.pt sequence=$(TRACK_DIR)/benchmark/sequences/seq_000 hydra.run.dir=$(TRACK_DIR)/track
+	@echo "success plot: $(TRACK_DIR)/benchmark/success.png; track: $(TRACK_DIR)/track/track.gif"
 
 test: install
 	$(VENV_PY) -m pytest -q

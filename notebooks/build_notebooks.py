@@ -350,6 +350,111 @@ plt.show()
 counts = [len(b) for b in stages.values()]
 assert counts == sorted(counts, reverse=True)  # every stage only removes boxes
 """),
+    md("""
+## The same RPN as a tracker: SiamRPN
+
+SiamRPN (Li et al., CVPR 2018) keeps the RPN's anchors, matcher, sampler and box coder and changes where
+the head's weights come from: a Siamese backbone embeds a 127x127 **template** crop of the target and a
+255x255 **search** crop of the next frame, and the template's features *are* the kernels the search
+features are correlated with. `frcnn.tracking` builds it from the modules above. Its anchors: one size
+(64 px = 8 x the stride) and 5 ratios (0.33, 0.5, 1, 2, 3) at every cell of the 17x17 response map, the
+centre cell on the search crop's centre.
+"""),
+    code("""
+import tempfile
+
+from frcnn.tracking.model import AlexNet, SiamRPN, UpChannelHead
+
+tracker_net = SiamRPN(backbone=AlexNet(), head=UpChannelHead(in_channels=256),  # the paper's widths
+                      anchor_generator=AnchorGenerator(sizes=(64,), aspect_ratios=(0.33, 0.5, 1.0, 2.0, 3.0), stride=8))
+grid = tracker_net.anchors.view(17, 17, 5, 4)
+centres = (grid[..., :2] + grid[..., 2:]) / 2
+print("anchors:", tuple(tracker_net.anchors.shape), "= 17 x 17 cells x 5 ratios; centre cell at", centres[8, 8, 0].tolist())
+fig, ax = plt.subplots(figsize=(4.5, 4.5))
+ax.scatter(centres[..., 0, 0].flatten(), centres[..., 0, 1].flatten(), s=4)
+for x1, y1, x2, y2 in grid[8, 8].tolist():
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", lw=1))
+ax.add_patch(Rectangle((0, 0), 255, 255, fill=False, color="black"))
+ax.set(xlim=(-5, 260), ylim=(260, -5), title="17x17 anchor centres on the 255-px search crop; the 5 centre anchors")
+plt.show()
+assert torch.allclose(centres[8, 8], torch.full((5, 2), 127.5)) and torch.allclose(centres[0, 0, 0], torch.tensor([63.5, 63.5]))
+"""),
+    md("""
+## A template/search pair and its response map
+
+A pair from a synthetic sequence (`frcnn.tracking.sequences`): the template around the target in frame t,
+the search crop around it in a later frame, shifted. The response is the foreground score of every
+anchor. An untrained head's map is noise, so this uses the checkpoint of `make track-demo` when it is
+there (`outputs/siamrpn_demo/last.pt`), and otherwise shows the plain correlation of the two crops'
+8x8-pooled pixels — what the head's correlation computes before any learning.
+"""),
+    code("""
+from pathlib import Path
+
+import torch.nn.functional as F
+
+import frcnn
+from frcnn.tracking.model import cross_correlate
+from frcnn.tracking.pairs import TrackingPairs
+from frcnn.tracking.sequences import generate_sequences, load_sequences
+
+tmp = Path(tempfile.mkdtemp())
+sequence = load_sequences(generate_sequences(tmp / "seqs", num_sequences=1, length=30, seed=5))[0]
+template, search, box, _ = TrackingPairs([sequence], None, max_gap=10)[(3, 11)]
+checkpoint = Path(frcnn.__file__).resolve().parents[1] / "outputs" / "siamrpn_demo" / "last.pt"
+if checkpoint.is_file():
+    from frcnn.tracking.training import load_tracker
+    net = load_tracker(checkpoint).model
+    with torch.no_grad():
+        logits, deltas = net(template[None], search[None])
+    response = logits.softmax(-1)[0, :, 1].view(17, 17, 5).amax(-1)
+    source = "trained SiamRPN (make track-demo)"
+else:
+    pool = lambda x: F.avg_pool2d(tracker_net.normalize(x[None]).mean(1, keepdim=True), 8)
+    z, x = pool(template), pool(search)
+    response = cross_correlate(x - x.mean(), (z - z.mean())[:, None])[0, 0]  # 31 - 15 + 1 = 17 cells, as the anchors
+    source = "correlation of pooled pixels (untrained)"
+fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+axes[0].imshow(template.permute(1, 2, 0)); axes[0].set_title("template 127x127")
+axes[1].imshow(search.permute(1, 2, 0)); axes[1].set_title("search 255x255 + target box")
+axes[1].add_patch(Rectangle(box[:2].tolist(), float(box[2] - box[0]), float(box[3] - box[1]), fill=False, color="red", lw=2))
+axes[2].imshow(response, cmap="viridis"); axes[2].set_title(f"17x17 response: {source}")
+plt.show()
+peak = divmod(int(response.argmax()), 17)
+target_cell = [round(((float(box[i] + box[i + 2]) / 2) - 127.5) / 8) + 8 for i in (1, 0)]
+print("response peak at cell", peak, "; target centre at cell", target_cell)
+assert max(abs(peak[0] - target_cell[0]), abs(peak[1] - target_cell[1])) <= 2
+"""),
+    md("""
+## The loss, checked against the formulas
+
+Anchors with IoU > 0.6 are positive and < 0.3 negative; 64 are sampled per pair, at most 16 positive.
+With the normalized deltas of the RPN (δx = (Tx − Ax)/Aw, δy = (Ty − Ay)/Ah, δw = ln(Tw/Aw),
+δh = ln(Th/Ah)), the loss is L = L_cls + λ L_reg: the cross-entropy of the 2-way softmax over the
+sampled anchors, and the smooth L1 of the positives' deltas.
+"""),
+    code("""
+torch.manual_seed(0)
+logits, deltas = torch.randn(1, 1445, 2), 0.1 * torch.randn(1, 1445, 4)
+torch.manual_seed(1); losses = tracker_net.losses(logits, deltas, box[None])
+torch.manual_seed(1); pos, neg, target = tracker_net.assign_targets(box[None])
+a = tracker_net.anchors[pos[0]]
+aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+ax_, ay = a[:, 0] + aw / 2, a[:, 1] + ah / 2
+tw, th = box[2] - box[0], box[3] - box[1]
+tx, ty = box[0] + tw / 2, box[1] + th / 2
+by_hand = torch.stack([(tx - ax_) / aw, (ty - ay) / ah, torch.log(tw / aw), torch.log(th / ah)], -1)
+assert torch.allclose(by_hand, target[0][pos[0]], atol=1e-5)
+log_p = logits.log_softmax(-1)[0]
+l_cls = -(log_p[pos[0], 1].sum() + log_p[neg[0], 0].sum()) / (pos.sum() + neg.sum())
+d = (deltas[0][pos[0]] - by_hand).abs()
+beta = tracker_net.smooth_l1_beta
+l_reg = torch.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta).sum() / pos.sum()
+print(f"{int(pos.sum())} positive + {int(neg.sum())} negative anchors sampled")
+print(f"L_cls by hand {float(l_cls):.5f}  model {float(losses['loss_cls']):.5f}")
+print(f"L_reg by hand {float(l_reg):.5f}  model {float(losses['loss_reg']):.5f} (lambda = {tracker_net.reg_weight})")
+assert torch.isclose(l_cls, losses["loss_cls"]) and torch.isclose(tracker_net.reg_weight * l_reg, losses["loss_reg"])
+"""),
 ]
 
 ROI = [

@@ -21,7 +21,7 @@ CLASSES = ("circle", "square", "triangle", "star", "cross")
 CATEGORY_IDS = (1, 3, 5, 7, 9)
 
 
-def _shape_polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]] | None:
+def shape_polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]] | None:
     """Vertices of a polygonal shape of nominal ``size`` (its extent) centred at ``(cx, cy)``."""
     r = size / 2
     if kind == "square":
@@ -39,7 +39,7 @@ def _shape_polygon(kind: str, cx: float, cy: float, size: float, angle: float) -
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
 
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """An ``[h, w, 3]`` uint8 fill: solid, stripes, checkerboard or noisy colour."""
     base = rng.integers(0, 256, size=3)
     other = rng.integers(0, 256, size=3)
@@ -60,7 +60,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.where(mask[..., None], other, base).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth two-colour gradient with noise and a few faint blobs of clutter."""
     a = rng.integers(0, 256, size=3).astype(np.float32)
     b = rng.integers(0, 256, size=3).astype(np.float32)
@@ -74,7 +74,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def make_image(rng: np.random.Generator, height: int, width: int, max_objects: int, min_size: int, max_size: int, max_occlusion: float):
     """One image and its annotations ``[(class_index, x1, y1, x2, y2), ...]``."""
-    canvas = Image.fromarray(_background(rng, height, width))
+    canvas = Image.fromarray(background(rng, height, width))
     occupied = np.zeros((height, width), np.int32) - 1  # which object owns each pixel
     objects: list[tuple[int, float, float, float, float]] = []
     areas: list[int] = []
@@ -90,7 +90,7 @@ def make_image(rng: np.random.Generator, height: int, width: int, max_objects: i
         if kind == "circle":
             draw.ellipse([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2], fill=255)
         else:
-            draw.polygon(_shape_polygon(kind, cx, cy, size, rng.uniform(-0.3, 0.3)), fill=255)
+            draw.polygon(shape_polygon(kind, cx, cy, size, rng.uniform(-0.3, 0.3)), fill=255)
         mask = np.asarray(mask_img) > 127
         if mask.sum() < 16:
             continue
@@ -100,7 +100,7 @@ def make_image(rng: np.random.Generator, height: int, width: int, max_objects: i
             continue
         ys, xs = np.nonzero(mask)
         x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-        tex = _texture(rng, height, width)
+        tex = texture(rng, height, width)
         arr = np.asarray(canvas).copy()
         arr[mask] = tex[mask]
         canvas = Image.fromarray(arr)

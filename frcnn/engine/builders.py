@@ -94,7 +94,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
-def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int) -> DataLoader:
+def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int, collate_fn=collate) -> DataLoader:
     batches = InfiniteBatches(dataset, int(cfg.data.batch_size), int(cfg.seed), dist_info, start=start_batch)
     workers = int(cfg.data.num_workers)
     return DataLoader(
@@ -102,7 +102,7 @@ def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, s
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=_pin(cfg),
-        collate_fn=collate,
+        collate_fn=collate_fn,
         persistent_workers=workers > 0,
         # Its own generator: starting an iterator draws a base seed, which must not come from (and
         # shift) the global RNG that a resumed run restores.

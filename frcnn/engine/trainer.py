@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from frcnn.config import amp_dtype as amp_dtype_of
 from frcnn.config import parse_duration, resolve_device, validate_train_config
+from frcnn.data.coco import collate
 from frcnn.engine import builders
 from frcnn.engine.builders import build_model
 from frcnn.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
@@ -80,6 +81,8 @@ class Trainer:
     optimizer, schedule, AMP scaler, the resumed state), then :meth:`loop` runs :meth:`step` until the
     budget is spent, with :attr:`hooks` around each step."""
 
+    collate_fn = staticmethod(collate)  # how the data loader batches items (a subclass's data set may need another)
+
     def __init__(self, cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
         self.world, self.is_main = dist_info.world_size, dist_info.is_main
@@ -108,7 +111,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 broadcast_buffers=ddp_broadcasts_buffers(self.model),
             )
-        self.loader = builders.train_loader(cfg, self.train_set, dist_info, self.start_iter)
+        self.loader = builders.train_loader(cfg, self.train_set, dist_info, self.start_iter, collate_fn=self.collate_fn)
         self.hooks = self._build_hooks()
 
     def _start_run(self) -> None:
@@ -203,7 +206,7 @@ class Trainer:
             "best_ap": self.best_ap,
             "elapsed_s": self.budget.elapsed(),
             "rng": rngs,
-            "categories": self.categories.to_dict(),
+            "categories": self.categories.to_dict() if self.categories is not None else None,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
@@ -211,13 +214,8 @@ class Trainer:
         """One optimizer step on a collated ``(images, targets)`` batch: forward, losses, the ranks'
         agreement, backward, update. Raises :class:`TrainingError` before the update when a rank's loss is
         not finite or too many training images were unreadable."""
-        images, targets = batch
-        for target in targets:
-            self.skipped_images.update(target.pop("skipped").tolist())
-        images = [image.to(self.device, non_blocking=True) for image in images]
-        targets = [{key: value.to(self.device, non_blocking=True) for key, value in target.items()} for target in targets]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            losses = self.step_model(images, targets).losses
+            losses = self.forward_losses(batch)
         loss = sum(losses.values())
         keep_going, time_left, bad_images = self._agree(loss, losses)
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,6 +233,16 @@ class Trainer:
         self.last_step = self.it >= self.max_iters or not time_left
         overflowed = None if scale_before is None else self.scaler.get_scale() < scale_before
         return StepOutput(losses, loss, keep_going, time_left, bad_images, overflowed)
+
+    def forward_losses(self, batch: tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        """The model's losses on one batch, moved to the device; notes the unreadable images the data set replaced.
+        (A trainer for another model, e.g. the SiamRPN tracker's, overrides this with its own batch.)"""
+        images, targets = batch
+        for target in targets:
+            self.skipped_images.update(target.pop("skipped").tolist())
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [{key: value.to(self.device, non_blocking=True) for key, value in target.items()} for target in targets]
+        return self.step_model(images, targets).losses
 
     def _agree(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> tuple[bool, bool, int]:
         """``(keep_going, time_left, bad_images)`` agreed by all ranks, or a :class:`TrainingError`.

@@ -1,0 +1,175 @@
+"""One-pass evaluation (OPE) of single-object trackers, and OpenCV's trackers as peers.
+
+Each tracker starts from the first frame's ground-truth box and runs to the end without re-initialization
+(Wu et al., OTB, 2013). Per sequence, frame by frame (the first frame excluded, as it is given):
+
+* **success**: the fraction of frames whose IoU with the ground truth exceeds each threshold in
+  ``0, 0.05, ..., 1``; its mean over the thresholds is the success plot's area under the curve (AUC);
+* **precision**: the fraction of frames whose centre error is within 20 pixels;
+* **normalized precision** (TrackingNet, Müller et al., 2018): the centre error divided by the ground
+  truth's size, ``|(c - c_gt) / (w_gt, h_gt)|``, its success curve over ``0, 0.01, ..., 0.5``, area under
+  it (so that large and small targets count alike);
+* **fps**: frames per second of the tracker's own calls (init and updates; reading frames excluded).
+
+Scores over a set are means over its sequences (each sequence counts once, as in the OTB and GOT-10k toolkits).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from frcnn.data.images import read_rgb
+from frcnn.tracking.sequences import Sequence
+
+IOU_THRESHOLDS = np.linspace(0, 1, 21)
+NORM_THRESHOLDS = np.linspace(0, 0.5, 51)
+PRECISION_PIXELS = 20.0
+
+
+def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of matching rows of two ``[T, 4]`` ``(x, y, w, h)`` arrays -> ``[T]``."""
+    x1 = np.maximum(a[:, 0], b[:, 0])
+    y1 = np.maximum(a[:, 1], b[:, 1])
+    x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
+    y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def centre_errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels, normalized)`` centre errors ``[T]`` of ``(x, y, w, h)`` rows."""
+    delta = (pred[:, :2] + pred[:, 2:] / 2) - (gt[:, :2] + gt[:, 2:] / 2)
+    return np.linalg.norm(delta, axis=1), np.linalg.norm(delta / np.maximum(gt[:, 2:], 1e-12), axis=1)
+
+
+@dataclass
+class Scores:
+    """One tracker's OPE scores; ``curve``: the success plot's values at :data:`IOU_THRESHOLDS`."""
+
+    success_auc: float
+    precision: float
+    norm_precision: float
+    fps: float
+    frames: int
+    curve: np.ndarray = field(repr=False)
+
+
+def ope_scores(results: list[tuple[np.ndarray, np.ndarray]], seconds: float) -> Scores:
+    """Scores of ``(predicted, ground_truth)`` ``[T, 4]`` pairs, one per sequence (first frames dropped)."""
+    curves, precisions, norm_curves = [], [], []
+    for pred, gt in results:
+        pred, gt = pred[1:], gt[1:]
+        iou = iou_xywh(pred, gt)
+        pixels, normalized = centre_errors(pred, gt)
+        curves.append([(iou > t).mean() for t in IOU_THRESHOLDS])
+        precisions.append((pixels <= PRECISION_PIXELS).mean())
+        norm_curves.append([(normalized <= t).mean() for t in NORM_THRESHOLDS])
+    curve = np.mean(curves, axis=0)
+    frames = sum(len(gt) for _, gt in results)
+    return Scores(float(curve.mean()), float(np.mean(precisions)), float(np.mean(norm_curves)),
+                  frames / max(seconds, 1e-9), frames, curve)
+
+
+# ------------------------------------------------------------------------------------------------- peers
+
+OPENCV_TRACKERS = {
+    "MIL": ("TrackerMIL_create", "opencv-python-headless"),
+    "KCF": ("TrackerKCF_create", "opencv-contrib-python-headless"),
+    "CSRT": ("TrackerCSRT_create", "opencv-contrib-python-headless"),
+}
+
+
+def opencv_tracker_factory(name: str) -> Callable[[], object] | None:
+    """A constructor of OpenCV's ``name`` tracker, or None when this OpenCV build lacks it (KCF and CSRT
+    come with the contrib build)."""
+    import cv2
+
+    create_name = OPENCV_TRACKERS[name][0]
+    for namespace in (cv2, getattr(cv2, "legacy", None)):
+        create = getattr(namespace, create_name, None) if namespace is not None else None
+        if create is not None:
+            return create
+    return None
+
+
+class OpenCVTracker:
+    """An OpenCV tracker with :class:`~frcnn.tracking.tracker.SiamRPNTracker`'s ``init`` / ``update`` interface.
+
+    OpenCV works on BGR frames and integer boxes; a frame where it reports failure keeps the last box
+    (as the OTB toolkit's wrappers do).
+    """
+
+    def __init__(self, name: str) -> None:
+        factory = opencv_tracker_factory(name)
+        if factory is None:
+            raise RuntimeError(f"OpenCV tracker {name} needs {OPENCV_TRACKERS[name][1]}")
+        self.factory, self.name = factory, name
+
+    def init(self, frame: np.ndarray, box_xywh) -> None:
+        import cv2
+
+        self.tracker = self.factory()
+        self.box = np.asarray(box_xywh, dtype=np.float64)
+        self.tracker.init(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), tuple(int(round(v)) for v in self.box))
+
+    def update(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        import cv2
+
+        ok, box = self.tracker.update(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        if ok:
+            self.box = np.asarray(box, dtype=np.float64)
+        return self.box.copy(), 1.0 if ok else 0.0
+
+
+def run_tracker(tracker, sequence: Sequence) -> tuple[np.ndarray, float]:
+    """``(boxes [T, 4] xywh, seconds in the tracker's calls)`` of one-pass tracking over ``sequence``."""
+    boxes, seconds = [], 0.0
+    for index, path in enumerate(sequence.frames):
+        frame = read_rgb(path, max_pixels=None)
+        start = time.perf_counter()
+        if index == 0:
+            tracker.init(frame, sequence.boxes[0])
+            box = sequence.boxes[0].copy()
+        else:
+            box, _ = tracker.update(frame)
+        seconds += time.perf_counter() - start
+        boxes.append(box)
+    return np.stack(boxes), seconds
+
+
+def evaluate_trackers(trackers: dict[str, object], sequences: list[Sequence]) -> tuple[dict[str, Scores], dict[str, list[np.ndarray]]]:
+    """OPE of every tracker on every sequence (trackers interleaved per sequence, so that machine noise
+    hits all alike); returns the scores and each tracker's boxes per sequence."""
+    boxes: dict[str, list[np.ndarray]] = {name: [] for name in trackers}
+    seconds = dict.fromkeys(trackers, 0.0)
+    for sequence in sequences:
+        for name, tracker in trackers.items():
+            pred, spent = run_tracker(tracker, sequence)
+            boxes[name].append(pred)
+            seconds[name] += spent
+    scores = {name: ope_scores([(b, s.boxes) for b, s in zip(boxes[name], sequences)], seconds[name]) for name in trackers}
+    return scores, boxes
+
+
+def plot_success(scores: dict[str, Scores], path: str | Path, title: str = "Success plot (OPE)") -> Path:
+    """The success plots of several trackers in one PNG, each labelled with its AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, s in sorted(scores.items(), key=lambda kv: -kv[1].success_auc):
+        ax.plot(IOU_THRESHOLDS, s.curve, label=f"{name} [{s.success_auc:.3f}]")
+    ax.set(xlabel="overlap threshold", ylabel="success rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,301 @@
+"""SiamRPN (Li et al., CVPR 2018): a Siamese backbone and an RPN head whose kernels come from the template.
+
+Shape shorthand: ``B`` template/search pairs, ``C`` backbone channels, ``k`` anchors per position
+(5: aspect ratios 0.33, 0.5, 1, 2, 3 at one scale), ``R`` the response map's side (17), ``N = R * R * k``.
+
+The data flow, for a ``127 x 127`` template ``z`` and a ``255 x 255`` search crop ``x``::
+
+    z -> backbone -> [B, C, 6, 6]   -> template convs -> kernels [B, 2k*C', 4, 4] and [B, 4k*C', 4, 4]
+    x -> backbone -> [B, C, 22, 22] -> search convs   -> [B, C', 20, 20]
+    cross-correlation (each pair with its own kernels) -> cls [B, 2k, 17, 17], reg [B, 4k, 17, 17]
+
+The anchors, the IoU matcher, the balanced sampler and the box coder are the detector's own
+(:mod:`frcnn.modeling`): the tracker is the RPN doing a second job, with the template's features as
+the weights of its head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet18
+from torchvision.ops import box_iou
+
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.modeling.box_coder import decode_boxes, encode_boxes
+from frcnn.modeling.matching import BACKGROUND, FOREGROUND, match
+from frcnn.modeling.sampling import sample_mask
+
+# ImageNet statistics: the inputs are uint8 RGB crops, normalized inside the model (as the detector does).
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+# SiamRPN regresses plain normalized deltas: dx = (gx - ax) / aw, dw = log(gw / aw) (paper, eq. 3).
+DELTA_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+
+
+def cross_correlate(search: Tensor, kernels: Tensor) -> Tensor:
+    """Correlate each pair's search features with that pair's own kernels (one grouped convolution).
+
+    Args:
+        search: ``[B, C, H, W]``.
+        kernels: ``[B, O, C, h, w]``: ``O`` output maps per pair.
+
+    Returns:
+        ``[B, O, H - h + 1, W - w + 1]``.
+    """
+    batch, out_maps, channels, kh, kw = kernels.shape
+    response = F.conv2d(search.reshape(1, batch * channels, *search.shape[2:]), kernels.reshape(batch * out_maps, channels, kh, kw), groups=batch)
+    return response.reshape(batch, out_maps, *response.shape[2:])
+
+
+def depthwise_correlate(search: Tensor, kernels: Tensor) -> Tensor:
+    """Channel-by-channel correlation (SiamRPN++'s depth-wise variant).
+
+    Args:
+        search: ``[B, C, H, W]``.
+        kernels: ``[B, C, h, w]``.
+
+    Returns:
+        ``[B, C, H - h + 1, W - w + 1]``.
+    """
+    batch, channels = kernels.shape[:2]
+    response = F.conv2d(
+        search.reshape(1, batch * channels, *search.shape[2:]), kernels.reshape(batch * channels, 1, *kernels.shape[2:]), groups=batch * channels
+    )
+    return response.reshape(batch, channels, *response.shape[2:])
+
+
+class AlexNet(nn.Module):
+    """The paper's modified AlexNet: no padding, stride 8, BatchNorm; 127 -> 6x6 and 255 -> 22x22 features.
+
+    Args:
+        channels: widths of conv1-conv4 (paper: 96, 256, 384, 384; the CPU demo uses narrower ones).
+        out_channels: width of conv5, the feature both branches share (paper: 256).
+    """
+
+    def __init__(self, *, channels: Sequence[int] = (96, 256, 384, 384), out_channels: int = 256) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = channels
+        c5 = out_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, 11, stride=2), nn.BatchNorm2d(c1), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 5), nn.BatchNorm2d(c2), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 3), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, 3), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, 3), nn.BatchNorm2d(c5),
+        )
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, S, S]`` normalized -> ``[B, C, (S - 79) / 8 + 1, ...]`` (127 -> 6, 255 -> 22)."""
+        return self.features(images)
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet-18's stem, res2 and res3 (stride 8, padded) and a 1x1 projection: 127 -> 16x16, 255 -> 32x32.
+
+    With padding the feature cell ``i`` sits at input pixel ``8 i`` in both crops, so template and search
+    stay aligned and the up-channel head's 3x3 convolutions still give a 17x17 response (30 - 14 + 1).
+    """
+
+    def __init__(self, *, out_channels: int = 256) -> None:
+        super().__init__()
+        net = resnet18(weights=None)
+        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+        self.project = nn.Sequential(nn.Conv2d(128, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.project(self.body(images))
+
+
+class TemplateKernels(NamedTuple):
+    """What the template branch computes once per target: the head's correlation kernels.
+
+    ``cls``: ``[B, 2k, C', h, w]`` (up-channel) or ``[B, C', h, w]`` (depth-wise); ``reg`` likewise with ``4k``.
+    """
+
+    cls: Tensor
+    reg: Tensor
+
+
+class UpChannelHead(nn.Module):
+    """The paper's head: template features -> ``2k * C'`` and ``4k * C'`` channels, reshaped into kernels.
+
+    Args:
+        in_channels: backbone channels ``C``.
+        channels: ``C'`` of the correlated features (256 in the paper).
+        num_anchors: ``k``.
+    """
+
+    def __init__(self, *, in_channels: int, channels: int = 256, num_anchors: int = 5) -> None:
+        super().__init__()
+        self.k, self.channels = num_anchors, channels
+        self.template_cls = nn.Conv2d(in_channels, channels * 2 * num_anchors, 3)
+        self.template_reg = nn.Conv2d(in_channels, channels * 4 * num_anchors, 3)
+        self.search_cls = nn.Conv2d(in_channels, channels, 3)
+        self.search_reg = nn.Conv2d(in_channels, channels, 3)
+        self.reg_adjust = nn.Conv2d(4 * num_anchors, 4 * num_anchors, 1)  # rescales the correlation's raw deltas
+
+    def kernels(self, template: Tensor) -> TemplateKernels:
+        cls = self.template_cls(template)  # [B, 2k*C', h, w]
+        reg = self.template_reg(template)  # [B, 4k*C', h, w]
+        b, _, h, w = cls.shape
+        return TemplateKernels(cls.reshape(b, 2 * self.k, self.channels, h, w), reg.reshape(b, 4 * self.k, self.channels, h, w))
+
+    def forward(self, kernels: TemplateKernels, search: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, C, H, W]`` search features -> ``([B, 2k, R, R], [B, 4k, R, R])``.
+
+        Each response value sums ``C' * h * w`` products of two features (1024 for the paper's 256 x 4 x 4):
+        dividing by its square root starts the head at unit scale instead of ~30 (a constant factor the
+        learned convolutions absorb; from scratch the unscaled head's first losses are in the tens).
+        """
+        fan_in = kernels.cls.shape[2] * kernels.cls.shape[3] * kernels.cls.shape[4]
+        cls = cross_correlate(self.search_cls(search), kernels.cls) / fan_in**0.5
+        reg = self.reg_adjust(cross_correlate(self.search_reg(search), kernels.reg) / fan_in**0.5)
+        return cls, reg
+
+
+def _conv_bn_relu(cin: int, cout: int, size: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, size, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DepthwiseHead(nn.Module):
+    """The depth-wise variant (Li et al., SiamRPN++, 2019): per-channel correlation, then 1x1 convolutions.
+
+    Far fewer parameters than the up-channel head (no ``2k * C'``-channel template convolution).
+    """
+
+    def __init__(self, *, in_channels: int, channels: int = 256, num_anchors: int = 5) -> None:
+        super().__init__()
+        self.template_cls, self.search_cls = _conv_bn_relu(in_channels, channels, 3), _conv_bn_relu(in_channels, channels, 3)
+        self.template_reg, self.search_reg = _conv_bn_relu(in_channels, channels, 3), _conv_bn_relu(in_channels, channels, 3)
+        self.out_cls = nn.Sequential(_conv_bn_relu(channels, channels, 1), nn.Conv2d(channels, 2 * num_anchors, 1))
+        self.out_reg = nn.Sequential(_conv_bn_relu(channels, channels, 1), nn.Conv2d(channels, 4 * num_anchors, 1))
+
+    def kernels(self, template: Tensor) -> TemplateKernels:
+        return TemplateKernels(self.template_cls(template), self.template_reg(template))
+
+    def forward(self, kernels: TemplateKernels, search: Tensor) -> tuple[Tensor, Tensor]:
+        cls = self.out_cls(depthwise_correlate(self.search_cls(search), kernels.cls))
+        reg = self.out_reg(depthwise_correlate(self.search_reg(search), kernels.reg))
+        return cls, reg
+
+
+class TrackerOutput(NamedTuple):
+    """``logits``: ``[B, N, 2]`` (background, foreground) per anchor; ``deltas``: ``[B, N, 4]``;
+    ``losses``: ``{"loss_cls", "loss_reg"}`` when boxes were given, else empty."""
+
+    logits: Tensor
+    deltas: Tensor
+    losses: dict[str, Tensor]
+
+
+class SiamRPN(nn.Module):
+    """Siamese backbone + RPN head, trained on (template, search, box) triples.
+
+    Args:
+        backbone: shared by both branches; has ``out_channels``.
+        head: :class:`UpChannelHead` or :class:`DepthwiseHead`.
+        anchor_generator: the detector's :class:`AnchorGenerator` (paper: size 64, ratios 0.33-3, stride 8);
+            its grid is shifted so that the response map's centre cell sits at the search crop's centre.
+        response_size: ``R`` (17 for 255-pixel search crops).
+        search_size: side of the search crop (255).
+        fg_iou_thresh / bg_iou_thresh: anchors with IoU > 0.6 are positive, < 0.3 negative (paper, sec. 4.1).
+        samples_per_pair / positive_fraction: 64 anchors per pair, at most 16 positive (paper).
+        reg_weight: ``λ`` in ``L = L_cls + λ L_reg``.
+        smooth_l1_beta: smooth-L1 transition point of ``L_reg`` (the RPN's 1/9).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        anchor_generator: AnchorGenerator,
+        response_size: int = 17,
+        search_size: int = 255,
+        fg_iou_thresh: float = 0.6,
+        bg_iou_thresh: float = 0.3,
+        samples_per_pair: int = 64,
+        positive_fraction: float = 0.25,
+        reg_weight: float = 1.0,
+        smooth_l1_beta: float = 1.0 / 9.0,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.num_anchors = anchor_generator.num_anchors
+        self.response_size, self.search_size = response_size, search_size
+        self.fg_iou_thresh, self.bg_iou_thresh = fg_iou_thresh, bg_iou_thresh
+        self.samples_per_pair, self.positive_fraction = samples_per_pair, positive_fraction
+        self.reg_weight, self.smooth_l1_beta = reg_weight, smooth_l1_beta
+        anchors = anchor_generator(response_size, response_size)  # [N, 4], ordered (y, x, a)
+        # Cell (i, j) looks at the search crop's centre shifted by ((j - R // 2) * stride, (i - R // 2) * stride).
+        shift = search_size / 2 - (response_size // 2 + anchor_generator.offset) * anchor_generator.stride
+        self.register_buffer("anchors", anchors + shift, persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``[B, 3, S, S]`` uint8 (or float in 0..255) RGB -> normalized float."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def template(self, templates: Tensor) -> TemplateKernels:
+        """The template branch, run once per target: ``[B, 3, 127, 127]`` -> the head's kernels."""
+        return self.head.kernels(self.backbone(self.normalize(templates)))
+
+    def respond(self, kernels: TemplateKernels, searches: Tensor) -> tuple[Tensor, Tensor]:
+        """The search branch: ``[B, 3, 255, 255]`` -> ``(logits [B, N, 2], deltas [B, N, 4])`` in anchor order."""
+        cls, reg = self.head(kernels, self.backbone(self.normalize(searches)))
+        b, _, r, _ = cls.shape
+        # [B, k*2, R, R] -> [B, R, R, k, 2] -> [B, N, 2]: the anchors' (y, x, a) order
+        logits = cls.reshape(b, self.num_anchors, 2, r, r).permute(0, 3, 4, 1, 2).reshape(b, -1, 2)
+        deltas = reg.reshape(b, self.num_anchors, 4, r, r).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
+        return logits, deltas
+
+    def forward(self, templates: Tensor, searches: Tensor, boxes: Tensor | None = None) -> TrackerOutput:
+        """Both branches on ``B`` pairs; with ``boxes`` (``[B, 4]`` XYXY in search-crop pixels, a box of zero
+        width marking a negative pair: the target is not in the search crop) also the losses."""
+        logits, deltas = self.respond(self.template(templates), searches)
+        if boxes is None:
+            return TrackerOutput(logits, deltas, {})
+        return TrackerOutput(logits, deltas, self.losses(logits, deltas, boxes))
+
+    def decode(self, logits: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+        """``(foreground probability [B, N], boxes [B, N, 4] XYXY in search-crop pixels)``."""
+        return logits.float().softmax(-1)[..., 1], decode_boxes(deltas, self.anchors, DELTA_WEIGHTS)
+
+    @torch.no_grad()
+    def assign_targets(self, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Label and sample the anchors of each pair: ``(sampled_pos, sampled_neg, target_deltas)``,
+        ``[B, N]``, ``[B, N]`` bool and ``[B, N, 4]``."""
+        present = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # [B]
+        iou = box_iou(self.anchors, boxes).T[:, :, None]  # [B, N, 1]
+        matches = match(
+            iou, box_valid=torch.ones(iou.shape[:2], dtype=torch.bool, device=boxes.device), gt_valid=present[:, None],
+            fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh_hi=self.bg_iou_thresh, bg_iou_thresh_lo=0.0,
+            allow_low_quality_matches=False,
+        )
+        # The paper's "> 0.6" is strict; the matcher's foreground rule is ">=" (an exact 0.6 is vanishingly rare).
+        sampled_pos, sampled_neg = sample_mask(
+            matches.labels == FOREGROUND, matches.labels == BACKGROUND,
+            num_samples=self.samples_per_pair, positive_fraction=self.positive_fraction,
+        )
+        safe = torch.where(present[:, None], boxes, self.anchors.new_tensor([0.0, 0.0, 1.0, 1.0]))
+        target_deltas = encode_boxes(self.anchors[None], safe[:, None, :].expand(-1, self.anchors.shape[0], -1), DELTA_WEIGHTS)
+        return sampled_pos, sampled_neg, target_deltas
+
+    def losses(self, logits: Tensor, deltas: Tensor, boxes: Tensor) -> dict[str, Tensor]:
+        """``L_cls``: cross-entropy over the sampled anchors (mean); ``L_reg``: smooth L1 over the sampled
+        positives' normalized deltas (summed over the 4 coordinates, mean over positives), times ``λ``."""
+        sampled_pos, sampled_neg, target_deltas = self.assign_targets(boxes)
+        sampled = sampled_pos | sampled_neg
+        ce = F.cross_entropy(logits.float().reshape(-1, 2), sampled_pos.reshape(-1).long(), reduction="none").reshape(sampled.shape)
+        loss_cls = (ce * sampled).sum() / sampled.sum().clamp(min=1)
+        reg = F.smooth_l1_loss(deltas.float(), target_deltas, beta=self.smooth_l1_beta, reduction="none").sum(-1)  # [B, N]
+        loss_reg = (reg * sampled_pos).sum() / sampled_pos.sum().clamp(min=1)
+        return {"loss_cls": loss_cls, "loss_reg": self.reg_weight * loss_reg}

@@ -1,0 +1,182 @@
+"""Training pairs for SiamRPN: (template crop, search crop, target box in the search crop).
+
+Two sources, mixed in one data set:
+
+* **sequences** (:mod:`frcnn.tracking.sequences`): the template from frame ``t``, the search crop from a
+  frame within ``max_gap`` of it, so the pair shows real motion, deformation and lighting change;
+* **still images** of any COCO-format set (the detector's synthetic set by default): template and search
+  cut around the same object of one image; the search crop's shift and scale jitter stand in for motion.
+
+The search crop is centred on the target shifted by up to ``shift`` crop pixels (the response map reaches
+±64 pixels from the centre at stride 8) and scaled by up to ``exp(±scale_jitter)``. With probability
+``negative_fraction`` the search crop comes from another sequence or image, centred on an object of the
+same class where there is one (DaSiamRPN's semantic negatives): the target is absent (its box is all
+zeros) and every anchor is background, which teaches the head to tell the target from look-alikes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from frcnn.data.coco import CocoDetection
+from frcnn.data.images import ImageReadError, read_rgb
+from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop, to_crop, xywh_to_xyxy
+from frcnn.tracking.sequences import Sequence
+
+
+class PairBatch(NamedTuple):
+    """A collated batch: ``templates [B, 3, 127, 127]`` and ``searches [B, 3, 255, 255]`` uint8, ``boxes [B, 4]``
+    XYXY in search-crop pixels (all zeros: a negative pair), ``skipped``: ids of unreadable frames replaced."""
+
+    templates: torch.Tensor
+    searches: torch.Tensor
+    boxes: torch.Tensor
+    skipped: torch.Tensor
+
+
+def collate_pairs(items: list[tuple]) -> PairBatch:
+    templates, searches, boxes, skipped = zip(*items)
+    return PairBatch(torch.stack(templates), torch.stack(searches), torch.stack(boxes), torch.cat(skipped))
+
+
+class TrackingPairs(Dataset):
+    """Pairs from ``sequences`` and from the objects of ``still`` (a :class:`CocoDetection`), keyed by
+    ``(index, seed)`` like the detector's data set: the pair drawn is a pure function of the key.
+
+    Args:
+        sequences: annotated sequences (may be empty).
+        still: a COCO-format detection set whose every box (at least ``min_size`` pixels a side) is a
+            target, or None.
+        max_gap: largest frame distance between template and search in a sequence.
+        shift: largest search-centre shift in search-crop pixels.
+        scale_jitter: search crop side scaled by ``exp(u)``, ``u`` uniform in ``±scale_jitter``.
+        negative_fraction: share of negative pairs.
+        context: the crops' context amount (see :func:`~frcnn.tracking.crops.context_side`).
+    """
+
+    def __init__(
+        self,
+        sequences: list[Sequence],
+        still: CocoDetection | None = None,
+        *,
+        max_gap: int = 50,
+        shift: float = 48.0,
+        scale_jitter: float = 0.15,
+        negative_fraction: float = 0.0,
+        min_size: float = 8.0,
+        context: float = 0.5,
+    ) -> None:
+        self.sequences = sequences
+        self.max_gap, self.shift, self.scale_jitter = max_gap, shift, scale_jitter
+        self.negative_fraction, self.context = negative_fraction, context
+        # One item per annotated frame of a sequence, then one per large-enough object of a still image.
+        self.frames = [(s, t) for s, seq in enumerate(sequences) for t in range(len(seq)) if seq.boxes[t, 2] > 1 and seq.boxes[t, 3] > 1]
+        self.still = still
+        self.objects: list[tuple[int, int]] = []
+        if still is not None:
+            for r, rec in enumerate(still.records):
+                boxes = np.asarray(rec["boxes"], dtype=np.float64).reshape(-1, 4)
+                for b, box in enumerate(boxes):
+                    if min(box[2] - box[0], box[3] - box[1]) >= min_size:
+                        self.objects.append((r, b))
+        if not self.frames and not self.objects:
+            raise ValueError("TrackingPairs needs at least one annotated sequence frame or one object in a still image")
+
+    def __len__(self) -> int:
+        return len(self.frames) + len(self.objects)
+
+    def aspect_ratio_group(self, index: int) -> int:
+        """All pairs have the same shape: one group (the detector's batch sampler asks)."""
+        return 0
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
+        rng = np.random.default_rng(seed)
+        skipped: list[int] = []
+        for attempt in range(len(self)):
+            item = (index + attempt) % len(self)
+            try:
+                template, search, box = self._pair(item, rng)
+                break
+            except ImageReadError as err:
+                skipped.append(item)
+                warnings.warn(f"skipping pair {item}: {err}", stacklevel=2)
+        else:
+            raise ImageReadError("no training pair could be read: every frame and image is unreadable")
+
+        def chw(image: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+        return chw(template), chw(search), torch.as_tensor(box, dtype=torch.float32), torch.tensor(skipped, dtype=torch.long)
+
+    # -- one pair -------------------------------------------------------------------------------------------
+
+    def _pair(self, item: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image, box, category = self._target(item)
+        fill = image.reshape(-1, 3).mean(axis=0)
+        side = context_side(box[2] - box[0], box[3] - box[1], self.context)
+        template = crop(image, _centre(box), side, TEMPLATE_SIZE, fill)
+        if rng.random() < self.negative_fraction:
+            search_image, search_box = self._negative(item, category, rng)
+            present = False
+        else:
+            search_image, search_box = self._search_view(item, image, box, rng)
+            present = True
+        search_side = context_side(search_box[2] - search_box[0], search_box[3] - search_box[1], self.context)
+        search_side *= SEARCH_SIZE / TEMPLATE_SIZE * np.exp(rng.uniform(-self.scale_jitter, self.scale_jitter))
+        offset = rng.uniform(-self.shift, self.shift, size=2) * search_side / SEARCH_SIZE  # frame pixels
+        centre = (_centre(search_box)[0] + offset[0], _centre(search_box)[1] + offset[1])
+        search = crop(search_image, centre, search_side, SEARCH_SIZE, search_image.reshape(-1, 3).mean(axis=0))
+        crop_box = to_crop(search_box, centre, search_side, SEARCH_SIZE) if present else np.zeros(4)
+        return template, search, crop_box
+
+    def _target(self, item: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Image, XYXY box and category (-1 for sequences) of item ``item``."""
+        if item < len(self.frames):
+            s, t = self.frames[item]
+            seq = self.sequences[s]
+            return read_rgb(seq.frames[t], max_pixels=None), xywh_to_xyxy(seq.boxes[t]), -1
+        r, b = self.objects[item - len(self.frames)]
+        rec = self.still.records[r]
+        return read_rgb(rec["path"], max_pixels=None), np.asarray(rec["boxes"], dtype=np.float64).reshape(-1, 4)[b], int(rec["labels"][b])
+
+    def _search_view(self, item: int, image: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The search view of the same target: another frame of the sequence, or the same still image."""
+        if item >= len(self.frames):
+            return image, box
+        s, t = self.frames[item]
+        seq = self.sequences[s]
+        lo, hi = max(0, t - self.max_gap), min(len(seq) - 1, t + self.max_gap)
+        other = int(rng.integers(lo, hi + 1))
+        if seq.boxes[other, 2] <= 1 or seq.boxes[other, 3] <= 1:  # target absent in that frame
+            other = t
+        return read_rgb(seq.frames[other], max_pixels=None), xywh_to_xyxy(seq.boxes[other])
+
+    def _negative(self, item: int, category: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A view of a different object: another sequence's target, or another still object of the same class."""
+        if item < len(self.frames) and len(self.sequences) > 1 or not self.objects:
+            s = self.frames[item][0] if item < len(self.frames) else -1
+            choices = [i for i, (si, _) in enumerate(self.frames) if si != s] or list(range(len(self.frames)))
+            image, box, _ = self._target(choices[int(rng.integers(len(choices)))])
+            return image, box
+        same = [i for i, (r, b) in enumerate(self.objects) if int(self.still.records[r]["labels"][b]) == category]
+        pool = same if len(same) > 1 else list(range(len(self.objects)))
+        pick = pool[int(rng.integers(len(pool)))]
+        if len(self.frames) + pick == item and len(pool) > 1:
+            pick = pool[(pool.index(pick) + 1) % len(pool)]
+        image, box, _ = self._target(len(self.frames) + pick)
+        return image, box
+
+
+def _centre(box: np.ndarray) -> tuple[float, float]:
+    return float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+
+
+def index_seed(index: int) -> int:
+    """The seed of an item read by index alone (evaluation, notebooks): fixed per index."""
+    return int(np.random.SeedSequence([index]).generate_state(1)[0])

@@ -1,0 +1,131 @@
+"""Tracking with a trained :class:`~frcnn.tracking.model.SiamRPN`: the template branch once, then per frame
+a search crop, the RPN's proposals and the paper's proposal selection (Li et al., 2018, sec. 4.3).
+
+Per frame, for every anchor's proposal (score ``s``, box ``(w', h')`` in search-crop pixels):
+
+* scale and aspect-ratio change penalty ``penalty = exp(-(r_c * s_c - 1) * penalty_k)``, with
+  ``s_c = max(q, 1/q)`` for ``q = sz(w', h') / sz(w, h)``, ``sz(w, h) = sqrt((w + p)(h + p))``,
+  ``p = (w + h) / 2``, and ``r_c = max(q', 1/q')`` for ``q' = (w / h) / (w' / h')`` — ``(w, h)`` being the
+  previous frame's size at the crop's scale: large jumps in size or shape are unlikely;
+* a cosine (Hanning) window over the response map favours small displacements:
+  ``pscore = (1 - window_influence) * penalty * s + window_influence * window``;
+* the best ``pscore`` gives the new centre; the size moves towards its box with rate
+  ``lr * penalty * s`` (size smoothing), so an unsure proposal changes the size little.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop
+from frcnn.tracking.model import SiamRPN, TemplateKernels
+
+
+@dataclass
+class TrackerSettings:
+    """The proposal selection's hyper-parameters; defaults as DaSiamRPN's release for SiamRPN (VOT)."""
+
+    penalty_k: float = 0.055  # how fast the score falls with scale/ratio change
+    window_influence: float = 0.42  # weight of the cosine window against the penalized score
+    lr: float = 0.295  # size smoothing rate, scaled by the chosen proposal's penalized score
+    context: float = 0.5  # p = context * (w + h) around the target (crops.context_side)
+    min_size: float = 4.0  # frame pixels: the box never shrinks below this
+
+
+def _change(ratio: np.ndarray) -> np.ndarray:
+    return np.maximum(ratio, 1.0 / ratio)
+
+
+def _padded_side(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    pad = (w + h) / 2
+    return np.sqrt((w + pad) * (h + pad))
+
+
+class SiamRPNTracker:
+    """Single-object tracker: :meth:`init` on the first frame's box, then :meth:`update` on each frame.
+
+    Boxes are ``(x, y, w, h)`` in frame pixels (the tracking benchmarks' format); frames ``[H, W, 3]`` uint8 RGB.
+    """
+
+    def __init__(self, model: SiamRPN, settings: TrackerSettings | None = None, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval()
+        self.settings = settings or TrackerSettings()
+        self.device = torch.device(device)
+        r, k = model.response_size, model.num_anchors
+        hanning = np.hanning(r + 2)[1:-1]  # strictly positive at the border, as the paper's window
+        window = np.outer(hanning, hanning)
+        self.window = np.repeat(window.reshape(-1, 1), k, axis=1).reshape(-1)  # [N] in (y, x, a) order
+        self.kernels: TemplateKernels | None = None
+        self.centre = np.zeros(2)
+        self.size = np.ones(2)
+
+    @torch.inference_mode()
+    def init(self, frame: np.ndarray, box_xywh) -> None:
+        x, y, w, h = (float(v) for v in box_xywh)
+        self.centre = np.array([x + w / 2, y + h / 2])
+        self.size = np.array([max(w, self.settings.min_size), max(h, self.settings.min_size)])
+        self.fill = frame.reshape(-1, 3).mean(axis=0)
+        side = context_side(*self.size, self.settings.context)
+        template = crop(frame, tuple(self.centre), side, TEMPLATE_SIZE, self.fill)
+        self.kernels = self.model.template(self._tensor(template))
+
+    @torch.inference_mode()
+    def update(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """The target's box ``(x, y, w, h)`` in ``frame`` and the chosen proposal's score."""
+        if self.kernels is None:
+            raise RuntimeError("SiamRPNTracker.update called before init")
+        s = self.settings
+        template_side = context_side(*self.size, s.context)
+        scale = TEMPLATE_SIZE / template_side  # crop pixels per frame pixel
+        search_side = template_side * SEARCH_SIZE / TEMPLATE_SIZE
+        search = crop(frame, tuple(self.centre), search_side, SEARCH_SIZE, self.fill)
+        logits, deltas = self.model.respond(self.kernels, self._tensor(search))
+        scores, boxes = self.model.decode(logits, deltas)
+        scores, boxes = scores[0].cpu().numpy().astype(np.float64), boxes[0].cpu().numpy().astype(np.float64)
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]  # crop pixels
+        w, h = np.maximum(w, 1e-3), np.maximum(h, 1e-3)
+        prev_w, prev_h = self.size * scale
+        size_change = _change(_padded_side(w, h) / _padded_side(prev_w, prev_h))
+        ratio_change = _change((prev_w / prev_h) / (w / h))
+        penalty = np.exp(-(ratio_change * size_change - 1) * s.penalty_k)
+        pscore = (1 - s.window_influence) * penalty * scores + s.window_influence * self.window
+        best = int(np.argmax(pscore))
+        rate = penalty[best] * scores[best] * s.lr
+        box_centre = np.array([(boxes[best, 0] + boxes[best, 2]) / 2, (boxes[best, 1] + boxes[best, 3]) / 2])
+        centre = self.centre + (box_centre - SEARCH_SIZE / 2) / scale
+        size = self.size * (1 - rate) + np.array([w[best], h[best]]) / scale * rate
+        height, width = frame.shape[:2]
+        self.centre = np.clip(centre, 0, [width, height])
+        self.size = np.clip(size, s.min_size, [width, height])
+        x, y = self.centre - self.size / 2
+        return np.array([x, y, *self.size]), float(scores[best])
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
+
+
+def track_sequence(tracker: SiamRPNTracker, frames, init_box) -> tuple[np.ndarray, np.ndarray, float]:
+    """Run ``tracker`` over ``frames`` (an iterable of ``[H, W, 3]`` uint8), initialized with ``init_box``.
+
+    Returns:
+        ``(boxes [T, 4] xywh, scores [T], seconds)``: the first row is ``init_box`` (score 1), as in the
+        one-pass evaluation; ``seconds`` is the time of :meth:`~SiamRPNTracker.update` calls and the init.
+    """
+    import time
+
+    boxes, scores, seconds = [], [], 0.0
+    for index, frame in enumerate(frames):
+        start = time.perf_counter()
+        if index == 0:
+            tracker.init(frame, init_box)
+            box, score = np.asarray(init_box, dtype=np.float64), 1.0
+        else:
+            box, score = tracker.update(frame)
+        seconds += time.perf_counter() - start
+        boxes.append(box)
+        scores.append(score)
+    return np.stack(boxes), np.asarray(scores), seconds

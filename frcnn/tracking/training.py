@@ -1,0 +1,106 @@
+"""Train SiamRPN with the detector's trainer: the same loop, hooks (checkpoints, resume, preemption, AMP
+overflow, logging), DDP and bad-input handling; only the data, the model and the batch differ.
+
+``train_tracker(cfg)`` is what ``scripts/train_tracker.py`` and the tests call (``conf/siamrpn.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from frcnn.config import amp_dtype, resolve_device
+from frcnn.data.coco import CocoDetection
+from frcnn.engine.builders import ensure_synthetic
+from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
+from frcnn.engine.distributed import barrier, cleanup, init_distributed
+from frcnn.engine.trainer import Trainer
+from frcnn.tracking.model import SiamRPN
+from frcnn.tracking.pairs import PairBatch, TrackingPairs, collate_pairs
+from frcnn.tracking.sequences import generate_sequences, load_sequences
+from frcnn.tracking.tracker import SiamRPNTracker, TrackerSettings
+
+CHECKPOINT_KIND = "siamrpn"
+
+
+def train_tracker(cfg: DictConfig) -> dict[str, Any]:
+    """Train SiamRPN as ``cfg`` says, writing into ``cfg.run_dir``; returns ``iteration`` and ``stopped_by_signal``."""
+    amp_dtype(cfg.trainer.amp, "trainer.amp")
+    device = resolve_device(cfg.trainer.device, "trainer.device")
+    dist_info = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    try:
+        return TrackerTrainer(cfg, device, dist_info).loop()
+    finally:
+        cleanup()
+
+
+def ensure_sequences(cfg: DictConfig, is_main: bool) -> None:
+    """Generate the synthetic training sequences if the config asks for them and they are missing."""
+    seq = cfg.data.sequences
+    if seq is None or seq.get("generate") is None:
+        return
+    root = Path(seq.root)
+    if is_main and not (root / "READY").exists():
+        print(f"generating synthetic tracking sequences in {root} ...", flush=True)
+        generate_sequences(root, **seq.generate)
+    barrier()
+
+
+class TrackerTrainer(Trainer):
+    """:class:`~frcnn.engine.trainer.Trainer` on (template, search, box) pairs."""
+
+    collate_fn = staticmethod(collate_pairs)
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        ensure_sequences(cfg, self.is_main)
+        still = None
+        if cfg.data.get("still") is not None:
+            ensure_synthetic(OmegaConf.create({"data": OmegaConf.to_container(cfg.data.still)}), self.dist)
+            still = CocoDetection(cfg.data.still.images, cfg.data.still.annotations, on_unreadable="replace")
+        sequences = load_sequences(cfg.data.sequences.root) if cfg.data.get("sequences") is not None else []
+        d = cfg.data
+        self.train_set = TrackingPairs(
+            sequences, still, max_gap=int(d.max_gap), shift=float(d.shift), scale_jitter=float(d.scale_jitter),
+            negative_fraction=float(d.negative_fraction), context=float(d.context),
+        )
+        self.categories = None
+        self.val_set = None
+        self.max_bad_images = float(d.get("max_bad_image_fraction", 0.01)) * len(self.train_set)
+        if self.is_main:
+            summary = (f"train: {len(self.train_set)} pair keys ({len(self.train_set.frames)} frames of {len(sequences)} "
+                       f"sequences, {len(self.train_set.objects)} objects of still images)")
+            print(summary, flush=True)
+            (self.run_dir / "data_report.txt").write_text(summary + "\n")
+
+    def _build_model(self) -> None:
+        self.model = instantiate(self.cfg.model).to(self.device)
+
+    def forward_losses(self, batch: PairBatch) -> dict[str, torch.Tensor]:
+        self.skipped_images.update(batch.skipped.tolist())
+        templates, searches, boxes = (t.to(self.device, non_blocking=True) for t in batch[:3])
+        return self.step_model(templates, searches, boxes).losses
+
+    def checkpoint_state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        return super().checkpoint_state(rngs) | {"kind": CHECKPOINT_KIND}
+
+
+def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", settings: dict[str, float] | None = None) -> SiamRPNTracker:
+    """A :class:`SiamRPNTracker` around the model of a SiamRPN training checkpoint (``weights_only=True``).
+
+    ``settings``: proposal-selection values overriding the run's ``tracker`` config.
+    """
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    if ckpt.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"checkpoint {checkpoint} is not a SiamRPN checkpoint (train one with scripts/train_tracker.py)")
+    cfg = OmegaConf.create(ckpt["config"])
+    model: SiamRPN = instantiate(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    values = dict(OmegaConf.to_container(cfg.get("tracker", {}))) | dict(settings or {})
+    return SiamRPNTracker(model.to(device), TrackerSettings(**values), device)

@@ -1,0 +1,327 @@
+"""SiamRPN tracking (frcnn/tracking/): crop geometry, the correlation, anchor targets, the tracker, OPE, data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_iou
+
+from frcnn.errors import InputError
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.tracking.crops import SEARCH_SIZE, context_side, crop, from_crop, to_crop, xywh_to_xyxy
+from frcnn.tracking.evaluate import iou_xywh, ope_scores
+from frcnn.tracking.model import (
+    AlexNet, DepthwiseHead, ResNet18Trunk, SiamRPN, TemplateKernels, UpChannelHead, cross_correlate, depthwise_correlate,
+)
+from frcnn.tracking.pairs import TrackingPairs, collate_pairs
+from frcnn.tracking.sequences import Sequence, generate_sequences, load_sequence, read_groundtruth
+from frcnn.tracking.tracker import SiamRPNTracker, TrackerSettings
+
+PAPER_ANCHORS = dict(sizes=(64,), aspect_ratios=(0.33, 0.5, 1.0, 2.0, 3.0), stride=8)
+
+
+def siamrpn(backbone: nn.Module | None = None, head=UpChannelHead, channels: int = 16) -> SiamRPN:
+    backbone = backbone or AlexNet(channels=(8, 16, 16, 16), out_channels=16)
+    return SiamRPN(backbone=backbone, head=head(in_channels=backbone.out_channels, channels=channels), anchor_generator=AnchorGenerator(**PAPER_ANCHORS))
+
+
+# -------------------------------------------------------------------------------------------------- crops
+
+
+def test_context_side_and_the_docstring_example():
+    assert context_side(20, 10) == pytest.approx(math.sqrt(35 * 25))  # p = 15
+    side = context_side(20, 10) * 255 / 127
+    box = to_crop(np.array([40.0, 35.0, 60.0, 45.0]), (50.0, 40.0), side, SEARCH_SIZE)
+    assert (box[0] + box[2]) / 2 == pytest.approx(127.5) and (box[1] + box[3]) / 2 == pytest.approx(127.5)
+    assert box[2] - box[0] == pytest.approx(20 * 127 / math.sqrt(35 * 25))  # 85.9
+    np.testing.assert_allclose(from_crop(box, (50.0, 40.0), side, SEARCH_SIZE), [40, 35, 60, 45])
+
+
+def test_crop_at_unit_scale_is_a_window_of_the_frame():
+    yy, xx = np.mgrid[0:100, 0:120]
+    frame = np.stack([xx, yy, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    out = crop(frame, (50.0, 40.0), 20, 20)  # pixels x in [40, 60), y in [30, 50)
+    np.testing.assert_array_equal(out, frame[30:50, 40:60])
+    half = crop(frame, (50.0, 40.0), 40, 20)  # 2x down: output pixel u covers x = 30 + 2u .. 32 + 2u, centre 31 + 2u
+    assert half[0, 0, 0] == pytest.approx(30.5, abs=0.6) and half[0, 5, 0] == pytest.approx(40.5, abs=0.6)
+
+
+def test_crop_leaving_the_frame_is_filled_with_the_mean_colour():
+    frame = np.full((50, 60, 3), 200, np.uint8)
+    frame[:25] = 0  # mean colour 100
+    out = crop(frame, (5.0, 5.0), 20, 20)  # covers x, y in [-5, 15): its top-left 5x5 lies outside
+    np.testing.assert_array_equal(out[:5, :5], 100)
+    np.testing.assert_array_equal(out[5:, 5:], 0)
+    np.testing.assert_array_equal(crop(frame, (5.0, 5.0), 20, 20, fill=np.array([1, 2, 3]))[0, 0], [1, 2, 3])
+
+
+# ------------------------------------------------------------------------------------------ correlation
+
+
+def test_cross_correlation_matches_a_per_sample_conv2d():
+    torch.manual_seed(0)
+    search, kernels = torch.randn(3, 4, 9, 9), torch.randn(3, 6, 4, 3, 3)
+    expected = torch.cat([F.conv2d(search[i : i + 1], kernels[i]) for i in range(3)])
+    torch.testing.assert_close(cross_correlate(search, kernels), expected)
+    dw_kernels = torch.randn(3, 4, 3, 3)
+    expected = torch.cat([F.conv2d(search[i : i + 1], dw_kernels[i][:, None], groups=4) for i in range(3)])
+    torch.testing.assert_close(depthwise_correlate(search, dw_kernels), expected)
+
+
+@pytest.mark.parametrize("backbone", ["alexnet", "resnet18"])
+@pytest.mark.parametrize("head", [UpChannelHead, DepthwiseHead])
+def test_response_map_is_17x17_for_127_and_255_crops(backbone, head):
+    trunk = AlexNet(channels=(8, 16, 16, 16), out_channels=16) if backbone == "alexnet" else ResNet18Trunk(out_channels=16)
+    model = siamrpn(trunk, head).eval()
+    with torch.no_grad():
+        kernels = model.template(torch.zeros(2, 3, 127, 127, dtype=torch.uint8))
+        cls, reg = model.head(kernels, model.backbone(model.normalize(torch.zeros(2, 3, 255, 255))))
+    assert cls.shape == (2, 10, 17, 17) and reg.shape == (2, 20, 17, 17)
+    if backbone == "alexnet":
+        assert model.backbone(torch.zeros(1, 3, 127, 127)).shape[-1] == 6
+        assert model.backbone(torch.zeros(1, 3, 255, 255)).shape[-1] == 22
+
+
+# -------------------------------------------------------------------------------------- anchors, targets
+
+
+def test_anchors_are_centred_on_the_search_crop():
+    anchors = siamrpn().anchors.view(17, 17, 5, 4)
+    centres = (anchors[..., :2] + anchors[..., 2:]) / 2
+    torch.testing.assert_close(centres[8, 8], torch.full((5, 2), 127.5))
+    torch.testing.assert_close(centres[0, 0, 0], torch.tensor([127.5 - 64, 127.5 - 64]))
+    torch.testing.assert_close(anchors[8, 8, 2], torch.tensor([95.5, 95.5, 159.5, 159.5]))  # 64 x 64
+    wh = anchors[8, 8, :, 2:] - anchors[8, 8, :, :2]
+    torch.testing.assert_close(wh[:, 0] * wh[:, 1], torch.full((5,), 64.0**2))
+    torch.testing.assert_close(wh[:, 1] / wh[:, 0], torch.tensor(PAPER_ANCHORS["aspect_ratios"]))
+
+
+def test_anchor_labels_and_the_64_16_sample():
+    model = siamrpn()
+    boxes = torch.tensor([[95.5, 95.5, 159.5, 159.5], [60.0, 80.0, 200.0, 150.0], [0.0, 0.0, 0.0, 0.0]])  # last: negative pair
+    pos, neg, deltas = model.assign_targets(boxes)
+    iou = box_iou(model.anchors, boxes[:2]).T  # [2, N]
+    assert pos[0, 8 * 17 * 5 + 8 * 5 + 2]  # the anchor equal to the box
+    for b in range(2):
+        assert (iou[b][pos[b]] >= 0.6).all() and (iou[b][neg[b]] < 0.3).all()
+        n_pos = int((iou[b] >= 0.6).sum())
+        assert int(pos[b].sum()) == min(16, n_pos) and int(pos[b].sum() + neg[b].sum()) == 64
+    assert int(pos[0].sum()) == int((iou[0] >= 0.6).sum()) > 2
+    small = SiamRPN(backbone=model.backbone, head=model.head, anchor_generator=AnchorGenerator(**PAPER_ANCHORS),
+                    samples_per_pair=16, positive_fraction=0.125)
+    capped, rest, _ = small.assign_targets(boxes[:1])
+    assert int(capped.sum()) == 2 and int(rest.sum()) == 14  # at most 16 x 0.125 positive
+    assert not pos[2].any() and int(neg[2].sum()) == 64
+    # deltas: dx = (gx - ax) / aw, dw = log(gw / aw) (paper, eq. 3)
+    a = model.anchors[8 * 17 * 5 + 8 * 5 + 2]
+    torch.testing.assert_close(deltas[1, 8 * 17 * 5 + 8 * 5 + 2], torch.tensor([(130 - 127.5) / 64, (115 - 127.5) / 64, math.log(140 / 64), math.log(70 / 64)]))
+    assert a.tolist() == [95.5, 95.5, 159.5, 159.5]
+
+
+def test_losses_follow_the_formulas():
+    torch.manual_seed(0)
+    model = siamrpn()
+    logits, deltas = torch.randn(2, 1445, 2), torch.randn(2, 1445, 4)
+    boxes = torch.tensor([[85.0, 100.0, 170.0, 150.0], [0.0, 0.0, 0.0, 0.0]])  # ~ the 2:1 anchor's size
+    torch.manual_seed(1)
+    losses = model.losses(logits, deltas, boxes)
+    torch.manual_seed(1)
+    pos, neg, target = model.assign_targets(boxes)
+    sampled = pos | neg
+    ce = -torch.log_softmax(logits, -1)[..., 1][pos].sum() - torch.log_softmax(logits, -1)[..., 0][neg].sum()
+    torch.testing.assert_close(losses["loss_cls"], ce / sampled.sum())
+    assert pos.sum() > 0
+    diff = (deltas - target).abs()[pos]
+    smooth = torch.where(diff < 1 / 9, 0.5 * diff**2 * 9, diff - 0.5 / 9).sum()
+    torch.testing.assert_close(losses["loss_reg"], smooth / pos.sum())
+
+
+# ---------------------------------------------------------------------------------------------- tracker
+
+
+class _PoolTrunk(nn.Module):
+    """8x8 average pooling of the normalized grey image: 127 -> 15, 255 -> 31, aligned like the real trunks."""
+
+    out_channels = 1
+
+    def forward(self, images):
+        return F.avg_pool2d(images.mean(1, keepdim=True), 8)
+
+
+class _MatchingHead(nn.Module):
+    """Template matching as an RPN head: the square anchor's foreground probability is the correlation of the
+    zero-mean template with the search features, relative to its peak; the other anchors score ~0, deltas are 0."""
+
+    def kernels(self, template):
+        t = template[:, :, 1:-1, 1:-1]  # the 3x3 convolutions' border, as the real heads lose it
+        return TemplateKernels(t - t.mean(dim=(2, 3), keepdim=True), t)
+
+    def forward(self, kernels, search):
+        s = search[:, :, 1:-1, 1:-1]
+        response = cross_correlate(s - s.mean(dim=(2, 3), keepdim=True), kernels.cls[:, None])  # [B, 1, 17, 17]
+        b, _, r, _ = response.shape
+        score = (response[:, 0] / response.amax(dim=(1, 2, 3))[:, None, None]).clamp(1e-3, 1 - 1e-3)
+        cls = torch.zeros(b, 5, 2, r, r)
+        cls[:, :, 1] = -10.0
+        cls[:, 2, 1] = torch.logit(score)  # foreground probability = the response relative to its peak
+        return cls.reshape(b, 10, r, r), torch.zeros(b, 20, r, r)
+
+
+def _square_sequence(motion: tuple[float, float], frames: int = 20) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(60, 80, 3)).astype(np.uint8)
+    background = np.kron(base, np.ones((4, 4, 1), np.uint8))  # 240 x 320, blocky texture
+    images, boxes = [], []
+    for t in range(frames):
+        x, y = 120 + motion[0] * t, 90 + motion[1] * t
+        image = background.copy()
+        xi, yi = int(round(x)), int(round(y))
+        image[yi : yi + 40, xi : xi + 40] = 255
+        image[yi + 10 : yi + 30, xi + 10 : xi + 30] = 0
+        images.append(image)
+        boxes.append([xi, yi, 40, 40])
+    return images, np.asarray(boxes, dtype=np.float64)
+
+
+@pytest.mark.parametrize("motion", [(0.0, 0.0), (2.0, 1.0)], ids=["static", "translating"])
+def test_tracker_follows_a_static_and_a_translating_object(motion):
+    model = SiamRPN(backbone=_PoolTrunk(), head=_MatchingHead(), anchor_generator=AnchorGenerator(**PAPER_ANCHORS))
+    tracker = SiamRPNTracker(model, TrackerSettings())
+    frames, gt = _square_sequence(motion)
+    tracker.init(frames[0], gt[0])
+    boxes = np.stack([tracker.update(frame)[0] for frame in frames[1:]])
+    assert iou_xywh(boxes, gt[1:]).min() > 0.8
+
+
+def test_tracker_update_before_init_is_an_error():
+    with pytest.raises(RuntimeError, match="before init"):
+        SiamRPNTracker(siamrpn()).update(np.zeros((50, 50, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def test_ope_scores_hand_computed():
+    gt = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], dtype=float)
+    pred = np.array([[0, 0, 10, 10], [5, 0, 10, 10], [30, 30, 10, 10]], dtype=float)  # IoU (first dropped) 1/3, 0
+    np.testing.assert_allclose(iou_xywh(pred, gt), [1, 1 / 3, 0])
+    s = ope_scores([(pred, gt)], seconds=1.0)
+    # success at thresholds 0, 0.05, ..., 1: IoU 1/3 exceeds 0 .. 0.3 (7 thresholds), IoU 0 exceeds none
+    assert s.success_auc == pytest.approx(7 * 0.5 / 21)
+    assert s.precision == pytest.approx(0.5)  # centre errors 5 and 42.4 px
+    assert s.fps == pytest.approx(3.0)
+    perfect = ope_scores([(gt, gt)], seconds=1.0)
+    assert perfect.success_auc == pytest.approx(20 / 21) and perfect.precision == 1.0 and perfect.norm_precision == 1.0
+
+
+# ----------------------------------------------------------------------------------------- sequences, pairs
+
+
+def test_groundtruth_with_a_malformed_line_names_the_file_and_line(tmp_path):
+    (tmp_path / "seq").mkdir()
+    gt = tmp_path / "seq" / "groundtruth.txt"
+    gt.write_text("1,2,3,4\n5\t6\t7\t8\n9,10,eleven,12\n")
+    with pytest.raises(InputError, match=r"groundtruth.txt, line 3: expected 4 numbers") as info:
+        load_sequence(tmp_path / "seq")
+    assert "\n" not in str(info.value) and str(gt) in str(info.value)
+    gt.write_text("1,2,3,4\n5 6 7 8\n")
+    np.testing.assert_array_equal(read_groundtruth(gt), [[1, 2, 3, 4], [5, 6, 7, 8]])
+
+
+def test_generated_sequences_load_and_boxes_cover_the_target(tmp_path):
+    root = generate_sequences(tmp_path / "seqs", num_sequences=2, length=12, seed=3)
+    seq = load_sequence(root / "seq_001")
+    assert len(seq) == 12 and seq.boxes.shape == (12, 4) and (seq.boxes[:, 2:] > 4).all()
+    assert json.loads((root / "seq_001" / "attributes.json").read_text()) == seq.attributes
+    again = generate_sequences(tmp_path / "again", num_sequences=2, length=12, seed=3)
+    assert (again / "seq_001" / "groundtruth.txt").read_text() == (root / "seq_001" / "groundtruth.txt").read_text()
+
+
+def test_pairs_put_the_target_where_the_box_says(tmp_path):
+    frame = np.full((120, 160, 3), 40, np.uint8)
+    frame[50:70, 60:90] = 250  # a 30 x 20 target
+    from PIL import Image
+
+    (tmp_path / "s").mkdir()
+    for i in range(3):
+        Image.fromarray(frame).save(tmp_path / "s" / f"{i + 1:08d}.png")
+    seq = Sequence("s", sorted((tmp_path / "s").glob("*.png")), np.array([[60, 50, 30, 20]] * 3, dtype=float))
+    pairs = TrackingPairs([seq], None, shift=30, scale_jitter=0.1, negative_fraction=0.0)
+    batch = collate_pairs([pairs[(i, 100 + i)] for i in range(3)])
+    assert batch.templates.shape == (3, 3, 127, 127) and batch.searches.shape == (3, 3, 255, 255)
+    for search, box in zip(batch.searches, batch.boxes):
+        x1, y1, x2, y2 = box.round().int().tolist()
+        assert search[0, y1 + 3 : y2 - 3, x1 + 3 : x2 - 3].float().mean() > 245  # inside: the target
+        assert search[0, y2 + 4 : y2 + 10, x1:x2].float().mean() < 60  # just below: background
+    negative = TrackingPairs([seq, seq], None, negative_fraction=1.0)[(0, 7)]
+    assert negative[2].tolist() == [0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------ entry points (CLI)
+
+
+@pytest.fixture(scope="module")
+def tiny_sequences(tmp_path_factory):
+    return generate_sequences(tmp_path_factory.mktemp("seqs"), num_sequences=2, length=10, seed=0)
+
+
+def tiny_tracker_args(sequences, run_dir, steps: int) -> list[str]:
+    return [
+        "experiment=siamrpn_demo", f"data.sequences.root={sequences}", "data.sequences.generate=null", "data.still=null",
+        "model.backbone.channels=[8,16,16,16]", "model.backbone.out_channels=16", "model.head.channels=16",
+        "data.batch_size=2", "data.num_workers=0", "trainer.reference_batch_size=2", f"trainer.max_iters={steps}",
+        "schedule.warmup_iters=1", "trainer.checkpoint_period=2", "trainer.progress=false", "trainer.tensorboard=false",
+        "trainer.device=cpu", f"hydra.run.dir={run_dir}",
+    ]
+
+
+@pytest.mark.slow
+def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp_path):
+    run = tmp_path / "run"
+    first = run_script("train_tracker.py", tiny_tracker_args(tiny_sequences, run, 2))
+    assert first.returncode == 0, first.stderr
+    assert "finished at iteration 2" in first.stdout
+    resumed = run_script("train_tracker.py", tiny_tracker_args(tiny_sequences, tmp_path / "run2", 4) + [f"train.resume={run / 'last.pt'}"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "finished at iteration 4" in resumed.stdout
+    out = tmp_path / "track"
+    tracked = run_script("track.py", [f"checkpoint={tmp_path / 'run2' / 'last.pt'}", f"sequence={tiny_sequences / 'seq_000'}", f"hydra.run.dir={out}"])
+    assert tracked.returncode == 0, tracked.stderr
+    result = json.loads((out / "track.json").read_text())
+    assert len(result["boxes_xywh"]) == 10 and result["boxes_xywh"][0] == pytest.approx(list(load_sequence(tiny_sequences / "seq_000").boxes[0]))
+    assert (out / "track.gif").is_file() and len(list((out / "frames").glob("*.jpg"))) == 10
+
+
+@pytest.mark.slow
+def test_track_cli_errors_are_one_line(run_script, tiny_sequences, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for frame in sorted((tiny_sequences / "seq_000").glob("*.jpg"))[:3]:
+        (bad / frame.name).write_bytes(frame.read_bytes())
+    (bad / "groundtruth.txt").write_text("10,10,20,20\n11,11,20\n")
+    result = run_script("track.py", [f"checkpoint={tmp_path / 'none.pt'}", f"sequence={bad}", f"hydra.run.dir={tmp_path / 'o'}"])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "groundtruth.txt, line 2" in result.stderr
+    result = run_script("track.py", [f"checkpoint={tmp_path / 'none.pt'}", f"sequence={bad}", "init=[1,2,3]", f"hydra.run.dir={tmp_path / 'o'}"])
+    assert result.returncode == 2 and "init=[1, 2, 3] must be [x, y, w, h]" in result.stderr
+
+
+@pytest.mark.parametrize("backbone", ["alexnet", "resnet18"])
+@pytest.mark.parametrize("head", ["upchannel", "depthwise"])
+def test_siamrpn_configs_compose_and_build(backbone, head):
+    from hydra.utils import instantiate
+
+    from frcnn.cli import compose_config
+
+    cfg = compose_config("siamrpn", [f"siamrpn/backbone={backbone}", f"siamrpn/head={head}", "run_dir=/tmp/x"])
+    model = instantiate(cfg.model)
+    assert isinstance(model.head, UpChannelHead if head == "upchannel" else DepthwiseHead)
+    assert model.anchors.shape == (17 * 17 * 5, 4) and model.num_anchors == cfg.model.head.num_anchors
+    demo = compose_config("siamrpn", ["experiment=siamrpn_demo", "run_dir=/tmp/x"])
+    assert demo.model.head.in_channels == demo.model.backbone.out_channels == 128
