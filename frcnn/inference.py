@@ -37,6 +37,8 @@ def load_model(
             ``{"model.roi_heads.score_thresh": 0.3}``.
     """
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    if ckpt.get("kind", "faster_rcnn") != "faster_rcnn":
+        raise CheckpointError(f"checkpoint {checkpoint} holds a {ckpt['kind']} model, not a detector (scripts/track.py runs SiamRPN checkpoints)")
     for key in ("model", "config", "categories"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {checkpoint} has no '{key}' entry; it was not written by frcnn's trainer")

@@ -20,8 +20,8 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/roar")
-    parser.add_argument("--train-images", type=int, default=400)
-    parser.add_argument("--val-images", type=int, default=100)
+    parser.add_argument("--train-images", type=int, default=300)
+    parser.add_argument("--val-images", type=int, default=75)
     parser.add_argument("--steps", type=int, default=150, help="training steps of each model (demo settings otherwise)")
     parser.add_argument("--methods", nargs="+", default=["gradcam", "gradient"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 0.75])

@@ -199,6 +199,67 @@ def test_tracker_follows_a_static_and_a_translating_object(motion):
     assert iou_xywh(boxes, gt[1:]).min() > 0.8
 
 
+class _FixedProposals:
+    """A stand-in for SiamRPN whose every frame offers the same two proposals at the crop's centre: anchor 0
+    with the previous size (score 0.8), anchor 1 twice as large (score 0.9)."""
+
+    response_size, num_anchors = 1, 2
+
+    def eval(self):
+        return self
+
+    def template(self, templates):
+        return "kernels"
+
+    def respond(self, kernels, searches):
+        return None, None
+
+    def decode(self, logits, deltas):
+        side = self.side  # the previous size in crop pixels, set by the test
+        c = SEARCH_SIZE / 2
+        boxes = torch.tensor([[[c - side / 2, c - side / 2, c + side / 2, c + side / 2], [c - side, c - side, c + side, c + side]]])
+        return torch.tensor([[0.8, 0.9]]), boxes
+
+
+def test_the_scale_penalty_prefers_the_unchanged_size_and_smoothing_moves_the_size_by_lr_times_score():
+    stub = _FixedProposals()
+    settings = TrackerSettings(penalty_k=0.055, window_influence=0.0, lr=0.295)
+    tracker = SiamRPNTracker(stub, settings)
+    frame = np.zeros((200, 200, 3), np.uint8)
+    tracker.init(frame, [80, 80, 40, 40])
+    stub.side = 40 * 127 / context_side(40, 40)  # the target's size at the crop's scale (63.5 px)
+    box, score = tracker.update(frame)
+    # penalty of the doubled box: s_c = 2 (sz scales with the box), r_c = 1 -> exp(-(2 - 1) * 0.055) = 0.946;
+    # 0.9 * 0.946 = 0.851 > 0.8, so the larger box wins, and the size moves by lr * penalty * score of the way
+    rate = 0.295 * math.exp(-0.055) * 0.9
+    assert score == pytest.approx(0.9)
+    assert box[2] == pytest.approx(40 * (1 - rate) + 80 * rate) and box[0] + box[2] / 2 == pytest.approx(100)
+    strict = SiamRPNTracker(stub, TrackerSettings(penalty_k=0.2, window_influence=0.0))  # exp(-0.2) * 0.9 = 0.737 < 0.8
+    strict.init(frame, [80, 80, 40, 40])
+    box, score = strict.update(frame)
+    assert score == pytest.approx(0.8) and box[2] == pytest.approx(40)
+
+
+def test_checkpoints_of_one_kind_are_refused_by_the_other(tiny_sequences, tmp_path, tiny_checkpoint):
+    from frcnn.engine.checkpoint import CheckpointError
+    from frcnn.inference import load_model
+    from frcnn.tracking.training import load_tracker
+
+    with pytest.raises(CheckpointError, match="not a SiamRPN checkpoint"):
+        load_tracker(tiny_checkpoint)
+    with pytest.raises(CheckpointError, match="holds a siamrpn model, not a detector"):
+        load_model(_tiny_tracker_checkpoint(tiny_sequences, tmp_path), torch.device("cpu"))
+
+
+def _tiny_tracker_checkpoint(sequences, tmp_path):
+    from frcnn.cli import compose_config
+    from frcnn.tracking.training import train_tracker
+
+    args = [a for a in tiny_tracker_args(sequences, tmp_path, 1) if not a.startswith("hydra.")] + [f"run_dir={tmp_path / 'run'}"]
+    train_tracker(compose_config("siamrpn", args))
+    return tmp_path / "run" / "last.pt"
+
+
 def test_tracker_update_before_init_is_an_error():
     with pytest.raises(RuntimeError, match="before init"):
         SiamRPNTracker(siamrpn()).update(np.zeros((50, 50, 3), np.uint8))
@@ -259,8 +320,34 @@ def test_pairs_put_the_target_where_the_box_says(tmp_path):
         x1, y1, x2, y2 = box.round().int().tolist()
         assert search[0, y1 + 3 : y2 - 3, x1 + 3 : x2 - 3].float().mean() > 245  # inside: the target
         assert search[0, y2 + 4 : y2 + 10, x1:x2].float().mean() < 60  # just below: background
-    negative = TrackingPairs([seq, seq], None, negative_fraction=1.0)[(0, 7)]
-    assert negative[2].tolist() == [0, 0, 0, 0]
+    other_frame = np.full((120, 160, 3), 40, np.uint8)
+    other_frame[30:60, 20:50] = 120  # another sequence's target, grey
+    (tmp_path / "o").mkdir()
+    for i in range(3):
+        Image.fromarray(other_frame).save(tmp_path / "o" / f"{i + 1:08d}.png")
+    other = Sequence("o", sorted((tmp_path / "o").glob("*.png")), np.array([[20, 30, 30, 30]] * 3, dtype=float))
+    two = TrackingPairs([seq, other], None, negative_fraction=1.0)
+    for key in [(0, 7), (1, 8), (2, 9)]:  # items of the first sequence: the negative comes from the other one
+        template, search, box, _ = two[key]
+        assert box.tolist() == [0, 0, 0, 0]
+        assert template.max() == 250 and search.max() < 200  # the target (250) is nowhere in the search crop
+    alone = TrackingPairs([seq], None, negative_fraction=1.0)[(0, 7)]  # no other object anywhere: stays positive
+    assert alone[2].tolist() != [0, 0, 0, 0]
+
+
+def test_an_unreadable_frame_is_replaced_and_reported_by_its_own_id(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "s").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((60, 80, 3), 90 + i, np.uint8)).save(tmp_path / "s" / f"{i + 1:08d}.png")
+    (tmp_path / "s" / "00000002.png").write_bytes(b"not a png")
+    seq = Sequence("s", sorted((tmp_path / "s").glob("*.png")), np.array([[20, 20, 20, 20]] * 4, dtype=float))
+    pairs = TrackingPairs([seq], None, max_gap=0)
+    with pytest.warns(UserWarning, match="unreadable frame 1"):
+        *_, skipped = pairs[(1, 0)]
+    assert skipped.tolist() == [1]
+    assert pairs[(2, 0)][3].tolist() == []
 
 
 # ------------------------------------------------------------------------------------ entry points (CLI)

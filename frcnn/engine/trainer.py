@@ -82,6 +82,7 @@ class Trainer:
     budget is spent, with :attr:`hooks` around each step."""
 
     collate_fn = staticmethod(collate)  # how the data loader batches items (a subclass's data set may need another)
+    checkpoint_kind = "faster_rcnn"  # written into checkpoints; a resume from another kind of model is refused
 
     def __init__(self, cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
@@ -128,6 +129,9 @@ class Trainer:
         if not resume:
             return None
         ckpt = load_checkpoint(resume, map_location="cpu")
+        kind = ckpt.get("kind", "faster_rcnn")  # checkpoints from before kinds were recorded are detectors'
+        if kind != self.checkpoint_kind:
+            raise ConfigError(f"train.resume={resume} is a {kind} checkpoint, but this run trains {self.checkpoint_kind}; resume from one of its own runs")
         if ckpt.get("upgraded_from_layout"):
             raise ConfigError(
                 f"train.resume={resume} was written by an earlier frcnn (backbone-owned box head), whose optimizer state "
@@ -149,8 +153,12 @@ class Trainer:
             print(summary, flush=True)
             (self.run_dir / "data_report.txt").write_text(summary + "\n")
 
+    def new_model(self) -> torch.nn.Module:
+        """The untrained model ``cfg.model`` describes (a trainer for another model overrides this)."""
+        return build_model(self.cfg, self.categories)
+
     def _build_model(self) -> None:
-        model = build_model(self.cfg, self.categories).to(self.device)
+        model = self.new_model().to(self.device)
         if self.cfg.model.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
         # Trainable BN sees 2-8 images per GPU: synchronize its statistics across GPUs. (SyncBatchNorm is
@@ -206,6 +214,7 @@ class Trainer:
             "best_ap": self.best_ap,
             "elapsed_s": self.budget.elapsed(),
             "rng": rngs,
+            "kind": self.checkpoint_kind,
             "categories": self.categories.to_dict() if self.categories is not None else None,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }

@@ -11,6 +11,9 @@ Each tracker starts from the first frame's ground-truth box and runs to the end 
   it (so that large and small targets count alike);
 * **fps**: frames per second of the tracker's own calls (init and updates; reading frames excluded).
 
+Frames whose ground truth is empty (the target absent, ``w`` or ``h`` 0) are not scored, as in the
+GOT-10k toolkit.
+
 Scores over a set are means over its sequences (each sequence counts once, as in the OTB and GOT-10k toolkits).
 """
 
@@ -64,7 +67,8 @@ def ope_scores(results: list[tuple[np.ndarray, np.ndarray]], seconds: float) -> 
     """Scores of ``(predicted, ground_truth)`` ``[T, 4]`` pairs, one per sequence (first frames dropped)."""
     curves, precisions, norm_curves = [], [], []
     for pred, gt in results:
-        pred, gt = pred[1:], gt[1:]
+        valid = (gt[1:, 2] > 0) & (gt[1:, 3] > 0)  # frames where the target is absent are not scored
+        pred, gt = pred[1:][valid], gt[1:][valid]
         iou = iou_xywh(pred, gt)
         pixels, normalized = centre_errors(pred, gt)
         curves.append([(iou > t).mean() for t in IOU_THRESHOLDS])

@@ -9,9 +9,11 @@ Two sources, mixed in one data set:
 
 The search crop is centred on the target shifted by up to ``shift`` crop pixels (the response map reaches
 ±64 pixels from the centre at stride 8) and scaled by up to ``exp(±scale_jitter)``. With probability
-``negative_fraction`` the search crop comes from another sequence or image, centred on an object of the
-same class where there is one (DaSiamRPN's semantic negatives): the target is absent (its box is all
-zeros) and every anchor is background, which teaches the head to tell the target from look-alikes.
+``negative_fraction`` the search crop comes from another sequence or image (never the same one, where the
+target could be in view), centred on an object of the same class where there is one (DaSiamRPN's semantic
+negatives): the target is absent (its box is all zeros) and every anchor is background, which teaches the
+head to tell the target from look-alikes. Unreadable frames are replaced by the next item and reported by
+id (sequence frames ``0 .. F-1`` in order, then one id per still image), as the detector's data set does.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class TrackingPairs(Dataset):
         self.negative_fraction, self.context = negative_fraction, context
         # One item per annotated frame of a sequence, then one per large-enough object of a still image.
         self.frames = [(s, t) for s, seq in enumerate(sequences) for t in range(len(seq)) if seq.boxes[t, 2] > 1 and seq.boxes[t, 3] > 1]
+        self._frame_items = {key: i for i, key in enumerate(self.frames)}
         self.still = still
         self.objects: list[tuple[int, int]] = []
         if still is not None:
@@ -84,6 +87,9 @@ class TrackingPairs(Dataset):
                 for b, box in enumerate(boxes):
                     if min(box[2] - box[0], box[3] - box[1]) >= min_size:
                         self.objects.append((r, b))
+        self._objects_by_class: dict[int, list[int]] = {}
+        for i, (r, b) in enumerate(self.objects):
+            self._objects_by_class.setdefault(int(still.records[r]["labels"][b]), []).append(i)
         if not self.frames and not self.objects:
             raise ValueError("TrackingPairs needs at least one annotated sequence frame or one object in a still image")
 
@@ -103,9 +109,10 @@ class TrackingPairs(Dataset):
             try:
                 template, search, box = self._pair(item, rng)
                 break
-            except ImageReadError as err:
-                skipped.append(item)
-                warnings.warn(f"skipping pair {item}: {err}", stacklevel=2)
+            except _Unreadable as err:  # replaced by the next item; the frame's own id is reported
+                if err.frame_id not in skipped:
+                    skipped.append(err.frame_id)
+                warnings.warn(f"skipping unreadable frame {err.frame_id}: {err.cause}", stacklevel=2)
         else:
             raise ImageReadError("no training pair could be read: every frame and image is unreadable")
 
@@ -117,60 +124,80 @@ class TrackingPairs(Dataset):
     # -- one pair -------------------------------------------------------------------------------------------
 
     def _pair(self, item: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image, box, category = self._target(item)
+        image, box = self._view(item)
         fill = image.reshape(-1, 3).mean(axis=0)
         side = context_side(box[2] - box[0], box[3] - box[1], self.context)
         template = crop(image, _centre(box), side, TEMPLATE_SIZE, fill)
-        if rng.random() < self.negative_fraction:
-            search_image, search_box = self._negative(item, category, rng)
-            present = False
+        negative = self._negative_item(item, rng) if rng.random() < self.negative_fraction else None
+        if negative is not None:
+            search_image, search_box = self._view(negative)
+        elif item < len(self.frames):
+            search_image, search_box = self._view(self._nearby_frame(item, rng))
         else:
-            search_image, search_box = self._search_view(item, image, box, rng)
-            present = True
+            search_image, search_box = image, box  # a still image: the same view, shifted and scaled below
         search_side = context_side(search_box[2] - search_box[0], search_box[3] - search_box[1], self.context)
         search_side *= SEARCH_SIZE / TEMPLATE_SIZE * np.exp(rng.uniform(-self.scale_jitter, self.scale_jitter))
         offset = rng.uniform(-self.shift, self.shift, size=2) * search_side / SEARCH_SIZE  # frame pixels
         centre = (_centre(search_box)[0] + offset[0], _centre(search_box)[1] + offset[1])
         search = crop(search_image, centre, search_side, SEARCH_SIZE, search_image.reshape(-1, 3).mean(axis=0))
-        crop_box = to_crop(search_box, centre, search_side, SEARCH_SIZE) if present else np.zeros(4)
+        crop_box = np.zeros(4) if negative is not None else to_crop(search_box, centre, search_side, SEARCH_SIZE)
         return template, search, crop_box
 
-    def _target(self, item: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Image, XYXY box and category (-1 for sequences) of item ``item``."""
+    def _view(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and XYXY target box of item ``item``; an unreadable file raises :class:`_Unreadable`."""
         if item < len(self.frames):
             s, t = self.frames[item]
             seq = self.sequences[s]
-            return read_rgb(seq.frames[t], max_pixels=None), xywh_to_xyxy(seq.boxes[t]), -1
+            return self._read(seq.frames[t], item), xywh_to_xyxy(seq.boxes[t])
         r, b = self.objects[item - len(self.frames)]
         rec = self.still.records[r]
-        return read_rgb(rec["path"], max_pixels=None), np.asarray(rec["boxes"], dtype=np.float64).reshape(-1, 4)[b], int(rec["labels"][b])
+        # Ids of still images follow the sequence frames' (one id per image, not per object).
+        image = self._read(rec["path"], len(self.frames) + r)
+        return image, np.asarray(rec["boxes"], dtype=np.float64).reshape(-1, 4)[b]
 
-    def _search_view(self, item: int, image: np.ndarray, box: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The search view of the same target: another frame of the sequence, or the same still image."""
-        if item >= len(self.frames):
-            return image, box
+    @staticmethod
+    def _read(path, frame_id: int) -> np.ndarray:
+        try:
+            return read_rgb(path, max_pixels=None)
+        except ImageReadError as err:
+            raise _Unreadable(frame_id, err) from err
+
+    def _nearby_frame(self, item: int, rng: np.random.Generator) -> int:
+        """The item of a frame of the same sequence within ``max_gap`` of ``item``'s, the target present."""
         s, t = self.frames[item]
         seq = self.sequences[s]
         lo, hi = max(0, t - self.max_gap), min(len(seq) - 1, t + self.max_gap)
         other = int(rng.integers(lo, hi + 1))
-        if seq.boxes[other, 2] <= 1 or seq.boxes[other, 3] <= 1:  # target absent in that frame
-            other = t
-        return read_rgb(seq.frames[other], max_pixels=None), xywh_to_xyxy(seq.boxes[other])
+        return self._frame_items.get((s, other), item)  # frames without the target are not items: then the same frame
 
-    def _negative(self, item: int, category: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A view of a different object: another sequence's target, or another still object of the same class."""
-        if item < len(self.frames) and len(self.sequences) > 1 or not self.objects:
-            s = self.frames[item][0] if item < len(self.frames) else -1
-            choices = [i for i, (si, _) in enumerate(self.frames) if si != s] or list(range(len(self.frames)))
-            image, box, _ = self._target(choices[int(rng.integers(len(choices)))])
-            return image, box
-        same = [i for i, (r, b) in enumerate(self.objects) if int(self.still.records[r]["labels"][b]) == category]
-        pool = same if len(same) > 1 else list(range(len(self.objects)))
-        pick = pool[int(rng.integers(len(pool)))]
-        if len(self.frames) + pick == item and len(pool) > 1:
-            pick = pool[(pool.index(pick) + 1) % len(pool)]
-        image, box, _ = self._target(len(self.frames) + pick)
-        return image, box
+    def _negative_item(self, item: int, rng: np.random.Generator) -> int | None:
+        """An item showing a different object, never from the same sequence or image (the target could be in
+        view): a still object of the same class where there is one, else any object of another sequence or
+        image. None when there is no such item (the pair stays positive)."""
+        if item >= len(self.frames):
+            r, b = self.objects[item - len(self.frames)]
+            category = int(self.still.records[r]["labels"][b])
+            same = self._objects_by_class.get(category, [])
+            for _ in range(8):  # a few tries: the same image is rarely drawn twice
+                if same:
+                    pick = same[int(rng.integers(len(same)))]
+                    if self.objects[pick][0] != r:
+                        return len(self.frames) + pick
+        own = self.frames[item][0] if item < len(self.frames) else -1
+        own_image = self.objects[item - len(self.frames)][0] if item >= len(self.frames) else -1
+        for _ in range(8):
+            pick = int(rng.integers(len(self)))
+            if pick < len(self.frames) and self.frames[pick][0] != own:
+                return pick
+            if pick >= len(self.frames) and self.objects[pick - len(self.frames)][0] != own_image:
+                return pick
+        return None
+
+
+class _Unreadable(Exception):
+    def __init__(self, frame_id: int, cause: ImageReadError) -> None:
+        super().__init__(str(cause))
+        self.frame_id, self.cause = frame_id, cause
 
 
 def _centre(box: np.ndarray) -> tuple[float, float]:

@@ -185,7 +185,7 @@ def make_sequence(rng: np.random.Generator, *, length: int, height: int, width: 
     distractors = [new_object(kind, base * rng.uniform(0.8, 1.2)) for _ in range(int(rng.integers(1, 3)))] if "distractors" in attributes else []
     scale_period, scale_amp = rng.uniform(40, 90), (rng.uniform(0.25, 0.45) if "scale_change" in attributes else 0.0)
     light_period, light_amp = rng.uniform(30, 70), (rng.uniform(0.3, 0.5) if "illumination" in attributes else 0.0)
-    jumps = set(rng.choice(np.arange(5, length), size=max(1, length // 25), replace=False).tolist()) if "fast_motion" in attributes else set()
+    jumps = set(rng.choice(np.arange(1, length), size=min(length - 1, max(1, length // 25)), replace=False).tolist()) if "fast_motion" in attributes and length > 1 else set()
     occl_start = int(rng.integers(length // 4, max(length // 4 + 1, length - 15))) if "occlusion" in attributes else -1
     occl_len = int(rng.integers(8, 15))
     occluder = texture(rng, height, width)
@@ -201,7 +201,7 @@ def make_sequence(rng: np.random.Generator, *, length: int, height: int, width: 
         _paint(canvas, mask, target)
         ys, xs = np.nonzero(mask)
         boxes.append([xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()])
-        if occl_start <= t < occl_start + occl_len:  # a textured bar sweeps across the target
+        if "occlusion" in attributes and occl_start <= t < occl_start + occl_len:  # a textured bar sweeps across
             progress = (t - occl_start + 0.5) / occl_len
             bar_w = int(size * 0.9)
             x0 = int(boxes[-1][0] + boxes[-1][2] * (2 * progress - 0.5) - bar_w / 2)

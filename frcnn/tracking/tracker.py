@@ -5,7 +5,7 @@ Per frame, for every anchor's proposal (score ``s``, box ``(w', h')`` in search-
 
 * scale and aspect-ratio change penalty ``penalty = exp(-(r_c * s_c - 1) * penalty_k)``, with
   ``s_c = max(q, 1/q)`` for ``q = sz(w', h') / sz(w, h)``, ``sz(w, h) = sqrt((w + p)(h + p))``,
-  ``p = (w + h) / 2``, and ``r_c = max(q', 1/q')`` for ``q' = (w / h) / (w' / h')`` — ``(w, h)`` being the
+  ``p = context * (w + h)`` (``(w + h) / 2``), and ``r_c = max(q', 1/q')`` for ``q' = (w / h) / (w' / h')`` — ``(w, h)`` being the
   previous frame's size at the crop's scale: large jumps in size or shape are unlikely;
 * a cosine (Hanning) window over the response map favours small displacements:
   ``pscore = (1 - window_influence) * penalty * s + window_influence * window``;
@@ -15,7 +15,6 @@ Per frame, for every anchor's proposal (score ``s``, box ``(w', h')`` in search-
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +39,8 @@ def _change(ratio: np.ndarray) -> np.ndarray:
     return np.maximum(ratio, 1.0 / ratio)
 
 
-def _padded_side(w: np.ndarray, h: np.ndarray) -> np.ndarray:
-    pad = (w + h) / 2
+def _padded_side(w: np.ndarray, h: np.ndarray, context: float) -> np.ndarray:
+    pad = context * (w + h)
     return np.sqrt((w + pad) * (h + pad))
 
 
@@ -89,7 +88,7 @@ class SiamRPNTracker:
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]  # crop pixels
         w, h = np.maximum(w, 1e-3), np.maximum(h, 1e-3)
         prev_w, prev_h = self.size * scale
-        size_change = _change(_padded_side(w, h) / _padded_side(prev_w, prev_h))
+        size_change = _change(_padded_side(w, h, s.context) / _padded_side(prev_w, prev_h, s.context))
         ratio_change = _change((prev_w / prev_h) / (w / h))
         penalty = np.exp(-(ratio_change * size_change - 1) * s.penalty_k)
         pscore = (1 - s.window_influence) * penalty * scores + s.window_influence * self.window

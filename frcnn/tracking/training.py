@@ -56,6 +56,7 @@ class TrackerTrainer(Trainer):
     """:class:`~frcnn.engine.trainer.Trainer` on (template, search, box) pairs."""
 
     collate_fn = staticmethod(collate_pairs)
+    checkpoint_kind = CHECKPOINT_KIND
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -79,16 +80,13 @@ class TrackerTrainer(Trainer):
             print(summary, flush=True)
             (self.run_dir / "data_report.txt").write_text(summary + "\n")
 
-    def _build_model(self) -> None:
-        self.model = instantiate(self.cfg.model).to(self.device)
+    def new_model(self) -> torch.nn.Module:
+        return instantiate(self.cfg.model)
 
     def forward_losses(self, batch: PairBatch) -> dict[str, torch.Tensor]:
         self.skipped_images.update(batch.skipped.tolist())
         templates, searches, boxes = (t.to(self.device, non_blocking=True) for t in batch[:3])
         return self.step_model(templates, searches, boxes).losses
-
-    def checkpoint_state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
-        return super().checkpoint_state(rngs) | {"kind": CHECKPOINT_KIND}
 
 
 def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", settings: dict[str, float] | None = None) -> SiamRPNTracker:
@@ -102,5 +100,6 @@ def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", set
     cfg = OmegaConf.create(ckpt["config"])
     model: SiamRPN = instantiate(cfg.model)
     model.load_state_dict(ckpt["model"])
-    values = dict(OmegaConf.to_container(cfg.get("tracker", {}))) | dict(settings or {})
+    # The crops' context is the one the model was trained with.
+    values = {"context": float(cfg.data.context)} | dict(OmegaConf.to_container(cfg.get("tracker", {}))) | dict(settings or {})
     return SiamRPNTracker(model.to(device), TrackerSettings(**values), device)
