@@ -412,3 +412,24 @@ def test_siamrpn_configs_compose_and_build(backbone, head):
     assert model.anchors.shape == (17 * 17 * 5, 4) and model.num_anchors == cfg.model.head.num_anchors
     demo = compose_config("siamrpn", ["experiment=siamrpn_demo", "run_dir=/tmp/x"])
     assert demo.model.head.in_channels == demo.model.backbone.out_channels == 128
+
+
+@pytest.mark.parametrize("head", [UpChannelHead, DepthwiseHead])
+def test_folding_batchnorm_keeps_the_outputs(head):
+    from frcnn.tracking.tracker import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = siamrpn(head=head)
+    model.train()
+    with torch.no_grad():  # give the BatchNorms non-trivial running statistics
+        for _ in range(3):
+            model(torch.randint(0, 255, (4, 3, 127, 127)), torch.randint(0, 255, (4, 3, 255, 255)))
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    z, x = torch.randint(0, 255, (2, 3, 127, 127)), torch.randint(0, 255, (2, 3, 255, 255))
+    with torch.no_grad():
+        expected, got = model(z, x), folded(z, x)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4 * float(expected.logits.abs().max()))
+    torch.testing.assert_close(got.deltas, expected.deltas, rtol=1e-4, atol=1e-4 * float(expected.deltas.abs().max()))
