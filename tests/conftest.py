@@ -114,7 +114,7 @@ def run_script(monkeypatch, capfd):
     exit status), without a second interpreter paying the 10-15 s import of torch and torchvision again.
     Output is captured at the file-descriptor level (``capfd``), so what a forked data-loader worker
     writes is seen too. Real processes stay where they are the point: ``train.py`` under torchrun, on
-    SIGTERM and in a multirun, ``evaluate.py`` on a results file, and the wrong-override cases of the
+    SIGTERM and in a multirun, and the wrong-override cases of the
     scripts that have them. Hydra's logging set-up, its global state and ``HYDRA_FULL_ERROR`` are undone.
     """
 

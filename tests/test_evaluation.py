@@ -4,9 +4,6 @@ import contextlib
 import copy
 import io
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from pycocotools.coco import COCO
@@ -19,7 +16,6 @@ from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_t
 from frcnn.evaluation.evaluate import evaluate
 from frcnn.evaluation.plots import plot_pr_curves
 
-REPO = Path(__file__).resolve().parents[1]
 
 GT = {
     "images": [{"id": 1, "width": 200, "height": 200, "file_name": "1.png"}, {"id": 2, "width": 200, "height": 100, "file_name": "2.png"}],
@@ -162,15 +158,12 @@ def test_per_class_table_and_pr_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_script_scores_a_results_file(tmp_path):
+def test_evaluate_script_scores_a_results_file(tmp_path, run_script):
     (tmp_path / "gt.json").write_text(json.dumps(GT))
     (tmp_path / "res.json").write_text(json.dumps(perfect()[:-1]))
     out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"predictions={tmp_path / 'res.json'}",
-         f"annotations={tmp_path / 'gt.json'}", f"hydra.run.dir={out}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
+    # As its __main__ in this process (the run_script fixture): a second interpreter would add ~13 s of imports.
+    res = run_script("evaluate.py", [f"predictions={tmp_path / 'res.json'}", f"annotations={tmp_path / 'gt.json'}", f"hydra.run.dir={out}"])
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stats"]["AP"] == pytest.approx(reference(perfect()[:-1])["AP"])
