@@ -304,6 +304,17 @@ def test_generated_sequences_load_and_boxes_cover_the_target(tmp_path):
     assert (again / "seq_001" / "groundtruth.txt").read_text() == (root / "seq_001" / "groundtruth.txt").read_text()
 
 
+@pytest.mark.parametrize("attributes", [[], ["occlusion"]])
+def test_the_occluder_appears_only_in_sequences_with_the_occlusion_challenge(monkeypatch, attributes):
+    from frcnn.tracking import sequences
+
+    fills = iter([np.full((1, 1, 3), 200, np.uint8), np.full((1, 1, 3), 7, np.uint8)])  # the target's, then the occluder's
+    monkeypatch.setattr(sequences, "texture", lambda rng, h, w: np.broadcast_to(next(fills), (h, w, 3)).copy())
+    frames, _ = sequences.make_sequence(np.random.default_rng(0), length=40, height=120, width=160, attributes=attributes)
+    occluded = sum(bool((frame == 7).all(axis=-1).any()) for frame in frames)
+    assert (occluded > 0) == ("occlusion" in attributes)
+
+
 def test_pairs_put_the_target_where_the_box_says(tmp_path):
     frame = np.full((120, 160, 3), 40, np.uint8)
     frame[50:70, 60:90] = 250  # a 30 x 20 target

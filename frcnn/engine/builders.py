@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,18 +22,43 @@ from frcnn.errors import ConfigError
 
 def ensure_synthetic(cfg: DictConfig, dist_info: DistInfo) -> None:
     """Generate the built-in synthetic data set if the config asks for it and it is missing."""
-    gen = cfg.data.get("generate")
-    if gen is None:
+    ensure_synthetic_at(cfg.data.root, cfg.data.get("generate"), dist_info, key="data")
+
+
+def ensure_synthetic_at(root: str | Path, settings: Mapping[str, Any] | None, dist_info: DistInfo, *, key: str) -> None:
+    """The synthetic detection set at ``root`` (``<key>.root``), generated with ``settings`` if missing."""
+    ensure_generated(root, settings, dist_info, generate, "the synthetic data set", key=key, foreign=_has_annotations)
+
+
+def _has_annotations(root: Path) -> bool:
+    return (root / "annotations").is_dir() and any((root / "annotations").iterdir())
+
+
+def ensure_generated(
+    root: str | Path,
+    settings: Mapping[str, Any] | None,
+    dist_info: DistInfo,
+    generator: Callable[..., Any],
+    what: str,
+    *,
+    key: str,
+    foreign: Callable[[Path], bool] | None = None,
+) -> None:
+    """Write a generated data set into ``root`` with ``generator(root, **settings)`` unless its ``READY`` file is
+    there; rank 0 writes, every rank waits. ``settings`` None: nothing is generated. ``foreign(root)`` True
+    means ``root`` holds data the generator did not write, which is never written over: :class:`ConfigError`
+    naming ``<key>.root`` and ``<key>.generate``."""
+    if settings is None:
         return
-    root = Path(cfg.data.root)
+    root = Path(root)
     if dist_info.is_main and not (root / "READY").exists():
-        if (root / "annotations").is_dir() and any((root / "annotations").iterdir()):
+        if foreign is not None and foreign(root):
             raise ConfigError(
-                f"data.root={root} holds a data set the generator did not write (no READY file); generating would "
-                f"overwrite it: pass data.generate=null to train on it as it is"
+                f"{key}.root={root} holds a data set the generator did not write (no READY file); generating would "
+                f"overwrite it: pass {key}.generate=null to train on it as it is"
             )
-        print(f"generating the synthetic data set in {root} ...", flush=True)
-        generate(root, **gen)
+        print(f"generating {what} in {root} ...", flush=True)
+        generator(root, **settings)
     barrier()
 
 

@@ -55,14 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a detector as ``cfg`` says, writing into ``cfg.run_dir``; return the final metrics: ``iteration``,
     ``best_ap``, ``stopped_by_signal`` (the signal number, or None) and the last evaluation's ``val/*``."""
     validate_train_config(cfg)
-    device = resolve_device(cfg.trainer.device, "trainer.device")
-    dist_info = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
-    try:
-        return Trainer(cfg, device, dist_info).loop()
-    finally:
-        cleanup()
+    return Trainer.run(cfg)
 
 
 class StepOutput(NamedTuple):
@@ -114,6 +107,19 @@ class Trainer:
             )
         self.loader = builders.train_loader(cfg, self.train_set, dist_info, self.start_iter, collate_fn=self.collate_fn)
         self.hooks = self._build_hooks()
+
+    @classmethod
+    def run(cls, cfg: DictConfig) -> dict[str, Any]:
+        """Set up the device and the process group (torchrun's environment, or a world of one), build this
+        trainer and :meth:`loop`; the process group is torn down whatever happens."""
+        device = resolve_device(cfg.trainer.device, "trainer.device")
+        dist_info = init_distributed(device.type)
+        if device.type == "cuda":
+            device = torch.device("cuda", dist_info.local_rank)
+        try:
+            return cls(cfg, device, dist_info).loop()
+        finally:
+            cleanup()
 
     def _start_run(self) -> None:
         if self.is_main:

@@ -74,8 +74,3 @@ def xywh_to_xyxy(box) -> np.ndarray:
     """``[..., 4]`` ``(x, y, w, h)`` (top-left corner, the tracking-benchmark format) to XYXY."""
     box = np.asarray(box, dtype=np.float64)
     return np.concatenate([box[..., :2], box[..., :2] + box[..., 2:]], axis=-1)
-
-
-def xyxy_to_xywh(box) -> np.ndarray:
-    box = np.asarray(box, dtype=np.float64)
-    return np.concatenate([box[..., :2], box[..., 2:] - box[..., :2]], axis=-1)

@@ -75,7 +75,9 @@ class SiamRPNTracker:
         self, model: SiamRPN, settings: TrackerSettings | None = None, device: torch.device | str = "cpu", *,
         fold_bn: bool = True, channels_last: bool = True,
     ) -> None:
-        self.model = fold_batchnorm(model) if fold_bn and isinstance(model, nn.Module) else model.eval()
+        if isinstance(model, nn.Module):  # a copy: folding and the memory format never change the caller's model
+            model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+        self.model = model.eval()
         self.memory_format = torch.channels_last if channels_last and isinstance(model, nn.Module) else torch.contiguous_format
         if isinstance(self.model, nn.Module):
             self.model = self.model.to(memory_format=self.memory_format)
@@ -133,26 +135,3 @@ class SiamRPNTracker:
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
         return tensor.contiguous(memory_format=self.memory_format)
-
-
-def track_sequence(tracker: SiamRPNTracker, frames, init_box) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run ``tracker`` over ``frames`` (an iterable of ``[H, W, 3]`` uint8), initialized with ``init_box``.
-
-    Returns:
-        ``(boxes [T, 4] xywh, scores [T], seconds)``: the first row is ``init_box`` (score 1), as in the
-        one-pass evaluation; ``seconds`` is the time of :meth:`~SiamRPNTracker.update` calls and the init.
-    """
-    import time
-
-    boxes, scores, seconds = [], [], 0.0
-    for index, frame in enumerate(frames):
-        start = time.perf_counter()
-        if index == 0:
-            tracker.init(frame, init_box)
-            box, score = np.asarray(init_box, dtype=np.float64), 1.0
-        else:
-            box, score = tracker.update(frame)
-        seconds += time.perf_counter() - start
-        boxes.append(box)
-        scores.append(score)
-    return np.stack(boxes), np.asarray(scores), seconds

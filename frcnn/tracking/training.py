@@ -13,11 +13,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.config import amp_dtype, resolve_device
+from frcnn.config import amp_dtype
 from frcnn.data.coco import CocoDetection
-from frcnn.engine.builders import ensure_synthetic
+from frcnn.engine.builders import ensure_generated, ensure_synthetic_at
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
-from frcnn.engine.distributed import barrier, cleanup, init_distributed
 from frcnn.engine.trainer import Trainer
 from frcnn.tracking.model import SiamRPN
 from frcnn.tracking.pairs import PairBatch, TrackingPairs, collate_pairs
@@ -30,26 +29,7 @@ CHECKPOINT_KIND = "siamrpn"
 def train_tracker(cfg: DictConfig) -> dict[str, Any]:
     """Train SiamRPN as ``cfg`` says, writing into ``cfg.run_dir``; returns ``iteration`` and ``stopped_by_signal``."""
     amp_dtype(cfg.trainer.amp, "trainer.amp")
-    device = resolve_device(cfg.trainer.device, "trainer.device")
-    dist_info = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
-    try:
-        return TrackerTrainer(cfg, device, dist_info).loop()
-    finally:
-        cleanup()
-
-
-def ensure_sequences(cfg: DictConfig, is_main: bool) -> None:
-    """Generate the synthetic training sequences if the config asks for them and they are missing."""
-    seq = cfg.data.sequences
-    if seq is None or seq.get("generate") is None:
-        return
-    root = Path(seq.root)
-    if is_main and not (root / "READY").exists():
-        print(f"generating synthetic tracking sequences in {root} ...", flush=True)
-        generate_sequences(root, **seq.generate)
-    barrier()
+    return TrackerTrainer.run(cfg)
 
 
 class TrackerTrainer(Trainer):
@@ -60,10 +40,12 @@ class TrackerTrainer(Trainer):
 
     def _build_data(self) -> None:
         cfg = self.cfg
-        ensure_sequences(cfg, self.is_main)
+        if cfg.data.get("sequences") is not None:
+            ensure_generated(cfg.data.sequences.root, cfg.data.sequences.get("generate"), self.dist, generate_sequences,
+                             "synthetic tracking sequences", key="data.sequences")
         still = None
         if cfg.data.get("still") is not None:
-            ensure_synthetic(OmegaConf.create({"data": OmegaConf.to_container(cfg.data.still)}), self.dist)
+            ensure_synthetic_at(cfg.data.still.root, cfg.data.still.get("generate"), self.dist, key="data.still")
             still = CocoDetection(cfg.data.still.images, cfg.data.still.annotations, on_unreadable="replace")
         sequences = load_sequences(cfg.data.sequences.root) if cfg.data.get("sequences") is not None else []
         d = cfg.data
