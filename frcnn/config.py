@@ -191,6 +191,13 @@ def validate_infer_config(cfg: DictConfig) -> None:
     resolve_device(_get(cfg, "device", "auto"), "device")
     _number(cfg, "score_thresh", low=0, high=1)
     _number(cfg, "max_pixels", integer=True, low=1, nullable=True)
+    runtime = _get(cfg, "runtime", "torch")
+    if runtime not in ("torch", "onnxruntime"):
+        raise ConfigError(f"runtime={_show(runtime)} is not valid; allowed: torch | onnxruntime")
+    needed = "checkpoint" if runtime == "torch" else "onnx"
+    if _get(cfg, needed, None) is None:
+        what = "a trained checkpoint (.pt)" if runtime == "torch" else "the .onnx file of scripts/export.py"
+        raise ConfigError(f"{needed} has no value; runtime={runtime} needs {what}: set {needed}=...")
 
 
 def _get(cfg: DictConfig, key: str, default: Any = _ABSENT) -> Any:

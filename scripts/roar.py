@@ -1,6 +1,6 @@
 """RemOve And Retrain on the synthetic data (docs/explanations.md): ΔAP per method and removed fraction.
 
-    python scripts/roar.py --out outputs/roar --steps 150 --methods gradcam gradient
+    python scripts/roar.py --out outputs/roar --steps 120 --methods gradcam gradient
 
 Trains the demo model on unmodified synthetic images (AP_orig), computes each method's map of every
 training and validation image with that model (plus random and ground-truth-oracle rankings), and for
@@ -20,9 +20,9 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/roar")
-    parser.add_argument("--train-images", type=int, default=300)
-    parser.add_argument("--val-images", type=int, default=75)
-    parser.add_argument("--steps", type=int, default=150, help="training steps of each model (demo settings otherwise)")
+    parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument("--val-images", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=120, help="training steps of each model (demo settings otherwise)")
     parser.add_argument("--methods", nargs="+", default=["gradcam", "gradient"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     parser.add_argument("--seed", type=int, default=0)

@@ -427,7 +427,7 @@ def test_siamrpn_configs_compose_and_build(backbone, head):
 
 @pytest.mark.parametrize("head", [UpChannelHead, DepthwiseHead])
 def test_folding_batchnorm_keeps_the_outputs(head):
-    from frcnn.tracking.tracker import fold_batchnorm
+    from frcnn.modeling.fold import fold_batchnorm
 
     torch.manual_seed(0)
     model = siamrpn(head=head)

@@ -7,8 +7,10 @@ are random images with four random boxes each.
 
 - Speed (:func:`measure_speed`): a training step (forward, backward, SGD step), inference per image at
   batch 1 and batch 8, and a backbone-only baseline (trunk + box head forward and backward, nothing
-  else) whose ratio to the training step is the framework's overhead. Repetitions alternate between
-  the two detectors so drift on a noisy machine hits both; medians are reported.
+  else) whose ratio to the training step is the framework's overhead. Each measurement alternates
+  between the two detectors, and which one goes first alternates from one repetition to the next, so
+  neither drift on a noisy machine nor the position in the order favours one; medians are reported,
+  with the range of the per-repetition ratios.
 - Peak memory (:func:`peak_memory_mib`): three training steps in a fresh process per detector, so
   neither sees the other's (or the timing's) allocations: CUDA max allocated, or the process's own
   peak resident set on CPU.
@@ -121,9 +123,14 @@ def measure_speed(
     """Median times of each detector of ``pair`` (:data:`SPEED_KEYS`), and their ratios frcnn / torchvision."""
     fns = {n: step_fns(m, pair["frcnn"], settings, device, batch, amp) for n, m in pair.items()}
     times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer1": [], "infer8": [], "backbone": []} for n in fns}
+    names = list(fns)
     for rep in range(settings.warmup + settings.reps):
-        for n, (train_step, infer, backbone_only) in fns.items():
-            for key, fn in (("train", train_step), ("infer1", infer(1)), ("infer8", infer(8)), ("backbone", backbone_only)):
+        # Each measurement alternates which detector goes first: a harness that favoured the first or the
+        # second runner (caches, allocator, clock boost) would otherwise favour one detector every time.
+        for key in ("train", "infer1", "infer8", "backbone"):
+            for n in names if rep % 2 == 0 else names[::-1]:
+                train_step, infer, backbone_only = fns[n]
+                fn = {"train": train_step, "infer1": infer(1), "infer8": infer(8), "backbone": backbone_only}[key]
                 dt = timed(fn, device)
                 if rep >= settings.warmup:
                     times[n][key].append(dt)
@@ -138,6 +145,12 @@ def measure_speed(
             "overhead_ratio": med["train"] / med["backbone"],
         }
     out["ratio"] = {k: out["frcnn"][k] / out["torchvision"][k] for k in out["frcnn"]}
+    # Spread: the ratio of each repetition's pair of measurements (taken back to back), min and max.
+    pairs = {"train_step_s": "train", "infer_per_image_b1_s": "infer1", "infer_per_image_b8_s": "infer8", "backbone_only_s": "backbone"}
+    out["ratio_range"] = {
+        k: [min(r), max(r)] for k, key in pairs.items()
+        for r in [[a / b for a, b in zip(times["frcnn"][key], times["torchvision"][key])]]
+    }
     return out
 
 

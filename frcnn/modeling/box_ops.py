@@ -48,6 +48,14 @@ def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
+def at_most(k: int, n: int | Tensor) -> int | Tensor:
+    """``min(k, n)`` for a count ``k`` and a size ``n``; while tracing (ONNX export) ``n`` is a graph
+    value and so is the result, so the exported graph takes the minimum of each input's own size."""
+    if isinstance(n, Tensor) and torch.jit.is_tracing():
+        return torch.clamp(n, max=k)
+    return min(k, int(n))
+
+
 def pack_per_image(keep: Tensor, image_of: Tensor, num_images: int, k: int) -> Tensor:
     """Lay out the first ``k`` survivors of each image in a padded ``[num_images, k]`` table.
 
@@ -67,9 +75,13 @@ def pack_per_image(keep: Tensor, image_of: Tensor, num_images: int, k: int) -> T
     ``= [[True, True], [True, False]]`` — one gather for the whole batch, no per-image loop.
     """
     keep_image = image_of[keep]
-    order = torch.sort(keep_image, stable=True).indices
+    # Sort by image, keeping the score order inside each: the key (image, position) is unique, so any
+    # sort gives this order (ONNX's TopK-based sort is not stable).
+    position = torch.arange(keep.numel(), device=keep.device)
+    order = torch.argsort(keep_image * keep.numel() + position)
     keep, keep_image = keep[order], keep_image[order]
-    counts = torch.bincount(keep_image, minlength=num_images)
+    # Survivors per image (a comparison table rather than bincount, which ONNX lacks): [num_images]
+    counts = (keep_image[None, :] == torch.arange(num_images, device=keep.device)[:, None]).sum(dim=1)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(keep.numel(), device=keep.device) - starts[keep_image]
     # Ranks past k land in a spare column that is dropped.

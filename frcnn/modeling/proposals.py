@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from frcnn.modeling.box_coder import decode_boxes
-from frcnn.modeling.box_ops import clip_boxes, pack_per_image
+from frcnn.modeling.box_ops import at_most, clip_boxes, pack_per_image
 from frcnn.modeling.structures import Proposals
 
 
@@ -71,7 +71,7 @@ def generate_proposals(
         big_enough = big_enough & anchor_valid
     logits = objectness.float().masked_fill(~big_enough, float("-inf"))
 
-    num_top = min(pre_nms_topk, num_anchors)
+    num_top = at_most(pre_nms_topk, num_anchors)
     top_logits, top_idx = logits.topk(num_top, dim=1)  # [B, num_top], sorted
     top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))  # [B, num_top, 4]
 
@@ -79,9 +79,10 @@ def generate_proposals(
     # Host sync: NMS returns a data-dependent number of survivors. Boxes dropped above carry -inf and
     # sort after every real box; they are marked invalid below rather than removed (no extra sync).
     keep = batched_nms(top_boxes.reshape(-1, 4), top_logits.reshape(-1), image_index, nms_thresh)
-    num_out = min(post_nms_topk, num_top)
+    num_out = at_most(post_nms_topk, num_top)
     table = pack_per_image(keep, image_index, batch, num_out)  # [B, num_out], -1 = padding
-    out_logits = torch.cat([top_logits.reshape(-1), top_logits.new_full((1,), float("-inf"))])[table]
+    flat_logits = top_logits.reshape(-1)
+    out_logits = torch.cat([flat_logits, torch.full_like(flat_logits[:1], float("-inf"))])[table]
     out_boxes = torch.cat([top_boxes.reshape(-1, 4), top_boxes.new_zeros(1, 4)])[table]
     valid = torch.isfinite(out_logits)  # padding and boxes under the minimum size carry -inf
     return Proposals(boxes=out_boxes * valid[..., None], scores=torch.sigmoid(out_logits), valid=valid)

@@ -203,7 +203,7 @@ class RPN(nn.Module):
         xs = torch.arange(wf, device=image_sizes.device)
         inside = (ys[None, :, None] < cells[:, 0, None, None]) & (xs[None, None, :] < cells[:, 1, None, None])  # [B, Hf, Wf]
         num_anchors = self.anchor_generator.num_anchors
-        return inside[..., None].expand(-1, -1, -1, num_anchors).reshape(len(image_sizes), hf * wf * num_anchors)
+        return inside[..., None].expand(-1, -1, -1, num_anchors).reshape(image_sizes.shape[0], hf * wf * num_anchors)
 
     @torch.no_grad()
     def assign_targets(

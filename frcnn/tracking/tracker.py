@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from frcnn.modeling.fold import fold_batchnorm
 from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop
 from frcnn.tracking.model import SiamRPN, TemplateKernels
 
@@ -45,21 +45,6 @@ def _change(ratio: np.ndarray) -> np.ndarray:
 def _padded_side(w: np.ndarray, h: np.ndarray, context: float) -> np.ndarray:
     pad = context * (w + h)
     return np.sqrt((w + pad) * (h + pad))
-
-
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` (in eval mode) with every BatchNorm2d that directly follows a Conv2d in an
-    ``nn.Sequential`` folded into that convolution: in eval mode BN is the affine map
-    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, so ``W' = W * gamma / sqrt(var + eps)`` and
-    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` give the same outputs with one pass less."""
-    folded = copy.deepcopy(module).eval()
-    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
-        children = list(seq.named_children())
-        for (name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(seq, name, fuse_conv_bn_eval(conv, bn))
-                setattr(seq, bn_name, nn.Identity())
-    return folded
 
 
 class SiamRPNTracker:

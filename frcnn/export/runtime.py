@@ -1,0 +1,75 @@
+"""Run an exported detector with onnxruntime, the same way the PyTorch path runs a checkpoint.
+
+:class:`OnnxDetector` reads the graph written by :func:`frcnn.export.onnx.export_onnx`, takes the
+category mapping from its metadata, and returns detections as :func:`frcnn.inference.detect` does, so
+``scripts/infer.py runtime=onnxruntime onnx=model.onnx`` writes the same files as the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from frcnn.data.coco import CategoryMap
+from frcnn.errors import MissingFileError, UserError
+
+
+class OnnxModelError(UserError, RuntimeError):
+    """An ONNX file that cannot be loaded, or that frcnn did not export."""
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError("runtime=onnxruntime needs onnxruntime: pip install 'frcnn[export]' (or uv sync --extra export)") from exc
+    return onnxruntime
+
+
+class OnnxDetector:
+    """An exported frcnn detector in an onnxruntime session.
+
+    Args:
+        path: the ``.onnx`` file from ``scripts/export.py``.
+        threads: intra-op threads (None: onnxruntime's default, one per core).
+        providers: onnxruntime execution providers (default: CPU).
+
+    Raises:
+        MissingFileError: no file at ``path``.
+        OnnxModelError: the file is not an ONNX model, or has no frcnn metadata.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+        ort = _onnxruntime()
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"ONNX model {path} not found; write one with scripts/export.py checkpoint=... format=onnx")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types per failure (protobuf, graph, ...)
+            raise OnnxModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                                 "export it again with scripts/export.py") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "frcnn.categories" not in meta:
+            raise OnnxModelError(f"{path} has no frcnn.categories metadata: it was not written by scripts/export.py")
+        self.path = path
+        self.categories = CategoryMap.from_dict(json.loads(meta["frcnn.categories"]))
+        self.metadata = {k: json.loads(v) for k, v in meta.items() if k.startswith("frcnn.")}
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``[B, 3, H, W]`` uint8 RGB (one size) → ``(boxes [B, D, 4], scores [B, D], labels [B, D], count [B])``."""
+        boxes, scores, labels, count = self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})
+        return boxes, scores, labels, count
+
+    def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """Detections for one ``[H, W, 3]`` uint8 RGB image, as :func:`frcnn.inference.detect` returns them."""
+        boxes, scores, labels, count = self.run(image.transpose(2, 0, 1)[None])
+        n = int(count[0])
+        return {"boxes": torch.from_numpy(boxes[0, :n]), "scores": torch.from_numpy(scores[0, :n]),
+                "labels": torch.from_numpy(labels[0, :n])}

@@ -1,0 +1,80 @@
+"""BatchNorm folded into the convolution before it: the same outputs in eval mode, one pass less.
+
+In eval mode a BatchNorm (trainable or frozen) is the per-channel affine map
+``y = (x - mean) / sqrt(var + eps) * gamma + beta``. After a convolution ``x = W * z + b`` it folds
+into that convolution: ``W' = W * s`` and ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``
+(per output channel). A folded network reads its activations once per convolution instead of twice.
+
+Which pairs fold: a Conv2d immediately followed by a BatchNorm in an ``nn.Sequential`` (stems,
+downsampling branches, VGG/AlexNet stacks), and the ``convN`` / ``bnN`` siblings of a residual block
+(torchvision's ``BasicBlock`` and ``Bottleneck``, which apply ``bnN`` right after ``convN``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+def _affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(scale [C], shift [C])`` with ``norm(x) = x * scale + shift`` in eval mode."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
+
+
+@torch.no_grad()
+def fold_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """A new convolution computing ``norm(conv(x))`` (``norm`` in eval mode), with a bias."""
+    scale, shift = _affine(norm)
+    folded = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    folded.bias.copy_(bias * scale + shift)
+    return folded
+
+
+def _pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(parent, conv_name, norm_name)`` for every foldable pair directly under ``module``."""
+    children = dict(module.named_children())
+    found = []
+    if isinstance(module, nn.Sequential):
+        names = list(children)
+        found += [(module, a, b) for a, b in zip(names, names[1:])
+                  if isinstance(children[a], nn.Conv2d) and isinstance(children[b], _NORMS)]
+    for name, child in children.items():  # residual blocks: convN followed by bnN
+        if name.startswith("conv") and isinstance(child, nn.Conv2d):
+            partner = "bn" + name[len("conv"):]
+            if isinstance(children.get(partner), _NORMS):
+                found.append((module, name, partner))
+    return found
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` in eval mode with every foldable BatchNorm folded into its convolution.
+
+    The caller's module is left as it is. Outputs match the original's eval-mode outputs to float
+    rounding (the tests hold them to 1e-4 relative). Folded modules are for inference only: the
+    BatchNorms become ``nn.Identity``, so training statistics and gradients no longer apply.
+    """
+    folded = copy.deepcopy(module).eval()
+    for parent in list(folded.modules()):
+        for parent_, conv_name, norm_name in _pairs(parent):
+            conv, norm = getattr(parent_, conv_name), getattr(parent_, norm_name)
+            if not isinstance(norm, _NORMS):  # already folded under another rule
+                continue
+            setattr(parent_, conv_name, fold_conv_norm(conv, norm))
+            setattr(parent_, norm_name, nn.Identity())
+    return folded
+
+
+def count_norms(module: nn.Module) -> int:
+    """How many BatchNorm layers ``module`` still runs (0 after a complete fold)."""
+    return sum(isinstance(m, _NORMS) for m in module.modules())

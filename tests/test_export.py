@@ -1,0 +1,231 @@
+"""Deployment (frcnn.export, frcnn.modeling.fold, the shipped inference path).
+
+* BatchNorm folding: the folded model's features and detections equal the original's (< 1e-4 relative);
+* ONNX export of the shared trained checkpoint, **once**, then onnxruntime against PyTorch on images of
+  several sizes and aspect ratios, a batch of two, and an image without detections: every PyTorch
+  detection with score > 0.1 has an onnxruntime detection of the same label at IoU ≥ 0.99 and a score
+  within 1e-3 (measured: IoU 1.0000, score differences ≤ 1e-5);
+* ``scripts/export.py`` and ``scripts/infer.py runtime=onnxruntime`` end to end (the same JSON and PNG
+  as the PyTorch path), and their one-line errors.
+
+onnx and onnxruntime are the optional ``export`` extra: without them these tests skip with that reason.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frcnn.cli import compose_config
+from frcnn.inference import infer, load_model, prepare_for_inference
+from frcnn.modeling.fold import count_norms, fold_batchnorm
+from tests.conftest import small_model
+from tests.test_cli import exits_with_one_line
+
+pytestmark = pytest.mark.slow
+
+MIN_IOU = 0.99
+MAX_SCORE_DIFF = 1e-3
+
+
+def _randomize_norms(model: torch.nn.Module) -> None:
+    """BatchNorm statistics and affine parameters far from the identity, so folding has work to do."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+
+
+def test_batchnorm_folding_keeps_features_and_detections():
+    model = small_model(overrides=["model.backbone.norm=bn"]).eval()
+    _randomize_norms(model)
+    folded = fold_batchnorm(model)
+    assert count_norms(model) > 0 and count_norms(folded) == 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the caller's model must be left as it is"
+    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        batch, _ = model.preprocessor(images)
+        a, b = model.features(batch), folded.features(batch)
+        assert ((a - b).abs().max() / a.abs().max()).item() < 1e-4
+        pooled = torch.randn(4, a.shape[1], 7, 7, generator=torch.Generator().manual_seed(2))
+        box_a, box_b = model.roi_heads.box_head(pooled), folded.roi_heads.box_head(pooled)
+        assert ((box_a - box_b).abs().max() / box_a.abs().max()).item() < 1e-4
+        det_a, det_b = model(images).detections[0], folded(images).detections[0]
+    assert torch.equal(det_a["labels"], det_b["labels"])
+    assert torch.allclose(det_a["scores"], det_b["scores"], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(det_a["boxes"], det_b["boxes"], rtol=1e-4, atol=1e-3)
+
+
+def test_folding_a_frozen_batchnorm_and_a_conv_with_bias():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=True)
+    norm = FrozenBatchNorm2d(4)
+    norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+    norm.bias.copy_(torch.tensor([0.1, 0.0, -0.3, 0.2]))
+    norm.running_mean.copy_(torch.tensor([0.2, -0.1, 0.0, 0.5]))
+    norm.running_var.copy_(torch.tensor([1.0, 4.0, 0.25, 2.0]))
+    net = torch.nn.Sequential(conv, norm, torch.nn.ReLU())
+    x = torch.randn(2, 3, 8, 8)
+    folded = fold_batchnorm(net)
+    assert isinstance(folded[1], torch.nn.Identity)
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_shipped_path_leaves_the_model_alone_and_detects_the_same(tiny_checkpoint):
+    model, _, _ = load_model(tiny_checkpoint, torch.device("cpu"))
+    norms = count_norms(model)
+    shipped = prepare_for_inference(model)
+    assert count_norms(model) == norms and count_norms(shipped) == 0
+    image = [torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))]
+    with torch.inference_mode():
+        a, b = model(image).detections[0], shipped(image).detections[0]
+    assert torch.equal(a["labels"], b["labels"])
+    assert torch.allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+# ---------------------------------------------------------------- ONNX (the export extra)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """``(model, onnx_path)``: the shared checkpoint exported once, traced at 128x160."""
+    pytest.importorskip("onnx", reason="the export extra (onnx, onnxruntime) is not installed")
+    pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+    from frcnn.export.onnx import export_onnx
+
+    model, categories, _ = load_model(tiny_checkpoint, torch.device("cpu"))
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx", categories, sample_hw=(128, 160))
+    assert not model.training, "export must leave the model in the mode it found it"
+    return model, path
+
+
+def _val_image(checkpoint: Path, index: int = 0) -> np.ndarray:
+    cfg = torch.load(checkpoint, weights_only=True)["config"]
+    return np.asarray(Image.open(Path(cfg["data"]["val"]["images"]) / f"{index:06d}.png").convert("RGB"))
+
+
+def _resized(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def test_onnxruntime_matches_pytorch_on_many_sizes_from_one_export(exported, tiny_checkpoint):
+    from frcnn.export.onnx import match_detections
+    from frcnn.export.runtime import OnnxDetector
+
+    model, path = exported
+    runtime = OnnxDetector(path)
+    assert runtime.categories.num_classes == model.num_classes
+    base = _val_image(tiny_checkpoint)
+    cases = {
+        "as traced": _resized(base, (128, 160)),
+        "own size": base,
+        "larger, wider": _resized(base, (300, 500)),
+        "portrait": _resized(base, (200, 120)),
+        "odd sizes": _resized(base, (97, 131)),
+        "black": np.zeros((128, 160, 3), np.uint8),
+        "mid-grey: no detections": np.full((128, 160, 3), 128, np.uint8),
+    }
+    checked, empty = 0, 0
+    for name, image in cases.items():
+        with torch.inference_mode():
+            reference = model([torch.from_numpy(image).permute(2, 0, 1)]).detections[0]
+        got = runtime.detect(image)
+        assert len(got["scores"]) == len(reference["scores"]), name
+        report = match_detections(reference, got, min_score=0.1)
+        assert report["unmatched"] == 0 and report["min_iou"] >= MIN_IOU and report["max_score_diff"] <= MAX_SCORE_DIFF, (name, report)
+        checked += report["checked"]
+        empty += len(reference["scores"]) == 0
+    assert checked >= 10, "the parity cases must contain detections to compare"
+    assert empty >= 1, "one case must have no detections at all (the padded outputs with count 0)"
+
+
+def test_onnxruntime_batch_of_two(exported, tiny_checkpoint):
+    from frcnn.export.onnx import match_detections
+    from frcnn.export.runtime import OnnxDetector
+
+    model, path = exported
+    images = [_resized(_val_image(tiny_checkpoint, i), (128, 160)) for i in (0, 1)]
+    boxes, scores, labels, count = OnnxDetector(path).run(np.stack([im.transpose(2, 0, 1) for im in images]))
+    assert boxes.shape[0] == 2 and count.shape == (2,)
+    with torch.inference_mode():
+        reference = model([torch.from_numpy(im).permute(2, 0, 1) for im in images]).detections
+    for i in range(2):
+        n = int(count[i])
+        got = {"boxes": torch.from_numpy(boxes[i, :n]), "scores": torch.from_numpy(scores[i, :n]), "labels": torch.from_numpy(labels[i, :n])}
+        assert n == len(reference[i]["scores"])
+        report = match_detections(reference[i], got)
+        assert report["unmatched"] == 0 and report["min_iou"] >= MIN_IOU and report["max_score_diff"] <= MAX_SCORE_DIFF
+        assert not boxes[i, n:].any() and not scores[i, n:].any(), "rows past count are zero padding"
+
+
+def test_metadata_carries_the_category_mapping(exported, tiny_checkpoint):
+    from frcnn.export.runtime import OnnxDetector
+
+    _, path = exported
+    categories = torch.load(tiny_checkpoint, weights_only=True)["categories"]
+    runtime = OnnxDetector(path)
+    assert runtime.categories.to_dict() == categories
+    assert "dynamo=False" in runtime.metadata["frcnn.exporter"]
+
+
+def test_export_and_infer_scripts_end_to_end(exported, tiny_checkpoint, tmp_path, run_script):
+    image = tmp_path / "in" / "shapes.png"
+    image.parent.mkdir()
+    shutil.copy(Path(torch.load(tiny_checkpoint, weights_only=True)["config"]["data"]["val"]["images"]) / "000000.png", image)
+    onnx_file = tmp_path / "model.onnx"
+    result = run_script("export.py", [f"checkpoint={tiny_checkpoint}", f"output={onnx_file}", "sample_hw=[128,160]",
+                                       f"hydra.run.dir={tmp_path / 'export'}"])
+    assert result.returncode == 0, result.stderr
+    assert onnx_file.is_file() and "unmatched 0" in result.stdout
+    outputs = {}
+    for runtime, args in (("torch", [f"checkpoint={tiny_checkpoint}"]), ("onnxruntime", ["runtime=onnxruntime", f"onnx={onnx_file}"])):
+        out = tmp_path / runtime
+        result = run_script("infer.py", [*args, f"image={image.parent}", "score_thresh=0.1", f"hydra.run.dir={out}"])
+        assert result.returncode == 0, result.stderr
+        outputs[runtime] = json.loads((out / "shapes.json").read_text())
+    torch_dets, onnx_dets = outputs["torch"]["detections"], outputs["onnxruntime"]["detections"]
+    assert torch_dets, "the trained model finds objects in its own validation image"
+    assert [d["category"] for d in onnx_dets] == [d["category"] for d in torch_dets]
+    for a, b in zip(torch_dets, onnx_dets):
+        assert abs(a["score"] - b["score"]) <= MAX_SCORE_DIFF
+        assert np.allclose(a["box_xyxy"], b["box_xyxy"], atol=0.05)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["runtime=onnxruntime"], "onnx has no value; runtime=onnxruntime needs the .onnx file"),
+    (["runtime=tensorrt", "checkpoint=a.pt"], "runtime='tensorrt' is not valid; allowed: torch | onnxruntime"),
+    ([], "checkpoint has no value; runtime=torch needs a trained checkpoint"),
+])
+def test_infer_config_errors_are_one_line(overrides, expected, tmp_path, capsys):
+    cfg = compose_config("infer", ["image=a.png", f"output_dir={tmp_path}", *overrides])
+    assert expected in exits_with_one_line(lambda: infer(cfg), capsys)
+
+
+def test_a_file_that_is_not_an_onnx_model_is_one_line(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf")
+    (tmp_path / "a.png").write_bytes(b"")
+    cfg = compose_config("infer", ["runtime=onnxruntime", f"onnx={bad}", f"image={tmp_path / 'a.png'}", f"output_dir={tmp_path}"])
+    err = exits_with_one_line(lambda: infer(cfg), capsys)
+    assert str(bad) in err and "scripts/export.py" in err
+
+
+def test_export_config_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
+    from frcnn.export.onnx import export_checkpoint
+
+    for overrides, expected in (
+        (["format=tflite"], "format='tflite' is not valid; allowed: onnx"),
+        (["opset=13"], "opset=13 is not valid"),
+        (["checkpoint=missing.pt"], "missing.pt not found"),
+    ):
+        cfg = compose_config("export", [f"checkpoint={tiny_checkpoint}", f"output={tmp_path / 'm.onnx'}", *overrides])
+        assert expected in exits_with_one_line(lambda: export_checkpoint(cfg), capsys)
