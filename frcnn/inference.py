@@ -108,16 +108,18 @@ def infer(cfg: DictConfig) -> list[Path]:
     """
     validate_infer_config(cfg)
     onnx_runtime = cfg.get("runtime", "torch") == "onnxruntime"
-    device = torch.device("cpu") if onnx_runtime and cfg.device != "cuda" else resolve_device(cfg.device, "device")
+    # onnxruntime: the CPU unless a CUDA device is asked for by name (device=auto stays on the CPU: the
+    # GPU build of onnxruntime is a separate package).
+    device = torch.device("cpu") if onnx_runtime and cfg.device == "auto" else resolve_device(cfg.device, "device")
     if onnx_runtime:
         from frcnn.export.runtime import OnnxDetector
 
-        providers = ["CPUExecutionProvider"]  # device=auto: the CPU (onnxruntime's CUDA build is a separate package)
-        if cfg.device == "cuda":
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         onnx_model = OnnxDetector(cfg.onnx, providers=providers)
-        if cfg.device == "cuda" and "CUDAExecutionProvider" not in onnx_model.session.get_providers():
-            raise ConfigError("device=cuda with runtime=onnxruntime needs the onnxruntime-gpu package; or set device=cpu")
+        if device.type == "cuda" and "CUDAExecutionProvider" not in onnx_model.session.get_providers():
+            raise ConfigError(f"device={cfg.device} with runtime=onnxruntime needs the onnxruntime-gpu package; or set device=cpu")
         categories = onnx_model.categories
         run = onnx_model.detect
     else:
@@ -131,7 +133,7 @@ def infer(cfg: DictConfig) -> list[Path]:
         image = read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
         t0 = time.perf_counter()
         det = run(image)
-        if device.type == "cuda":
+        if device.type == "cuda" and not onnx_runtime:
             torch.cuda.synchronize()  # the kernels run asynchronously: wait for them before reading the clock
         latency = (time.perf_counter() - t0) * 1000
         keep = det["scores"] >= float(cfg.score_thresh)

@@ -36,11 +36,12 @@ def _randomize_norms(model: torch.nn.Module) -> None:
     """BatchNorm statistics and affine parameters far from the identity, so folding has work to do."""
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats:
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
 
 
 def test_batchnorm_folding_keeps_features_and_detections():
@@ -58,6 +59,7 @@ def test_batchnorm_folding_keeps_features_and_detections():
         box_a, box_b = model.roi_heads.box_head(pooled), folded.roi_heads.box_head(pooled)
         assert ((box_a - box_b).abs().max() / box_a.abs().max()).item() < 1e-4
         det_a, det_b = model(images).detections[0], folded(images).detections[0]
+    assert len(det_a["scores"]) > 0
     assert torch.equal(det_a["labels"], det_b["labels"])
     assert torch.allclose(det_a["scores"], det_b["scores"], rtol=1e-4, atol=1e-5)
     assert torch.allclose(det_a["boxes"], det_b["boxes"], rtol=1e-4, atol=1e-3)
@@ -79,16 +81,51 @@ def test_folding_a_frozen_batchnorm_and_a_conv_with_bias():
     torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+def test_folding_grouped_dilated_and_non_affine_norms():
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2, bias=False),
+                              torch.nn.BatchNorm2d(8, affine=False), torch.nn.Conv2d(8, 8, 1), torch.nn.BatchNorm2d(8))
+    _randomize_norms(net)
+    net.eval()
+    x = torch.randn(2, 4, 9, 9)
+    folded = fold_batchnorm(net)
+    assert count_norms(folded) == 0
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+class _NormAfterActivation(torch.nn.Module):
+    """``bn1(relu(conv1(x)))``: named like a residual block's pair, but not a conv -> BN pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn1(torch.relu(self.conv1(x)))
+
+
+def test_folding_never_guesses_from_names_nor_folds_batch_statistics():
+    odd = _NormAfterActivation()
+    _randomize_norms(odd)
+    live = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    for net in (odd.eval(), live.eval()):
+        x = torch.randn(2, 3, 8, 8)
+        folded = fold_batchnorm(net)
+        assert count_norms(folded) == count_norms(net)
+        torch.testing.assert_close(folded(x), net(x))
+
+
 def test_the_shipped_path_leaves_the_model_alone_and_detects_the_same(tiny_checkpoint):
     model, _, _ = load_model(tiny_checkpoint, torch.device("cpu"))
     norms = count_norms(model)
     shipped = prepare_for_inference(model)
-    assert count_norms(model) == norms and count_norms(shipped) == 0
-    image = [torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))]
+    assert count_norms(model) == norms > 0 and count_norms(shipped) == 0
+    image = [torch.from_numpy(_val_image(tiny_checkpoint)).permute(2, 0, 1)]
     with torch.inference_mode():
         a, b = model(image).detections[0], shipped(image).detections[0]
+    assert len(a["scores"]) > 0
     assert torch.equal(a["labels"], b["labels"])
     assert torch.allclose(a["scores"], b["scores"], atol=1e-5)
+    assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
 
 
 # ---------------------------------------------------------------- ONNX (the export extra)
@@ -130,6 +167,7 @@ def test_onnxruntime_matches_pytorch_on_many_sizes_from_one_export(exported, tin
         "larger, wider": _resized(base, (300, 500)),
         "portrait": _resized(base, (200, 120)),
         "odd sizes": _resized(base, (97, 131)),
+        "fewer anchors than traced": _resized(base, (40, 400)),
         "black": np.zeros((128, 160, 3), np.uint8),
         "mid-grey: no detections": np.full((128, 160, 3), 128, np.uint8),
     }
@@ -185,18 +223,21 @@ def test_export_and_infer_scripts_end_to_end(exported, tiny_checkpoint, tmp_path
                                        f"hydra.run.dir={tmp_path / 'export'}"])
     assert result.returncode == 0, result.stderr
     assert onnx_file.is_file() and "unmatched 0" in result.stdout
-    outputs = {}
+    outputs, pngs = {}, {}
     for runtime, args in (("torch", [f"checkpoint={tiny_checkpoint}"]), ("onnxruntime", ["runtime=onnxruntime", f"onnx={onnx_file}"])):
         out = tmp_path / runtime
         result = run_script("infer.py", [*args, f"image={image.parent}", "score_thresh=0.1", f"hydra.run.dir={out}"])
         assert result.returncode == 0, result.stderr
         outputs[runtime] = json.loads((out / "shapes.json").read_text())
+        pngs[runtime] = np.asarray(Image.open(out / "shapes.png"))
     torch_dets, onnx_dets = outputs["torch"]["detections"], outputs["onnxruntime"]["detections"]
     assert torch_dets, "the trained model finds objects in its own validation image"
     assert [d["category"] for d in onnx_dets] == [d["category"] for d in torch_dets]
     for a, b in zip(torch_dets, onnx_dets):
         assert abs(a["score"] - b["score"]) <= MAX_SCORE_DIFF
         assert np.allclose(a["box_xyxy"], b["box_xyxy"], atol=0.05)
+    assert pngs["torch"].shape == pngs["onnxruntime"].shape
+    assert (pngs["torch"] != pngs["onnxruntime"]).any(axis=-1).mean() < 0.001, "the same boxes drawn"
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -229,3 +270,23 @@ def test_export_config_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
     ):
         cfg = compose_config("export", [f"checkpoint={tiny_checkpoint}", f"output={tmp_path / 'm.onnx'}", *overrides])
         assert expected in exits_with_one_line(lambda: export_checkpoint(cfg), capsys)
+
+
+def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoint):
+    from frcnn.benchmarks.deploy import markdown, run_benchmark
+    from frcnn.data.coco import CategoryMap
+
+    model, path = exported
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    root = Path(ckpt["config"]["data"]["val"]["images"]).parent
+    result = run_benchmark(model, CategoryMap.from_dict(ckpt["categories"]), root, path, batches=(2,), reps=1, warmup=0, max_images=2)
+    names = ["torchvision, no_grad", "torchvision, inference_mode", "frcnn eager, no_grad", "+ inference_mode",
+             "+ BN folded (shipped default)", "+ channels_last", "onnxruntime"]
+    for batch in (2,):
+        assert list(result["latency"][batch]) == names
+        assert all(r["median_s"] > 0 for r in result["latency"][batch].values())
+    # frcnn's paths change the work, not the detections: the same AP (torchvision's detector differs, peers.py)
+    aps = [result["ap"][n] for n in names[2:]]
+    assert max(aps) - min(aps) < 0.002 and "torchvision, no_grad" in result["ap"]
+    table = markdown(result)
+    assert all(n in table for n in names) and table.count("\n") == len(names) + 1

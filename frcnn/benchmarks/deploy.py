@@ -13,7 +13,9 @@ images), at batch 1 and batch 8:
 
 Timing: each repetition runs every variant once, in a freshly shuffled order (seeded), so neither
 drift on a noisy machine nor a position in the order favours one; medians over the repetitions.
-COCO AP on the validation split is computed for each frcnn variant (batch 1, every image).
+COCO AP on the validation split is computed for each variant (batch 1, every image; torchvision's once).
+onnxruntime's idle threads do not spin here (they would take the cores from torch's pool, which shares
+the process).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _torch_variant(model: nn.Module, mode: str) -> Detect:
 def _onnx_variant(path: Path, threads: int | None) -> Detect:
     from frcnn.export.runtime import OnnxDetector
 
-    detector = OnnxDetector(path, threads=threads)
+    detector = OnnxDetector(path, threads=threads, spin=False)  # torch's pool shares the process
 
     def run(images: list[Tensor]) -> list[dict[str, Tensor]]:
         boxes, scores, labels, count = detector.run(torch.stack(images).numpy())
@@ -82,11 +84,11 @@ def build_variants(model: nn.Module, onnx_path: Path | None, *, threads: int | N
     return variants
 
 
-def load_split(root: Path, split: str = "val") -> tuple[COCO, list[int], list[Tensor]]:
-    """The split's COCO ground truth, image ids and ``[3, H, W]`` uint8 images (in id order)."""
+def load_split(root: Path, split: str = "val", max_images: int | None = None) -> tuple[COCO, list[int], list[Tensor]]:
+    """The split's COCO ground truth, image ids and ``[3, H, W]`` uint8 images (in id order; the first ``max_images``)."""
     with contextlib.redirect_stdout(None):
         coco = COCO(str(root / "annotations" / f"{split}.json"))
-    ids = sorted(coco.getImgIds())
+    ids = sorted(coco.getImgIds())[:max_images]
     images = [torch.from_numpy(read_rgb(root / split / coco.imgs[i]["file_name"])).permute(2, 0, 1).contiguous() for i in ids]
     return coco, ids, images
 
@@ -118,12 +120,13 @@ def coco_ap(detect: Detect, coco: COCO, ids: list[int], images: list[Tensor], ca
             results.append({"image_id": image_id, "category_id": categories.category_id(int(label)),
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     with contextlib.redirect_stdout(None):
-        return float(evaluate_results(coco, results)["stats"]["AP"])
+        return float(evaluate_results(coco, results, ids)["stats"]["AP"])
 
 
 def run_benchmark(
     model: nn.Module, categories: CategoryMap, root: Path, onnx_path: Path | None, *,
     batches: tuple[int, ...] = (1, 8), reps: int = 10, warmup: int = 2, threads: int | None = None, ap: bool = True,
+    max_images: int | None = None,
 ) -> dict[str, Any]:
     """Per-image latency (median and range) of every variant at each batch size, and each frcnn variant's AP.
 
@@ -131,7 +134,7 @@ def run_benchmark(
     ``vs_torchvision`` being the median over the faster torchvision variant's median.
     """
     variants = build_variants(model, onnx_path, threads=threads)
-    coco, ids, images = load_split(root)
+    coco, ids, images = load_split(root, max_images=max_images)
     # Timed on the images of the split's most common size, so a batch is one size (the ONNX graph's input).
     shapes = [tuple(im.shape) for im in images]
     common = max(set(shapes), key=shapes.count)
@@ -145,7 +148,7 @@ def run_benchmark(
                                  for n, t in times.items()}
     if ap:
         for name, detect in variants.items():
-            if not name.startswith("torchvision"):
+            if name != "torchvision, inference_mode":  # the same model and work as the no_grad row
                 out["ap"][name] = coco_ap(detect, coco, ids, images, categories)
     return out
 

@@ -36,13 +36,15 @@ class OnnxDetector:
         path: the ``.onnx`` file from ``scripts/export.py``.
         threads: intra-op threads (None: onnxruntime's default, one per core).
         providers: onnxruntime execution providers (default: CPU).
+        spin: let idle intra-op threads spin (onnxruntime's default; faster alone, but it takes cores
+            from other thread pools in the same process, e.g. torch's in a benchmark).
 
     Raises:
         MissingFileError: no file at ``path``.
         OnnxModelError: the file is not an ONNX model, or has no frcnn metadata.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, providers: list | None = None, spin: bool = True) -> None:
         ort = _onnxruntime()
         path = Path(path)
         if not path.is_file():
@@ -50,6 +52,8 @@ class OnnxDetector:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # idle threads sleep instead of spinning (fair to other thread pools in the process)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types per failure (protobuf, graph, ...)
@@ -58,9 +62,12 @@ class OnnxDetector:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "frcnn.categories" not in meta:
             raise OnnxModelError(f"{path} has no frcnn.categories metadata: it was not written by scripts/export.py")
+        try:
+            self.categories = CategoryMap.from_dict(json.loads(meta["frcnn.categories"]))
+            self.metadata = {k: json.loads(v) for k, v in meta.items() if k.startswith("frcnn.")}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OnnxModelError(f"{path}: unreadable frcnn metadata ({exc}); export it again with scripts/export.py") from exc
         self.path = path
-        self.categories = CategoryMap.from_dict(json.loads(meta["frcnn.categories"]))
-        self.metadata = {k: json.loads(v) for k, v in meta.items() if k.startswith("frcnn.")}
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``[B, 3, H, W]`` uint8 RGB (one size) → ``(boxes [B, D, 4], scores [B, D], labels [B, D], count [B])``."""

@@ -5,9 +5,12 @@ In eval mode a BatchNorm (trainable or frozen) is the per-channel affine map
 into that convolution: ``W' = W * s`` and ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``
 (per output channel). A folded network reads its activations once per convolution instead of twice.
 
-Which pairs fold: a Conv2d immediately followed by a BatchNorm in an ``nn.Sequential`` (stems,
-downsampling branches, VGG/AlexNet stacks), and the ``convN`` / ``bnN`` siblings of a residual block
-(torchvision's ``BasicBlock`` and ``Bottleneck``, which apply ``bnN`` right after ``convN``).
+Which pairs fold: a plain ``nn.Conv2d`` immediately followed by a BatchNorm in a plain ``nn.Sequential``
+(stems, downsampling branches, VGG/AlexNet stacks), and the ``convN`` / ``bnN`` pairs of torchvision's
+``BasicBlock`` and ``Bottleneck``, whose ``forward`` applies ``bnN`` right after ``convN``. Nothing is
+inferred from names elsewhere (a module may well compute ``bn1(relu(conv1(x)))``), subclasses are left
+alone (their ``forward`` may differ), and a BatchNorm that uses batch statistics in eval mode
+(``track_running_stats=False``) is not an affine map and stays.
 """
 
 from __future__ import annotations
@@ -16,15 +19,23 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
+def _foldable_norm(module: nn.Module) -> bool:
+    return type(module) in _NORMS and getattr(module, "running_var", None) is not None
+
+
 def _affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
-    """``(scale [C], shift [C])`` with ``norm(x) = x * scale + shift`` in eval mode."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    return scale, norm.bias - norm.running_mean * scale
+    """``(scale [C], shift [C])`` with ``norm(x) = x * scale + shift`` in eval mode (no affine: gamma 1, beta 0)."""
+    scale = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = norm.weight * scale
+    shift = -norm.running_mean * scale
+    return scale, shift + norm.bias if norm.bias is not None else shift
 
 
 @torch.no_grad()
@@ -44,17 +55,14 @@ def fold_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
 def _pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
     """``(parent, conv_name, norm_name)`` for every foldable pair directly under ``module``."""
     children = dict(module.named_children())
-    found = []
-    if isinstance(module, nn.Sequential):
+    if type(module) is nn.Sequential:
         names = list(children)
-        found += [(module, a, b) for a, b in zip(names, names[1:])
-                  if isinstance(children[a], nn.Conv2d) and isinstance(children[b], _NORMS)]
-    for name, child in children.items():  # residual blocks: convN followed by bnN
-        if name.startswith("conv") and isinstance(child, nn.Conv2d):
-            partner = "bn" + name[len("conv"):]
-            if isinstance(children.get(partner), _NORMS):
-                found.append((module, name, partner))
-    return found
+        return [(module, a, b) for a, b in zip(names, names[1:])
+                if type(children[a]) is nn.Conv2d and _foldable_norm(children[b])]
+    if type(module) in (BasicBlock, Bottleneck):  # forward: bnN(convN(x)) for N = 1, 2 (, 3)
+        return [(module, f"conv{i}", f"bn{i}") for i in (1, 2, 3)
+                if type(children.get(f"conv{i}")) is nn.Conv2d and _foldable_norm(children.get(f"bn{i}"))]
+    return []
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -68,8 +76,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     for parent in list(folded.modules()):
         for parent_, conv_name, norm_name in _pairs(parent):
             conv, norm = getattr(parent_, conv_name), getattr(parent_, norm_name)
-            if not isinstance(norm, _NORMS):  # already folded under another rule
-                continue
             setattr(parent_, conv_name, fold_conv_norm(conv, norm))
             setattr(parent_, norm_name, nn.Identity())
     return folded
