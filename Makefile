@@ -37,7 +37,7 @@ track-demo: install
 	@echo "success plot: $(TRACK_DIR)/benchmark/success.png; track: $(TRACK_DIR)/track/track.gif"
 
 test: install
-	$(VENV_PY) -m pytest -q
+	$(VENV_PY) -m pytest -q -n 2 --dist loadfile --durations=20
 
 clean:
 	rm -rf $(TOOLS) .venv outputs multirun

@@ -191,8 +191,8 @@ def validate_infer_config(cfg: DictConfig) -> None:
     resolve_device(_get(cfg, "device", "auto"), "device")
     _number(cfg, "score_thresh", low=0, high=1)
     _number(cfg, "max_pixels", integer=True, low=1, nullable=True)
-    if not isinstance(_get(cfg, "fold_bn", True), bool):
-        raise ConfigError(f"fold_bn={_show(cfg.fold_bn)} is not valid; allowed: true | false")
+    if not isinstance(_get(cfg, "optimize", True), bool):
+        raise ConfigError(f"optimize={_show(cfg.optimize)} is not valid; allowed: true | false")
     runtime = _get(cfg, "runtime", "torch")
     if runtime not in ("torch", "onnxruntime"):
         raise ConfigError(f"runtime={_show(runtime)} is not valid; allowed: torch | onnxruntime")

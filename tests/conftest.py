@@ -11,12 +11,21 @@ from pathlib import Path
 
 # albumentations asks PyPI for a newer version on import (up to 2 s, in every training process): not in tests.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Under pytest-xdist (`make test` runs two workers on the 2-core machine) each worker, and every process it
+# starts (CLI runs, torchrun ranks, notebook kernels), computes with one thread: two workers with a thread
+# per core each would oversubscribe the cores.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate
 
 from frcnn.cli import compose_train  # noqa: E402
+
+if XDIST_WORKER:
+    torch.set_num_threads(1)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -79,13 +88,23 @@ def trained_run(tmp_path_factory) -> Path:
     """The quick run of ``frcnn.recipes`` (notebook 3's, ~1 CPU minute), trained once per test session.
 
     Shared with notebook 3 through ``FRCNN_TRAINED_RUN`` (its kernel inherits the environment) and
-    with every test that needs a trained model, so the suite trains one small model, not several.
+    with every test that needs a trained model, so the suite trains one small model, not several. Under
+    pytest-xdist the workers share it too: the first to need it trains it in the session's folder (under a
+    file lock); the others wait for it and reuse it.
     """
-    import os
+    from filelock import FileLock
 
     from frcnn.recipes import SHARED_RUN_ENV, quick_run
 
-    run = quick_run(tmp_path_factory.mktemp("trained"))
+    if XDIST_WORKER:
+        shared = tmp_path_factory.getbasetemp().parent / "trained"  # pytest-N/: this session's, every worker's
+        with FileLock(str(shared) + ".lock"):
+            if not (shared / "READY").is_file():
+                quick_run(shared)
+                (shared / "READY").touch()
+        run = shared / "run"
+    else:
+        run = quick_run(tmp_path_factory.mktemp("trained"))
     os.environ[SHARED_RUN_ENV] = str(run)
     return run
 

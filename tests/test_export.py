@@ -281,7 +281,7 @@ def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoi
     root = Path(ckpt["config"]["data"]["val"]["images"]).parent
     result = run_benchmark(model, CategoryMap.from_dict(ckpt["categories"]), root, path, batches=(2,), reps=1, warmup=0, max_images=2)
     names = ["torchvision, no_grad", "torchvision, inference_mode", "frcnn eager, no_grad", "+ inference_mode",
-             "+ BN folded (shipped default)", "+ channels_last", "onnxruntime"]
+             "+ BN folded", "+ channels_last (shipped default)", "onnxruntime"]
     for batch in (2,):
         assert list(result["latency"][batch]) == names
         assert all(r["median_s"] > 0 for r in result["latency"][batch].values())

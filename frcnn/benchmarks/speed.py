@@ -151,6 +151,15 @@ def measure_speed(
         k: [min(r), max(r)] for k, key in pairs.items()
         for r in [[a / b for a, b in zip(times["frcnn"][key], times["torchvision"][key])]]
     }
+    # The order effect itself: the median ratio over the repetitions where frcnn ran first, and over those
+    # where it ran second (timed repetitions start at `warmup`, so parity decides who went first).
+    first = [(rep + settings.warmup) % 2 == 0 for rep in range(settings.reps)]
+    out["ratio_by_order"] = {
+        k: {order: statistics.median(r[i] for i in range(len(r)) if first[i] == (order == "frcnn_first"))
+            for order in ("frcnn_first", "torchvision_first") if any(first[i] == (order == "frcnn_first") for i in range(len(r)))}
+        for k, key in pairs.items()
+        for r in [[a / b for a, b in zip(times["frcnn"][key], times["torchvision"][key])]]
+    }
     return out
 
 
