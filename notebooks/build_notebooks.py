@@ -739,14 +739,14 @@ with torch.no_grad():
 White-box: vanilla gradient, guided backpropagation, Grad-CAM on the trunk's feature map and on the RoI
 box head, guided Grad-CAM, Integrated Gradients, SmoothGrad, VarGrad. Black-box: D-RISE (random masks,
 scored in batches) and KernelSHAP over image patches. Sample counts are cut here to keep the notebook under
-a minute (IG: 6 steps; SmoothGrad, VarGrad: 6 samples; D-RISE: 48 masks on an 8x8 grid; KernelSHAP: 12 patches of 64 px,
+a minute (IG: 6 steps; SmoothGrad, VarGrad: 6 samples; D-RISE: 32 masks on an 8x8 grid, one batch; KernelSHAP: 12 patches of 64 px,
 16 coalitions);
 `scripts/explain.py` uses the full ones (`conf/explain.yaml`). The detection is followed
 through the 4 RoIs nearest it (`max_rois=4`): the box head runs once per RoI and is most of the cost.
 """),
     code("""
 quick = {"integrated_gradients": {"steps": 6}, "smoothgrad": {"samples": 6}, "vargrad": {"samples": 6},
-         "drise": {"masks": 48, "grid": 8, "batch_size": 24}, "kernel_shap": {"samples": 16, "patch": 64}}
+         "drise": {"masks": 32, "grid": 8, "batch_size": 32}, "kernel_shap": {"samples": 16, "patch": 64}}
 results = {}
 for name in METHODS:
     results[name] = explain(model, image, detections, method=name, max_rois=4, **quick.get(name, {}))
@@ -780,10 +780,10 @@ should rise fast (large insertion AUC). A random ranking is the reference.
 """),
     code("""
 column = lambda x: score(x)[:, 0]
-curves = {name: deletion_insertion(column, image, results[name][0].saliency, substrate="blur", steps=8)
+curves = {name: deletion_insertion(column, image, results[name][0].saliency, substrate="blur", steps=6)
           for name in ("gradcam", "integrated_gradients", "drise")}
 curves["random"] = deletion_insertion(column, image, torch.rand(image.shape[-2:], generator=torch.Generator().manual_seed(0)),
-                                      substrate="blur", steps=8)
+                                      substrate="blur", steps=6)
 fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
 for name, c in curves.items():
     a.plot(c.fractions, c.deletion, label=f"{name} ({c.deletion_auc:.3f})")
@@ -800,7 +800,7 @@ respond to by itself. The same map, four substrates:
 """),
     code("""
 for substrate in ("black", "grey", "blur", "noise"):
-    row = {name: deletion_insertion(column, image, results[name][0].saliency, substrate=substrate, steps=5)
+    row = {name: deletion_insertion(column, image, results[name][0].saliency, substrate=substrate, steps=4)
            for name in ("gradcam", "drise")}
     print(f"{substrate:6s}", "  ".join(f"{n}: del {c.deletion_auc:.3f} ins {c.insertion_auc:.3f}" for n, c in row.items()))
 """),
