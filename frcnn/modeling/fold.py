@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -29,38 +30,29 @@ def _foldable_norm(module: nn.Module) -> bool:
     return type(module) in _NORMS and getattr(module, "running_var", None) is not None
 
 
-def _affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
-    """``(scale [C], shift [C])`` with ``norm(x) = x * scale + shift`` in eval mode (no affine: gamma 1, beta 0)."""
-    scale = 1.0 / torch.sqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = norm.weight * scale
-    shift = -norm.running_mean * scale
-    return scale, shift + norm.bias if norm.bias is not None else shift
-
-
 @torch.no_grad()
 def fold_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    """A new convolution computing ``norm(conv(x))`` (``norm`` in eval mode), with a bias."""
-    scale, shift = _affine(norm)
-    folded = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
-    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-    folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    folded.bias.copy_(bias * scale + shift)
+    """A copy of ``conv`` computing ``norm(conv(x))`` (``norm`` in eval mode), with a bias.
+
+    The arithmetic is torch's own (``torch.nn.utils.fusion.fuse_conv_bn_weights``, which takes a norm
+    without affine parameters as gamma 1, beta 0); FrozenBatchNorm2d has the same buffers as BatchNorm2d.
+    """
+    folded = copy.deepcopy(conv)
+    folded.weight, folded.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+    )
     return folded
 
 
-def _pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """``(parent, conv_name, norm_name)`` for every foldable pair directly under ``module``."""
+def _pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """``(conv_name, norm_name)`` for every foldable pair directly under ``module``."""
     children = dict(module.named_children())
     if type(module) is nn.Sequential:
         names = list(children)
-        return [(module, a, b) for a, b in zip(names, names[1:])
+        return [(a, b) for a, b in zip(names, names[1:])
                 if type(children[a]) is nn.Conv2d and _foldable_norm(children[b])]
     if type(module) in (BasicBlock, Bottleneck):  # forward: bnN(convN(x)) for N = 1, 2 (, 3)
-        return [(module, f"conv{i}", f"bn{i}") for i in (1, 2, 3)
+        return [(f"conv{i}", f"bn{i}") for i in (1, 2, 3)
                 if type(children.get(f"conv{i}")) is nn.Conv2d and _foldable_norm(children.get(f"bn{i}"))]
     return []
 
@@ -74,10 +66,9 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     """
     folded = copy.deepcopy(module).eval()
     for parent in list(folded.modules()):
-        for parent_, conv_name, norm_name in _pairs(parent):
-            conv, norm = getattr(parent_, conv_name), getattr(parent_, norm_name)
-            setattr(parent_, conv_name, fold_conv_norm(conv, norm))
-            setattr(parent_, norm_name, nn.Identity())
+        for conv_name, norm_name in _pairs(parent):
+            setattr(parent, conv_name, fold_conv_norm(getattr(parent, conv_name), getattr(parent, norm_name)))
+            setattr(parent, norm_name, nn.Identity())
     return folded
 
 
