@@ -202,6 +202,16 @@ def validate_infer_config(cfg: DictConfig) -> None:
         raise ConfigError(f"{needed} has no value; runtime={runtime} needs {what}: set {needed}=...")
 
 
+def validate_export_config(cfg: DictConfig) -> None:
+    """Check a composed ``conf/export.yaml``; raise :class:`ConfigError`."""
+    _no_missing_values(cfg)
+    _choice(cfg, "format", ["onnx"])
+    _number(cfg, "opset", integer=True, low=16)  # RoiAlign's half_pixel mode (aligned=True) needs opset 16
+    hw = _get(cfg, "sample_hw")
+    if not isinstance(hw, ListConfig) or len(hw) != 2 or not all(_is_int(v) and v >= 32 for v in hw):
+        raise ConfigError(f"sample_hw={_show(hw)} is not valid; allowed: [height, width], each >= 32")
+
+
 def _get(cfg: DictConfig, key: str, default: Any = _ABSENT) -> Any:
     return OmegaConf.select(cfg, key, default=default)
 

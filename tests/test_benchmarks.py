@@ -52,6 +52,12 @@ def test_benchmark_measures_both_frameworks(monkeypatch):
         assert all(v > 0 for v in row[name].values())
     assert row["ratio"]["peak_memory_mib"] == 0.75
     assert row["ratio"]["train_step_s"] == row["frcnn"]["train_step_s"] / row["torchvision"]["train_step_s"]
+    # the per-repetition ratios: their range holds each one, and the split by who ran first covers them all
+    for key in ("train_step_s", "infer_per_image_b1_s", "infer_per_image_b8_s", "backbone_only_s"):
+        low, high = row["ratio_range"][key]
+        assert 0 < low <= high
+        assert all(low <= r <= high for r in row["ratio_by_order"][key].values())
+        assert set(row["ratio_by_order"][key]) == {"frcnn_first"}  # one timed repetition, after no warm-up: frcnn first
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads this process's resident set from Linux's /proc")

@@ -57,12 +57,7 @@ def _onnx_variant(path: Path, threads: int | None) -> Detect:
 
     detector = OnnxDetector(path, threads=threads, spin=False)  # torch's pool shares the process
 
-    def run(images: list[Tensor]) -> list[dict[str, Tensor]]:
-        boxes, scores, labels, count = detector.run(torch.stack(images).numpy())
-        return [{"boxes": torch.from_numpy(boxes[i, :n]), "scores": torch.from_numpy(scores[i, :n]),
-                 "labels": torch.from_numpy(labels[i, :n])} for i, n in enumerate(count.tolist())]
-
-    return run
+    return lambda images: detector.detect_batch(torch.stack(images).numpy())
 
 
 def build_variants(model: nn.Module, onnx_path: Path | None, *, threads: int | None = None) -> dict[str, Detect]:

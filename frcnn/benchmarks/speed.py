@@ -145,21 +145,18 @@ def measure_speed(
             "overhead_ratio": med["train"] / med["backbone"],
         }
     out["ratio"] = {k: out["frcnn"][k] / out["torchvision"][k] for k in out["frcnn"]}
-    # Spread: the ratio of each repetition's pair of measurements (taken back to back), min and max.
+    # Spread: the ratio of each repetition's pair of measurements (taken back to back), min and max; and the
+    # order effect itself: the median ratio over the repetitions where frcnn ran first, and over those where
+    # it ran second (timed repetitions start at `warmup`, so parity decides who went first).
     pairs = {"train_step_s": "train", "infer_per_image_b1_s": "infer1", "infer_per_image_b8_s": "infer8", "backbone_only_s": "backbone"}
-    out["ratio_range"] = {
-        k: [min(r), max(r)] for k, key in pairs.items()
-        for r in [[a / b for a, b in zip(times["frcnn"][key], times["torchvision"][key])]]
-    }
-    # The order effect itself: the median ratio over the repetitions where frcnn ran first, and over those
-    # where it ran second (timed repetitions start at `warmup`, so parity decides who went first).
-    first = [(rep + settings.warmup) % 2 == 0 for rep in range(settings.reps)]
-    out["ratio_by_order"] = {
-        k: {order: statistics.median(r[i] for i in range(len(r)) if first[i] == (order == "frcnn_first"))
-            for order in ("frcnn_first", "torchvision_first") if any(first[i] == (order == "frcnn_first") for i in range(len(r)))}
-        for k, key in pairs.items()
-        for r in [[a / b for a, b in zip(times["frcnn"][key], times["torchvision"][key])]]
-    }
+    frcnn_first = [(settings.warmup + i) % 2 == 0 for i in range(settings.reps)]
+    out["ratio_range"], out["ratio_by_order"] = {}, {}
+    for k, key in pairs.items():
+        ratios = [a / b for a, b in zip(times["frcnn"][key], times["torchvision"][key])]
+        out["ratio_range"][k] = [min(ratios), max(ratios)]
+        by_order = {"frcnn_first": [r for r, f in zip(ratios, frcnn_first) if f],
+                    "torchvision_first": [r for r, f in zip(ratios, frcnn_first) if not f]}
+        out["ratio_by_order"][k] = {order: statistics.median(r) for order, r in by_order.items() if r}
     return out
 
 

@@ -207,18 +207,12 @@ def export_checkpoint(cfg: Any) -> Path:
     Raises:
         UserError: a bad config value, a missing or unreadable checkpoint, or the export extra not installed.
     """
-    from omegaconf import OmegaConf
-
-    from frcnn.errors import ConfigError, UserError
+    from frcnn.config import validate_export_config
+    from frcnn.errors import UserError
     from frcnn.inference import load_model
 
-    if cfg.format != "onnx":
-        raise ConfigError(f"format={cfg.format!r} is not valid; allowed: onnx")
-    if not isinstance(cfg.opset, int) or cfg.opset < 16:
-        raise ConfigError(f"opset={cfg.opset!r} is not valid; allowed: an integer >= 16 (RoiAlign half_pixel needs 16)")
-    sample_hw = tuple(cfg.sample_hw) if OmegaConf.is_list(cfg.sample_hw) else (cfg.sample_hw,)
-    if len(sample_hw) != 2 or not all(isinstance(v, int) and v >= 32 for v in sample_hw):
-        raise ConfigError(f"sample_hw={cfg.sample_hw} is not valid; allowed: [height, width], each >= 32")
+    validate_export_config(cfg)
+    sample_hw = tuple(cfg.sample_hw)
     try:
         import onnx  # noqa: F401
     except ImportError as exc:

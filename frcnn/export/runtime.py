@@ -74,9 +74,12 @@ class OnnxDetector:
         boxes, scores, labels, count = self.session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})
         return boxes, scores, labels, count
 
+    def detect_batch(self, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
+        """``[B, 3, H, W]`` uint8 RGB (one size) → one ``{"boxes", "scores", "labels"}`` per image, padding cut off."""
+        boxes, scores, labels, count = self.run(images)
+        return [{"boxes": torch.from_numpy(boxes[i, :n]), "scores": torch.from_numpy(scores[i, :n]),
+                 "labels": torch.from_numpy(labels[i, :n])} for i, n in enumerate(count.tolist())]
+
     def detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """Detections for one ``[H, W, 3]`` uint8 RGB image, as :func:`frcnn.inference.detect` returns them."""
-        boxes, scores, labels, count = self.run(image.transpose(2, 0, 1)[None])
-        n = int(count[0])
-        return {"boxes": torch.from_numpy(boxes[0, :n]), "scores": torch.from_numpy(scores[0, :n]),
-                "labels": torch.from_numpy(labels[0, :n])}
+        return self.detect_batch(image.transpose(2, 0, 1)[None])[0]
