@@ -52,7 +52,7 @@ def test_benchmark_measures_both_frameworks(monkeypatch):
         assert all(v > 0 for v in row[name].values())
     assert row["ratio"]["peak_memory_mib"] == 0.75
     assert row["ratio"]["train_step_s"] == row["frcnn"]["train_step_s"] / row["torchvision"]["train_step_s"]
-    # the per-repetition ratios: their range holds each one, and the split by who ran first covers them all
+    # the per-repetition ratios: their range holds each one; the split says who ran first
     for key in ("train_step_s", "infer_per_image_b1_s", "infer_per_image_b8_s", "backbone_only_s"):
         low, high = row["ratio_range"][key]
         assert 0 < low <= high
