@@ -177,6 +177,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     _number(cfg, "num_workers", integer=True, low=0)
     _number(cfg, "max_pixels", integer=True, low=1, nullable=True)
     _choice(cfg, "backend", ("pycocotools", "faster_coco_eval"))
+    _number(cfg, "proposals", integer=True, low=1, nullable=True)
     if _get(cfg, "predictions", None) and not _get(cfg, "annotations", None):
         raise ConfigError("predictions=... needs annotations=/path/to/ground_truth.json")
     if not _get(cfg, "predictions", None) and not _get(cfg, "checkpoint", None):
@@ -191,6 +192,9 @@ def validate_infer_config(cfg: DictConfig) -> None:
     resolve_device(_get(cfg, "device", "auto"), "device")
     _number(cfg, "score_thresh", low=0, high=1)
     _number(cfg, "max_pixels", integer=True, low=1, nullable=True)
+    _number(cfg, "proposals", integer=True, low=1, nullable=True)
+    if _get(cfg, "proposals", None) is not None and _get(cfg, "runtime", "torch") == "onnxruntime":
+        raise ConfigError("proposals=... applies to runtime=torch; an ONNX file has its count built in (scripts/export.py proposals=...)")
     if not isinstance(_get(cfg, "optimize", True), bool):
         raise ConfigError(f"optimize={_show(cfg.optimize)} is not valid; allowed: true | false")
     runtime = _get(cfg, "runtime", "torch")
@@ -207,6 +211,7 @@ def validate_export_config(cfg: DictConfig) -> None:
     _no_missing_values(cfg)
     _choice(cfg, "format", ["onnx"])
     _number(cfg, "opset", integer=True, low=16)  # RoiAlign's half_pixel mode (aligned=True) needs opset 16
+    _number(cfg, "proposals", integer=True, low=1, nullable=True)
     hw = _get(cfg, "sample_hw")
     if not isinstance(hw, ListConfig) or len(hw) != 2 or not all(_is_int(v) and v >= 32 for v in hw):
         raise ConfigError(f"sample_hw={_show(hw)} is not valid; allowed: [height, width], each >= 32")

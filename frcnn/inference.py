@@ -54,6 +54,17 @@ def load_model(
     return model.to(device).eval(), CategoryMap.from_dict(ckpt["categories"]), cfg
 
 
+def proposal_overrides(proposals: int | None) -> dict[str, Any]:
+    """The :func:`load_model` override for a test-time proposal budget: ``proposals`` per image go through
+    the box head (``model.rpn.post_nms_topk_test``); None: the model's own setting.
+
+    The box head runs once per proposal, so on small-object-count data it dominates inference (ResNet-C4:
+    res5 on every RoI). Fewer proposals is a speed/accuracy trade, not the same detections: measure
+    it with ``scripts/evaluate.py proposals=N`` before using it (docs/benchmarks.md has the demo's sweep).
+    """
+    return {} if proposals is None else {"model.rpn.post_nms_topk_test": int(proposals)}
+
+
 def prepare_for_inference(model: torch.nn.Module, *, fold_bn: bool = True, channels_last: bool = True) -> torch.nn.Module:
     """The shipped inference path: an eval-mode copy of ``model`` that does less work for the same detections.
 
@@ -123,7 +134,7 @@ def infer(cfg: DictConfig) -> list[Path]:
         categories = onnx_model.categories
         run = onnx_model.detect
     else:
-        model, categories, _ = load_model(cfg.checkpoint, device)
+        model, categories, _ = load_model(cfg.checkpoint, device, proposal_overrides(cfg.get("proposals")))
         optimize = cfg.get("optimize", True)
         model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize)
         run = partial(detect, model, device=device)

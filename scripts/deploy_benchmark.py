@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--proposals", type=int, nargs="*", default=[],
+                        help="also time the shipped path at these test-time proposal budgets (infer.py proposals=N)")
     parser.add_argument("--no-ap", action="store_true", help="skip the COCO AP of each variant")
     args = parser.parse_args()
 
@@ -49,7 +51,7 @@ def main() -> None:
         except ImportError:
             print("onnx / onnxruntime not installed (pip install 'frcnn[export]'): no onnxruntime row")
     result = run_benchmark(model, categories, Path(args.data), onnx_path, batches=tuple(args.batch), reps=args.reps,
-                           warmup=args.warmup, threads=args.threads, ap=not args.no_ap)
+                           warmup=args.warmup, threads=args.threads, ap=not args.no_ap, proposals=tuple(args.proposals))
     result["machine"] = machine(torch.device("cpu"))
     result["setup"] = vars(args)
     (out / "deploy.json").write_text(json.dumps(result, indent=1))

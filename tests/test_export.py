@@ -242,6 +242,8 @@ def test_export_and_infer_scripts_end_to_end(exported, tiny_checkpoint, tmp_path
 
 @pytest.mark.parametrize("overrides, expected", [
     (["runtime=onnxruntime"], "onnx has no value; runtime=onnxruntime needs the .onnx file"),
+    (["runtime=onnxruntime", "onnx=m.onnx", "proposals=50"], "proposals=... applies to runtime=torch"),
+    (["checkpoint=a.pt", "proposals=0"], "proposals=0 is not valid"),
     (["runtime=tensorrt", "checkpoint=a.pt"], "runtime='tensorrt' is not valid; allowed: torch | onnxruntime"),
     ([], "checkpoint has no value; runtime=torch needs a trained checkpoint"),
 ])
@@ -279,14 +281,15 @@ def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoi
     model, path = exported
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     root = Path(ckpt["config"]["data"]["val"]["images"]).parent
-    result = run_benchmark(model, CategoryMap.from_dict(ckpt["categories"]), root, path, batches=(2,), reps=1, warmup=0, max_images=2)
+    result = run_benchmark(model, CategoryMap.from_dict(ckpt["categories"]), root, path, batches=(2,), reps=1, warmup=0, max_images=2,
+                           proposals=(3,))
     names = ["torchvision, no_grad", "torchvision, inference_mode", "frcnn eager, no_grad", "+ inference_mode",
-             "+ BN folded", "+ channels_last (shipped default)", "onnxruntime"]
+             "+ BN folded", "+ channels_last (shipped default)", "onnxruntime", "shipped, 3 proposals (not the same detections)"]
     for batch in (2,):
         assert list(result["latency"][batch]) == names
         assert all(r["median_s"] > 0 for r in result["latency"][batch].values())
     # frcnn's paths change the work, not the detections: the same AP (torchvision's detector differs, peers.py)
-    aps = [result["ap"][n] for n in names[2:]]
+    aps = [result["ap"][n] for n in names[2:-1]]
     assert max(aps) - min(aps) < 0.002 and "torchvision, no_grad" in result["ap"]
     table = markdown(result)
     assert all(n in table for n in names) and table.count("\n") == len(names) + 1

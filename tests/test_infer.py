@@ -8,6 +8,7 @@ other case calls the task function under the same :func:`frcnn.cli.friendly_erro
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,19 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
     assert "\n".join(lines[1:-1]) + "\n" == table
     assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
+
+
+def test_a_test_time_proposal_budget_reaches_the_model(tiny_checkpoint, tmp_path):
+    from frcnn.inference import load_model, proposal_overrides
+
+    assert proposal_overrides(None) == {}
+    model, _, cfg = load_model(tiny_checkpoint, torch.device("cpu"), proposal_overrides(7))
+    assert model.rpn.post_nms_topk_test == 7 and cfg.model.rpn.post_nms_topk_test == 7
+    full = evaluate(compose_config("evaluate", [f"checkpoint={tiny_checkpoint}", "device=cpu", f"output_dir={tmp_path / 'a'}"]))
+    one = evaluate(compose_config("evaluate", [f"checkpoint={tiny_checkpoint}", "device=cpu", "proposals=1", f"output_dir={tmp_path / 'b'}"]))
+    assert one["num_detections"] < full["num_detections"]
+    per_image = Counter(d["image_id"] for d in json.loads((tmp_path / "b" / "detections.json").read_text()))
+    assert max(per_image.values()) <= len(CLASSES)  # one proposal: at most one box per class
 
 
 def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpoint, tmp_path, capfd, run_script):

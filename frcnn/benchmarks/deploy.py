@@ -9,7 +9,10 @@ images), at batch 1 and batch 8:
 * ``frcnn eager`` — the model as trained, under ``torch.no_grad`` (the same work as torchvision's);
 * ``+ inference_mode``, ``+ BN folded`` (:func:`frcnn.modeling.fold.fold_batchnorm`), ``+ channels_last``:
   each step added to the one before, so each row says what that step bought;
-* ``onnxruntime`` — the exported graph (:mod:`frcnn.export`), batch 8 as one ``[8, 3, H, W]`` call.
+* ``onnxruntime`` — the exported graph (:mod:`frcnn.export`), batch 8 as one ``[8, 3, H, W]`` call;
+* ``shipped, N proposals`` (``--proposals N ...``) — the shipped path with a test-time proposal budget
+  (``infer.py proposals=N``): the box head runs once per proposal, so this is the lever on time, but it
+  is a speed/accuracy trade (not the same detections), shown with its AP beside the exact rows.
 
 Timing: each repetition runs every variant once, in a freshly shuffled order (seeded), so neither
 drift on a noisy machine nor a position in the order favours one; medians over the repetitions.
@@ -60,7 +63,9 @@ def _onnx_variant(path: Path, threads: int | None) -> Detect:
     return lambda images: detector.detect_batch(torch.stack(images).numpy())
 
 
-def build_variants(model: nn.Module, onnx_path: Path | None, *, threads: int | None = None) -> dict[str, Detect]:
+def build_variants(
+    model: nn.Module, onnx_path: Path | None, *, threads: int | None = None, proposals: tuple[int, ...] = ()
+) -> dict[str, Detect]:
     """The variants of the module docstring, by name, in table order."""
     model = model.eval()
     peer = PeerAdapter(torchvision_peer(model)).eval()
@@ -76,6 +81,10 @@ def build_variants(model: nn.Module, onnx_path: Path | None, *, threads: int | N
     }
     if onnx_path is not None:
         variants["onnxruntime"] = _onnx_variant(onnx_path, threads)
+    for count in proposals:
+        budget = prepare_for_inference(model, fold_bn=True, channels_last=True)
+        budget.rpn.post_nms_topk_test = int(count)
+        variants[f"shipped, {count} proposals (not the same detections)"] = _torch_variant(budget, "inference_mode")
     return variants
 
 
@@ -121,14 +130,14 @@ def coco_ap(detect: Detect, coco: COCO, ids: list[int], images: list[Tensor], ca
 def run_benchmark(
     model: nn.Module, categories: CategoryMap, root: Path, onnx_path: Path | None, *,
     batches: tuple[int, ...] = (1, 8), reps: int = 10, warmup: int = 2, threads: int | None = None, ap: bool = True,
-    max_images: int | None = None,
+    max_images: int | None = None, proposals: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Per-image latency (median and range) of every variant at each batch size, and each frcnn variant's AP.
 
     Returns ``{"latency": {batch: {variant: {"median_s", "min_s", "max_s", "vs_torchvision"}}}, "ap": {variant: AP}}``,
     ``vs_torchvision`` being the median over the faster torchvision variant's median.
     """
-    variants = build_variants(model, onnx_path, threads=threads)
+    variants = build_variants(model, onnx_path, threads=threads, proposals=proposals)
     coco, ids, images = load_split(root, max_images=max_images)
     # Timed on the images of the split's most common size, so a batch is one size (the ONNX graph's input).
     shapes = [tuple(im.shape) for im in images]

@@ -24,7 +24,7 @@ from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.errors import InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, check_backend, evaluate_results, per_class_table, predict
 from frcnn.evaluation.plots import plot_pr_curves
-from frcnn.inference import load_model
+from frcnn.inference import load_model, proposal_overrides
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def _read_results(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
 def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
     """The checkpoint's COCO results on ``cfg.images`` / ``cfg.annotations`` (default: its validation split), and that split's ground truth."""
     device = resolve_device(cfg.device, "device")
-    model, categories, train_cfg = load_model(cfg.checkpoint, device)
+    model, categories, train_cfg = load_model(cfg.checkpoint, device, proposal_overrides(cfg.get("proposals")))
     images = cfg.images or train_cfg.data.val.images
     annotations = cfg.annotations or train_cfg.data.val.annotations
     dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))

@@ -209,7 +209,7 @@ def export_checkpoint(cfg: Any) -> Path:
     """
     from frcnn.config import validate_export_config
     from frcnn.errors import UserError
-    from frcnn.inference import load_model
+    from frcnn.inference import load_model, proposal_overrides
 
     validate_export_config(cfg)
     sample_hw = tuple(cfg.sample_hw)
@@ -217,7 +217,7 @@ def export_checkpoint(cfg: Any) -> Path:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise UserError("format=onnx needs onnx and onnxruntime: pip install 'frcnn[export]' (or uv sync --extra export)") from exc
-    model, categories, _ = load_model(cfg.checkpoint, torch.device("cpu"))
+    model, categories, _ = load_model(cfg.checkpoint, torch.device("cpu"), proposal_overrides(cfg.get("proposals")))
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.checkpoint).with_name("model.onnx")
     export_onnx(model, out, categories, opset=cfg.opset, sample_hw=sample_hw,
                 metadata={"frcnn.checkpoint": str(cfg.checkpoint)})
