@@ -17,7 +17,8 @@ from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.tracking.crops import SEARCH_SIZE, context_side, crop, from_crop, to_crop, xywh_to_xyxy
 from frcnn.tracking.evaluate import iou_xywh, ope_scores
 from frcnn.tracking.model import (
-    AlexNet, DepthwiseHead, ResNet18Trunk, SiamRPN, TemplateKernels, UpChannelHead, cross_correlate, depthwise_correlate,
+    AlexNet, DepthwiseHead, ResNet18Trunk, SiameseBatchNorm2d, SiamRPN, TemplateKernels, UpChannelHead, cross_correlate,
+    depthwise_correlate,
 )
 from frcnn.tracking.pairs import TrackingPairs, collate_pairs
 from frcnn.tracking.sequences import Sequence, generate_sequences, load_sequence, read_groundtruth
@@ -140,6 +141,18 @@ def test_losses_follow_the_formulas():
     diff = (deltas - target).abs()[pos]
     smooth = torch.where(diff < 1 / 9, 0.5 * diff**2 * 9, diff - 0.5 / 9).sum()
     torch.testing.assert_close(losses["loss_reg"], smooth / pos.sum())
+    # balance_cls: the positives' mean and the negatives' mean, weighted 1:1
+    model.balance_cls = True
+    torch.manual_seed(1)
+    balanced = model.losses(logits, deltas, boxes)["loss_cls"]
+    pos_ce = -torch.log_softmax(logits, -1)[..., 1][pos].mean()
+    neg_ce = -torch.log_softmax(logits, -1)[..., 0][neg].mean()
+    torch.testing.assert_close(balanced, 0.5 * (pos_ce + neg_ce))
+    torch.manual_seed(1)  # a batch of negative pairs only: the negatives' mean alone
+    only_neg = model.losses(logits, deltas, torch.zeros(2, 4))["loss_cls"]
+    torch.manual_seed(1)
+    _, neg0, _ = model.assign_targets(torch.zeros(2, 4))
+    torch.testing.assert_close(only_neg, -torch.log_softmax(logits, -1)[..., 0][neg0].mean())
 
 
 # ---------------------------------------------------------------------------------------------- tracker
@@ -436,11 +449,112 @@ def test_folding_batchnorm_keeps_the_outputs(head):
         for _ in range(3):
             model(torch.randint(0, 255, (4, 3, 127, 127)), torch.randint(0, 255, (4, 3, 255, 255)))
     model.eval()
-    folded = fold_batchnorm(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    # Each branch folds with its own statistics: the template branch's copy, then the search branch's.
+    template, search = fold_batchnorm(model.for_branch("template")), fold_batchnorm(model.for_branch("search"))
+    for folded in (template, search):
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, SiameseBatchNorm2d) for m in model.modules())  # the original is untouched
     z, x = torch.randint(0, 255, (2, 3, 127, 127)), torch.randint(0, 255, (2, 3, 255, 255))
     with torch.no_grad():
-        expected, got = model(z, x), folded(z, x)
-    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4 * float(expected.logits.abs().max()))
-    torch.testing.assert_close(got.deltas, expected.deltas, rtol=1e-4, atol=1e-4 * float(expected.deltas.abs().max()))
+        expected = model(z, x)
+        logits, deltas = search.respond(template.template(z), x)
+    torch.testing.assert_close(logits, expected.logits, rtol=1e-4, atol=1e-4 * float(expected.logits.abs().max()))
+    torch.testing.assert_close(deltas, expected.deltas, rtol=1e-4, atol=1e-4 * float(expected.deltas.abs().max()))
+    # The tracker does the same: its first update's best score is the model's own.
+    tracker = SiamRPNTracker(model, TrackerSettings(window_influence=0.0, penalty_k=0.0))
+    frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3)).astype(np.uint8)
+    tracker.init(frame, [140, 100, 40, 40])
+    _, score = tracker.update(frame)
+    with torch.no_grad():
+        zc = crop(frame, (160, 120), context_side(40, 40), 127, frame.reshape(-1, 3).mean(0))
+        xc = crop(frame, (160, 120), context_side(40, 40) * 255 / 127, 255, frame.reshape(-1, 3).mean(0))
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]  # noqa: E731
+        probs, _ = model.decode(*model.respond(model.template(as_tensor(zc)), as_tensor(xc)))
+    assert score == pytest.approx(float(probs.max()), rel=1e-4)
+
+
+def test_each_branch_keeps_its_own_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = siamrpn(head=DepthwiseHead)
+    norm = model.backbone.features[1]
+    assert isinstance(norm, SiameseBatchNorm2d)
+    model.train()
+    with torch.no_grad():  # dark templates, bright search crops: the two branches' statistics differ
+        for _ in range(20):
+            model(torch.randint(0, 60, (4, 3, 127, 127)), torch.randint(180, 255, (4, 3, 255, 255)))
+    assert (norm.template_mean - norm.running_mean).abs().max() > 0.1
+    # In eval mode each branch uses its own: the template branch equals a plain BatchNorm with the template stats.
+    model.eval()
+    z = torch.randint(0, 60, (2, 3, 127, 127))
+    with torch.no_grad():
+        got = model.template(z).cls
+        expected = model.for_branch("template").template(z).cls
+        wrong = model.for_branch("search").template(z).cls
+    torch.testing.assert_close(got, expected)
+    assert (got - wrong).abs().max() > 1e-3
+    assert norm.branch == "search"  # restored after the template pass
+    # A checkpoint from before per-branch statistics loads, both branches starting from its one average.
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith(("template_mean", "template_var"))}
+    fresh = siamrpn(head=DepthwiseHead)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.backbone.features[1].template_mean, norm.running_mean)
+    with pytest.raises(ValueError, match="branch must be"):
+        model.for_branch("both")
+
+
+# ---------------------------------------------------------------------------------------------- tuning
+
+
+class _SettingsDependentTracker:
+    """Returns the ground-truth box shifted by an error that is smallest at window_influence 0.3, lr 0.45."""
+
+    def __init__(self, settings, sequences):
+        self.settings, self.sequences = settings, sequences
+
+    def init(self, frame, box):
+        pass
+
+    def update(self, frame):
+        s, t = int(frame[0, 0, 1]), int(frame[0, 0, 0])
+        shift = 40 * abs(self.settings.window_influence - 0.3) + 40 * abs(self.settings.lr - 0.45)
+        return self.sequences[s].boxes[t] + np.array([shift, 0, 0, 0]), 1.0
+
+
+def test_tuning_finds_the_best_grid_point_by_coordinate_ascent(tmp_path, monkeypatch):
+    from frcnn.tracking import tune
+
+    sequences, frames = [], {}
+    for s in range(2):
+        boxes = np.array([[20.0 + t, 30.0, 40.0, 30.0] for t in range(6)])
+        paths = [tmp_path / f"{s}_{t}.png" for t in range(6)]
+        for t, p in enumerate(paths):
+            frame = np.zeros((8, 8, 3), np.uint8)
+            frame[0, 0] = (t, s, 0)
+            frames[p] = frame
+        sequences.append(Sequence(f"s{s}", paths, boxes))
+    monkeypatch.setattr(tune, "read_rgb", lambda p, max_pixels=None: frames[p])
+    grid = {"window_influence": (0.2, 0.3, 0.42), "penalty_k": (0.0, 0.055), "lr": (0.295, 0.45)}
+    best, trials = tune.tune_settings(lambda st: _SettingsDependentTracker(st, sequences), sequences, TrackerSettings(), grid)
+    assert (best.window_influence, best.lr) == (0.3, 0.45) and best.penalty_k == 0.055  # ties keep the start
+    assert trials[0].settings == {"window_influence": 0.42, "penalty_k": 0.055, "lr": 0.295}
+    perfect = 20 / 21  # IoU 1 everywhere: success at every threshold but "IoU > 1"
+    assert max(t.success_auc for t in trials) == pytest.approx(perfect) and trials[0].success_auc < perfect
+    assert len({tuple(t.settings.values()) for t in trials}) == len(trials)  # no setting evaluated twice
+    with pytest.raises(ValueError, match="unknown tracker settings"):
+        tune.tune_settings(lambda st: None, sequences, TrackerSettings(), {"window": (0.1,)})
+
+
+@pytest.mark.slow
+def test_tune_cli_writes_a_checkpoint_the_tracker_reads(run_script, tiny_sequences, tmp_path):
+    from frcnn.tracking.training import load_tracker
+
+    checkpoint = _tiny_tracker_checkpoint(tiny_sequences, tmp_path)
+    result = run_script("tune_tracker.py", ["--checkpoint", str(checkpoint), "--sequences", str(tiny_sequences), "--num-sequences", "1"])
+    assert result.returncode == 0, result.stderr
+    tuned = checkpoint.with_name("tuned.pt")
+    state = torch.load(tuned, map_location="cpu", weights_only=True)
+    best = state["tuning"]["best"]
+    assert state["tuning"]["best_success_auc"] == max(t["success_auc"] for t in state["tuning"]["trials"])
+    tracker = load_tracker(tuned)
+    assert (tracker.settings.penalty_k, tracker.settings.window_influence, tracker.settings.lr) == (best["penalty_k"], best["window_influence"], best["lr"])
+    assert f"-> {tuned}" in result.stdout

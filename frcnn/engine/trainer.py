@@ -76,6 +76,7 @@ class Trainer:
 
     collate_fn = staticmethod(collate)  # how the data loader batches items (a subclass's data set may need another)
     checkpoint_kind = "faster_rcnn"  # written into checkpoints; a resume from another kind of model is refused
+    sync_batchnorm = True  # multi-GPU: trainable BatchNorm becomes SyncBatchNorm (see _build_model)
 
     def __init__(self, cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
@@ -169,7 +170,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         # Trainable BN sees 2-8 images per GPU: synchronize its statistics across GPUs. (SyncBatchNorm is
         # CUDA-only; on CPU, DDP broadcasts rank 0's BN buffers at every forward instead.)
-        if self.world > 1 and self.device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        if self.sync_batchnorm and self.world > 1 and self.device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
 

