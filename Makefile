@@ -33,7 +33,7 @@ demo: install
 
 track-demo: install
 	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_demo hydra.run.dir=$(TRACK_DIR)
-	$(VENV_PY) scripts/tune_tracker.py --checkpoint $(TRACK_DIR)/last.pt --sequences data/tracking/train --num-sequences 6
+	$(VENV_PY) scripts/tune_tracker.py --checkpoint $(TRACK_DIR)/last.pt --sequences $${FRCNN_DATA:-data}/tracking/train --num-sequences 6
 	$(VENV_PY) scripts/track_benchmark.py --checkpoint $(TRACK_DIR)/tuned.pt --out $(TRACK_DIR)/benchmark
 	$(VENV_PY) scripts/track.py checkpoint=$(TRACK_DIR)/tuned.pt sequence=$(TRACK_DIR)/benchmark/sequences/seq_000 hydra.run.dir=$(TRACK_DIR)/track
 	@echo "success plot: $(TRACK_DIR)/benchmark/success.png; track: $(TRACK_DIR)/track/track.gif"

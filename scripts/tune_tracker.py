@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the tuned checkpoint (default: tuned.pt beside --checkpoint)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.num_sequences < 1 or args.rounds < 1:
+        parser.error("--num-sequences and --rounds must be at least 1")
 
     from frcnn.tracking.sequences import load_sequences
     from frcnn.tracking.training import load_tracker

@@ -212,6 +212,7 @@ def test_metadata_carries_the_category_mapping(exported, tiny_checkpoint):
     runtime = OnnxDetector(path)
     assert runtime.categories.to_dict() == categories
     assert "dynamo=False" in runtime.metadata["frcnn.exporter"]
+    assert runtime.metadata["frcnn.proposals"] == exported[0].rpn.post_nms_topk_test
 
 
 def test_export_and_infer_scripts_end_to_end(exported, tiny_checkpoint, tmp_path, run_script):
@@ -268,6 +269,7 @@ def test_export_config_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
     for overrides, expected in (
         (["format=tflite"], "format='tflite' is not valid; allowed: onnx"),
         (["opset=13"], "opset=13 is not valid"),
+        (["proposals=0"], "proposals=0 is not valid"),
         (["checkpoint=missing.pt"], "missing.pt not found"),
     ):
         cfg = compose_config("export", [f"checkpoint={tiny_checkpoint}", f"output={tmp_path / 'm.onnx'}", *overrides])
@@ -275,7 +277,7 @@ def test_export_config_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoint):
-    from frcnn.benchmarks.deploy import markdown, run_benchmark
+    from frcnn.benchmarks.deploy import build_variants, load_split, markdown, run_benchmark
     from frcnn.data.coco import CategoryMap
 
     model, path = exported
@@ -293,3 +295,7 @@ def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoi
     assert max(aps) - min(aps) < 0.002 and "torchvision, no_grad" in result["ap"]
     table = markdown(result)
     assert all(n in table for n in names) and table.count("\n") == len(names) + 1
+    # the budget reaches the model: one proposal per image leaves at most one box per class
+    image = load_split(root, max_images=1)[2]
+    one = build_variants(model, None, proposals=(1,))["shipped, 1 proposals (not the same detections)"](image)[0]
+    assert len(one["labels"]) == len(set(one["labels"].tolist())) <= model.num_classes

@@ -82,6 +82,8 @@ def build_variants(
     if onnx_path is not None:
         variants["onnxruntime"] = _onnx_variant(onnx_path, threads)
     for count in proposals:
+        if int(count) < 1:
+            raise ValueError(f"a proposal budget must be at least 1, not {count}")
         budget = prepare_for_inference(model, fold_bn=True, channels_last=True)
         budget.rpn.post_nms_topk_test = int(count)
         variants[f"shipped, {count} proposals (not the same detections)"] = _torch_variant(budget, "inference_mode")

@@ -170,7 +170,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         # Trainable BN sees 2-8 images per GPU: synchronize its statistics across GPUs. (SyncBatchNorm is
         # CUDA-only; on CPU, DDP broadcasts rank 0's BN buffers at every forward instead.)
-        if self.sync_batchnorm and self.world > 1 and self.device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        if self.sync_batchnorm and self.world > 1 and self.device.type == "cuda" and has_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
 

@@ -154,6 +154,7 @@ def export_onnx(
             "frcnn.categories": json.dumps(categories.to_dict()),
             "frcnn.detections_per_image": json.dumps(model.roi_heads.detections_per_image),
             "frcnn.score_thresh": json.dumps(model.roi_heads.score_thresh),
+            "frcnn.proposals": json.dumps(model.rpn.post_nms_topk_test),  # per image through the box head
             "frcnn.exporter": json.dumps(f"torch {torch.__version__} torch.onnx.export(dynamo=False), opset {opset}"),
             **{k: json.dumps(v) for k, v in (metadata or {}).items()},
         }

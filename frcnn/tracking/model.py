@@ -77,8 +77,8 @@ class SiameseBatchNorm2d(nn.BatchNorm2d):
     in separate calls, so each branch is normalized with its *own* batch statistics, which differ (a
     127-pixel crop around the target against a 255-pixel crop with more background). One running average
     of both would give the tracker statistics that neither branch was trained with: on a model trained
-    80 steps from scratch the top box had IoU > 0.5 with the target in 56 % of held-out pairs with one
-    shared average, 67 % with per-branch statistics. ``running_mean`` / ``running_var`` serve the search
+    80 steps from scratch the top box had IoU > 0.5 with the target in 56 % of 64 training pairs with
+    one shared average, 67 % with per-branch statistics. ``running_mean`` / ``running_var`` serve the search
     branch, ``template_mean`` / ``template_var`` the template branch; :attr:`branch` (set by
     :class:`SiamRPN`) says which. :meth:`SiamRPN.for_branch` turns them into plain BatchNorms that
     :func:`~frcnn.modeling.fold.fold_batchnorm` folds.
@@ -86,6 +86,9 @@ class SiameseBatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, num_features: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
+        if self.momentum is None or not self.track_running_stats:
+            raise ValueError("SiameseBatchNorm2d keeps exponential running statistics per branch: momentum must be a number "
+                             "and track_running_stats True")
         self.register_buffer("template_mean", torch.zeros(num_features))
         self.register_buffer("template_var", torch.ones(num_features))
         self.branch = "search"
@@ -93,12 +96,12 @@ class SiameseBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.branch == "search":
             return super().forward(x)
-        momentum = 0.1 if self.momentum is None else self.momentum
-        return F.batch_norm(x, self.template_mean, self.template_var, self.weight, self.bias, self.training, momentum, self.eps)
+        return F.batch_norm(x, self.template_mean, self.template_var, self.weight, self.bias, self.training, self.momentum, self.eps)
 
     def plain(self, branch: str) -> nn.BatchNorm2d:
         """A plain :class:`nn.BatchNorm2d` holding ``branch``'s running statistics (same parameters, copied)."""
-        norm = nn.BatchNorm2d(self.num_features, eps=self.eps, momentum=self.momentum, affine=self.affine).to(self.running_mean.device)
+        norm = nn.BatchNorm2d(self.num_features, eps=self.eps, momentum=self.momentum, affine=self.affine)
+        norm = norm.to(device=self.running_mean.device, dtype=self.running_mean.dtype)
         state = {k: v for k, v in self.state_dict().items() if k not in ("template_mean", "template_var")}
         if branch == "template":
             state |= {"running_mean": self.template_mean, "running_var": self.template_var}
@@ -256,7 +259,8 @@ class SiamRPN(nn.Module):
         smooth_l1_beta: smooth-L1 transition point of ``L_reg`` (the RPN's 1/9).
         balance_cls: ``L_cls`` as the mean of the positives' and the negatives' mean cross-entropy (DaSiamRPN
             and pysot) instead of the mean over all sampled anchors (paper): with at most 16 of 64 positive,
-            and none in a negative pair, the plain mean weights background 3:1 or more.
+            and none in a negative pair, the plain mean weights background 3:1 or more. Both means are
+            over the whole batch's sampled anchors.
     """
 
     def __init__(

@@ -52,8 +52,9 @@ class SiamRPNTracker:
 
     Boxes are ``(x, y, w, h)`` in frame pixels (the tracking benchmarks' format); frames ``[H, W, 3]`` uint8 RGB.
     ``fold_bn``: track with a copy of the model whose BatchNorms are folded into the convolutions (same
-    outputs, fewer passes; :func:`fold_batchnorm`). The template and search branches run copies with their own
-    BatchNorm statistics (:class:`~frcnn.tracking.model.SiameseBatchNorm2d`), as in training. ``channels_last``: run the convolutions on NHWC
+    outputs, fewer passes; :func:`fold_batchnorm`) for the search branch, which runs every frame. The
+    template branch runs once per target, on an unfolded copy. Each branch has its own BatchNorm statistics
+    (:class:`~frcnn.tracking.model.SiameseBatchNorm2d`), as in training. ``channels_last``: run the convolutions on NHWC
     tensors (on the 2-core CPU the demo backbone's search branch took 21-27 ms instead of 30-33 ms).
     """
 
@@ -61,7 +62,7 @@ class SiamRPNTracker:
         self, model: SiamRPN, settings: TrackerSettings | None = None, device: torch.device | str = "cpu", *,
         fold_bn: bool = True, channels_last: bool = True,
     ) -> None:
-        self.template_model = model
+        self.template_model = copy.deepcopy(model) if isinstance(model, nn.Module) else model
         if isinstance(model, SiamRPN):  # each branch with its own BatchNorm statistics (SiameseBatchNorm2d)
             self.template_model, model = model.for_branch("template"), model.for_branch("search")
         if isinstance(model, nn.Module):  # copies: folding and the memory format never change the caller's model
