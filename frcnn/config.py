@@ -212,6 +212,8 @@ def validate_export_config(cfg: DictConfig) -> None:
     _choice(cfg, "format", ["onnx"])
     _number(cfg, "opset", integer=True, low=16)  # RoiAlign's half_pixel mode (aligned=True) needs opset 16
     _number(cfg, "proposals", integer=True, low=1, nullable=True)
+    _choice(cfg, "quantize", ["none", "int8"])
+    _number(cfg, "calibration_images", integer=True, low=1)
     hw = _get(cfg, "sample_hw")
     if not isinstance(hw, ListConfig) or len(hw) != 2 or not all(_is_int(v) and v >= 32 for v in hw):
         raise ConfigError(f"sample_hw={_show(hw)} is not valid; allowed: [height, width], each >= 32")

@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--proposals", type=int, nargs="*", default=[],
                         help="also time the shipped path at these test-time proposal budgets (infer.py proposals=N)")
+    parser.add_argument("--int8", action="store_true", help="also time onnxruntime on the graph with int8 convolutions")
+    parser.add_argument("--calibration", default=None, help="int8: folder of calibration images (default: <data>/train)")
     parser.add_argument("--no-ap", action="store_true", help="skip the COCO AP of each variant")
     args = parser.parse_args()
 
@@ -50,8 +52,13 @@ def main() -> None:
             onnx_path = export_onnx(model, out / "model.onnx", categories)
         except ImportError:
             print("onnx / onnxruntime not installed (pip install 'frcnn[export]'): no onnxruntime row")
+    int8_path = None
+    if args.int8 and onnx_path is not None:
+        from frcnn.export.quantize import calibration_images, quantize_onnx
+
+        int8_path = quantize_onnx(onnx_path, out / "model_int8.onnx", calibration_images(args.calibration or Path(args.data) / "train", 32))
     result = run_benchmark(model, categories, Path(args.data), onnx_path, batches=tuple(args.batch), reps=args.reps,
-                           warmup=args.warmup, threads=args.threads, ap=not args.no_ap, proposals=tuple(args.proposals))
+                           warmup=args.warmup, threads=args.threads, ap=not args.no_ap, proposals=tuple(args.proposals), int8_path=int8_path)
     result["machine"] = machine(torch.device("cpu"))
     result["setup"] = vars(args)
     (out / "deploy.json").write_text(json.dumps(result, indent=1))
