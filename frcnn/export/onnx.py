@@ -219,13 +219,21 @@ def export_checkpoint(cfg: Any) -> Path:
     except ImportError as exc:
         raise UserError("format=onnx needs onnx and onnxruntime: pip install 'frcnn[export]' (or uv sync --extra export)") from exc
     model, categories, train_cfg = load_model(cfg.checkpoint, torch.device("cpu"), proposal_overrides(cfg.get("proposals")))
+    int8 = cfg.get("quantize", "none") == "int8"
+    calibration = Path(cfg.get("calibration") or train_cfg.data.train.images) if int8 else None
+    if calibration is not None and not calibration.is_dir():  # before the export, not after it
+        from frcnn.errors import MissingFileError
+
+        raise MissingFileError(f"calibration folder {calibration} not found (quantize=int8 calibrates on training images); "
+                               "set calibration=/path/to/images")
     out = Path(cfg.output) if cfg.get("output") else Path(cfg.checkpoint).with_name("model.onnx")
     export_onnx(model, out, categories, opset=cfg.opset, sample_hw=sample_hw,
                 metadata={"frcnn.checkpoint": str(cfg.checkpoint)})
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, opset {cfg.opset}, dynamic batch/height/width)")
-    from frcnn.export.runtime import OnnxDetector
+    check = cfg.get("check", True)
+    if check:
+        from frcnn.export.runtime import OnnxDetector
 
-    if cfg.get("check", True):
         image = sample_image(*sample_hw)
         with torch.inference_mode():
             reference = {k: v for k, v in model([image]).detections[0].items()}
@@ -238,18 +246,16 @@ def export_checkpoint(cfg: Any) -> Path:
                 or report["max_score_diff"] > 1e-3):
             # Not the user's input: the exporter or the runtime computes something else. Keep the traceback.
             raise RuntimeError(f"{out}: onnxruntime's detections differ from PyTorch's beyond IoU 0.99 / score 1e-3 ({report})")
-    if cfg.get("quantize", "none") == "int8":
+    if int8:
         from frcnn.export.quantize import calibration_images, quantize_onnx
 
-        folder = cfg.get("calibration") or train_cfg.data.train.images
-        images = calibration_images(folder, int(cfg.get("calibration_images", 32)))
-        int8 = quantize_onnx(out, out.with_name(f"{out.stem}_int8.onnx"), images)
-        print(f"wrote {int8} ({int8.stat().st_size / 2**20:.1f} MiB, int8 convolutions calibrated on {len(images)} images of {folder})")
-        if cfg.get("check", True):
-            image = sample_image(*sample_hw)
-            with torch.inference_mode():
-                reference = {k: v for k, v in model([image]).detections[0].items()}
-            report = match_detections(reference, OnnxDetector(int8).detect(image.permute(1, 2, 0).numpy()), min_score=0.5)
+        images = calibration_images(calibration, int(cfg.get("calibration_images", 32)))
+        int8_path = quantize_onnx(out, out.with_name(f"{out.stem}_int8.onnx"), images)
+        print(f"wrote {int8_path} ({int8_path.stat().st_size / 2**20:.1f} MiB, int8 convolutions calibrated on {len(images)} "
+              f"images of {calibration})")
+        if check:
+            got = OnnxDetector(int8_path).detect(image.permute(1, 2, 0).numpy())
+            report = match_detections(reference, got, min_score=0.5)
             # int8 is not the same arithmetic: reported, not enforced (the AP check is the deploy benchmark's)
             print(f"int8 vs PyTorch, detections scoring > 0.5: {report['checked']} checked, lowest IoU {report['min_iou']:.3f}, "
                   f"largest score difference {report['max_score_diff']:.3f}, unmatched {report['unmatched']}")

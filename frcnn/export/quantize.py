@@ -30,12 +30,19 @@ KEEP_FP32 = ("stem", "rpn")
 
 
 def _kept_nodes(graph, keep: Sequence[str]) -> list[str]:
+    """Names of the convolutions to keep in fp32; raises if the graph's names are not the exporter's (a silent
+    miss would quantize what must stay fp32)."""
     convs = [node.name for node in graph.node if node.op_type == "Conv"]
     kept = []
-    if "stem" in keep and convs:
-        kept.append(convs[0])  # the graph's first convolution: the trunk's stem
+    if "stem" in keep:
+        if not convs or not convs[0].startswith("/backbone/"):
+            raise RuntimeError(f"the graph's first convolution is not the backbone's stem ({convs[:1]}); was it written by export_onnx?")
+        kept.append(convs[0])
     if "rpn" in keep:
-        kept += [name for name in convs if name.startswith("/rpn/")]
+        rpn = [name for name in convs if name.startswith("/rpn/")]
+        if not rpn:
+            raise RuntimeError("no RPN convolution (named /rpn/...) in the graph; was it written by export_onnx?")
+        kept += rpn
     return kept
 
 
@@ -87,10 +94,8 @@ def quantize_onnx(source: str | Path, target: str | Path, calibration: Sequence[
         onnx.helper.set_model_props(quantized, props)
         onnx.save(quantized, str(tmp))
         tmp.replace(target)
-    finally:
+    finally:  # (the quantizer's own scratch models live in a temporary folder it removes)
         tmp.unlink(missing_ok=True)
-        for leftover in target.parent.glob(f"{tmp.stem}*-augmented*.onnx"):  # the calibrator's scratch model, if any
-            leftover.unlink(missing_ok=True)
     return target
 
 
