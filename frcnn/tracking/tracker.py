@@ -62,16 +62,19 @@ class SiamRPNTracker:
         self, model: SiamRPN, settings: TrackerSettings | None = None, device: torch.device | str = "cpu", *,
         fold_bn: bool = True, channels_last: bool = True,
     ) -> None:
-        self.template_model = copy.deepcopy(model) if isinstance(model, nn.Module) else model
+        # Copies: folding and the memory format never change the caller's model.
         if isinstance(model, SiamRPN):  # each branch with its own BatchNorm statistics (SiameseBatchNorm2d)
-            self.template_model, model = model.for_branch("template"), model.for_branch("search")
-        if isinstance(model, nn.Module):  # copies: folding and the memory format never change the caller's model
-            model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
-        self.model = model.eval()
+            template_model, model = model.for_branch("template"), model.for_branch("search")
+        elif isinstance(model, nn.Module):
+            template_model, model = copy.deepcopy(model), copy.deepcopy(model)
+        else:  # a stand-in with the same methods (tests)
+            template_model = model
+        if isinstance(model, nn.Module) and fold_bn:
+            model = fold_batchnorm(model)
+        self.template_model, self.model = template_model.eval(), model.eval()
         self.memory_format = torch.channels_last if channels_last and isinstance(model, nn.Module) else torch.contiguous_format
         if isinstance(self.model, nn.Module):
             self.model = self.model.to(memory_format=self.memory_format)
-            self.template_model = self.template_model.eval()
         self.settings = settings or TrackerSettings()
         self.device = torch.device(device)
         r, k = model.response_size, model.num_anchors
