@@ -579,3 +579,5 @@ def test_tune_cli_writes_a_checkpoint_the_tracker_reads(run_script, tiny_sequenc
     settings = load_tracker(tuned).settings
     assert (settings.penalty_k, settings.window_influence, settings.lr) == (best["penalty_k"], best["window_influence"], best["lr"])
     assert f"-> {tuned}" in result.stdout
+    missing = run_script("tune_tracker.py", ["--checkpoint", str(checkpoint), "--sequences", str(tmp_path / "nowhere")])
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "nowhere" in missing.stderr
