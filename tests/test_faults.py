@@ -73,7 +73,9 @@ def test_too_many_unreadable_training_images_fail_the_run(tiny_data, tmp_path):
         (data / "train" / name).write_bytes(b"corrupt")
     cfg = compose_train(TINY_TRAIN + [f"data.root={data}", "trainer.max_iters=8", "trainer.eval_period=0",
                                       "data.max_bad_image_fraction=0.1", f"run_dir={tmp_path / 'run'}"])
-    with pytest.warns(UserWarning, match="skipping unreadable image"), pytest.raises(TrainingError, match="unreadable"):
+    with pytest.warns(UserWarning, match="skipping unreadable image"), pytest.raises(
+        TrainingError, match=r"2 training images are unreadable.*image ids \[.*data\.preflight=true lists them all"
+    ):
         train(cfg)
     assert "skipped at load time" in (tmp_path / "run" / "data_report.txt").read_text()
 

@@ -374,6 +374,25 @@ def test_an_unreadable_frame_is_replaced_and_reported_by_its_own_id(tmp_path):
     assert pairs[(2, 0)][3].tolist() == []
 
 
+def test_too_many_unreadable_frames_fail_tracker_training_naming_frames(tiny_sequences, tmp_path):
+    import shutil
+
+    from frcnn.cli import compose_config
+    from frcnn.engine.trainer import TrainingError
+    from frcnn.tracking.training import train_tracker
+
+    seqs = tmp_path / "seqs"
+    shutil.copytree(tiny_sequences, seqs)
+    for frame in sorted(p for p in seqs.rglob("*") if p.suffix in (".png", ".jpg"))[::2]:
+        frame.write_bytes(b"corrupt")  # half of all frames
+    args = [a for a in tiny_tracker_args(seqs, tmp_path, 4) if not a.startswith("hydra.")]
+    cfg = compose_config("siamrpn", args + [f"run_dir={tmp_path / 'run'}", "data.max_bad_image_fraction=0.01"])
+    with pytest.warns(UserWarning, match="skipping unreadable frame"), pytest.raises(
+        TrainingError, match=r"training frames are unreadable.*frame ids \[.*named in a warning above"
+    ):
+        train_tracker(cfg)
+
+
 # ------------------------------------------------------------------------------------ entry points (CLI)
 
 
@@ -435,7 +454,7 @@ def test_siamrpn_configs_compose_and_build(backbone, head):
     assert isinstance(model.head, UpChannelHead if head == "upchannel" else DepthwiseHead)
     assert model.anchors.shape == (17 * 17 * 5, 4) and model.num_anchors == cfg.model.head.num_anchors
     demo = compose_config("siamrpn", ["experiment=siamrpn_demo", "run_dir=/tmp/x"])
-    assert demo.model.head.in_channels == demo.model.backbone.out_channels == 128
+    assert demo.model.head.in_channels == demo.model.backbone.out_channels == 64
 
 
 @pytest.mark.parametrize("head", [UpChannelHead, DepthwiseHead])

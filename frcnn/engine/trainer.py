@@ -77,6 +77,8 @@ class Trainer:
     collate_fn = staticmethod(collate)  # how the data loader batches items (a subclass's data set may need another)
     checkpoint_kind = "faster_rcnn"  # written into checkpoints; a resume from another kind of model is refused
     sync_batchnorm = True  # multi-GPU: trainable BatchNorm becomes SyncBatchNorm (see _build_model)
+    bad_input_name = "image"  # what data.max_bad_image_fraction counts, in the too-many-unreadable error
+    bad_input_hint = "data.preflight=true lists them all before training"
 
     def __init__(self, cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
@@ -274,10 +276,9 @@ class Trainer:
             bad_images = len(set().union(*gather_objects(self.skipped_images)))
         if bad_images > self.max_bad_images:
             raise TrainingError(
-                f"{bad_images} training images are unreadable, more than data.max_bad_image_fraction="
+                f"{bad_images} training {self.bad_input_name}s are unreadable, more than data.max_bad_image_fraction="
                 f"{self.cfg.data.max_bad_image_fraction} of {len(self.train_set)} (all ranks together; this rank skipped "
-                f"image ids {sorted(self.skipped_images)[:10]}); fix or remove them (data.preflight=true lists them all "
-                "before training)"
+                f"{self.bad_input_name} ids {sorted(self.skipped_images)[:10]}); fix or remove them ({self.bad_input_hint})"
             )
         if not finite:
             raise TrainingError(

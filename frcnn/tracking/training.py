@@ -40,6 +40,8 @@ class TrackerTrainer(Trainer):
     # SyncBatchNorm would replace the backbone's SiameseBatchNorm2d and with it the template branch's own
     # statistics; a GPU's batch of 16-32 pairs gives BatchNorm enough samples by itself.
     sync_batchnorm = False
+    bad_input_name = "frame"  # ids: the sequences' frames in order, then one per still image (pairs.TrackingPairs)
+    bad_input_hint = "each skipped frame's file is named in a warning above"
 
     def _build_data(self) -> None:
         cfg = self.cfg
