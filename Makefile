@@ -1,8 +1,8 @@
 # Two commands on a fresh machine with python3 and make:
 #   make demo   install everything, then train -> evaluate -> infer on the built-in synthetic data
 #   make test   install everything, then run the test suite
-#   make track-demo   SiamRPN: generate sequences, train, tune the tracker on the training sequences, evaluate
-#                     against OpenCV's trackers on held-out ones, track one sequence
+#   make track-demo   SiamRPN: generate sequences, train, evaluate against OpenCV's trackers on held-out
+#                     sequences, track one sequence
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools
@@ -33,9 +33,8 @@ demo: install
 
 track-demo: install
 	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_demo hydra.run.dir=$(TRACK_DIR)
-	$(VENV_PY) scripts/tune_tracker.py --checkpoint $(TRACK_DIR)/last.pt --sequences $${FRCNN_DATA:-data}/tracking/train --num-sequences 6
-	$(VENV_PY) scripts/track_benchmark.py --checkpoint $(TRACK_DIR)/tuned.pt --out $(TRACK_DIR)/benchmark
-	$(VENV_PY) scripts/track.py checkpoint=$(TRACK_DIR)/tuned.pt sequence=$(TRACK_DIR)/benchmark/sequences/seq_000 hydra.run.dir=$(TRACK_DIR)/track
+	$(VENV_PY) scripts/track_benchmark.py --checkpoint $(TRACK_DIR)/last.pt --out $(TRACK_DIR)/benchmark
+	$(VENV_PY) scripts/track.py checkpoint=$(TRACK_DIR)/last.pt sequence=$(TRACK_DIR)/benchmark/sequences/seq_000 hydra.run.dir=$(TRACK_DIR)/track
 	@echo "success plot: $(TRACK_DIR)/benchmark/success.png; track: $(TRACK_DIR)/track/track.gif"
 
 test: install

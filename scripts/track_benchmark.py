@@ -3,8 +3,8 @@
     python scripts/track_benchmark.py --checkpoint outputs/siamrpn_demo/last.pt --out outputs/track_benchmark
 
 Without ``--sequences`` it generates held-out synthetic sequences (seed 1; training used seed 0). Prints
-the docs/tracking.md table (success AUC, precision at 20 px, normalized precision, fps) and writes
-``scores.json`` and ``success.png``. OpenCV's KCF and CSRT need the contrib build (installed by ``make``).
+the docs/tracking.md table (success AUC, precision at 20 px, normalized precision, fps) and SiamRPN's size
+response (:func:`frcnn.tracking.evaluate.size_response`), and writes ``scores.json`` and ``success.png``. OpenCV's KCF and CSRT need the contrib build (installed by ``make``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from frcnn.tracking.evaluate import OpenCVTracker, evaluate_trackers, opencv_tracker_factory, plot_success
+    from frcnn.tracking.evaluate import OpenCVTracker, evaluate_trackers, opencv_tracker_factory, plot_success, size_response
     from frcnn.tracking.sequences import generate_sequences, load_sequences
     from frcnn.tracking.training import load_tracker
 
@@ -54,10 +54,15 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, s in sorted(scores.items(), key=lambda kv: -kv[1].success_auc):
         print(f"| {name} | {s.success_auc:.3f} | {s.precision:.3f} | {s.norm_precision:.3f} | {s.fps:.1f} |")
+    # How much of a wrong size SiamRPN's proposals correct in one frame (1: all of it, 0: none; docs/tracking.md)
+    response = size_response(load_tracker(args.checkpoint, args.device), sequences)
+    print("\nSiamRPN, share of a wrong believed size corrected in one frame: "
+          + ", ".join(f"x{f:g}: {v:.2f}" for f, v in response.items()) + f" (mean {sum(response.values()) / len(response):.2f})")
     plot_success(scores, out / "success.png")
     (out / "scores.json").write_text(json.dumps(
         {"sequences": str(root), "frames": frames, "device": device, "date": time.strftime("%Y-%m-%d"),
-         "scores": {n: {k: v for k, v in vars(s).items() if k != "curve"} for n, s in scores.items()}}, indent=1))
+         "scores": {n: {k: v for k, v in vars(s).items() if k != "curve"} for n, s in scores.items()},
+         "siamrpn_size_response": {str(f): v for f, v in response.items()}}, indent=1))
     print(f"\n-> {out / 'scores.json'}, {out / 'success.png'}")
 
 

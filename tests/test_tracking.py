@@ -278,6 +278,76 @@ def test_tracker_update_before_init_is_an_error():
         SiamRPNTracker(siamrpn()).update(np.zeros((50, 50, 3), np.uint8))
 
 
+class _SizeSeer:
+    """A stand-in for SiamRPN with one proposal at the crop's centre whose size is ``share`` of the way (in log
+    scale) from the tracker's believed size to the true one (``true``, frame pixels, set by the test)."""
+
+    response_size, num_anchors = 1, 1
+
+    def __init__(self, share: float) -> None:
+        self.share, self.tracker, self.true = share, None, None
+
+    def eval(self):
+        return self
+
+    def template(self, templates):
+        return "kernels"
+
+    def respond(self, kernels, searches):
+        return None, None
+
+    def decode(self, logits, deltas):
+        believed = self.tracker.size
+        scale = 127 / context_side(*believed, self.tracker.settings.context)  # crop pixels per frame pixel
+        w, h = believed * (self.true / believed) ** self.share * scale
+        c = SEARCH_SIZE / 2
+        return torch.tensor([[0.9]]), torch.tensor([[[c - w / 2, c - h / 2, c + w / 2, c + h / 2]]], dtype=torch.float64)
+
+
+def _still_sequence(tmp_path, box, frames=11, absent=()):
+    from PIL import Image
+
+    (tmp_path / "still").mkdir(parents=True)
+    paths = []
+    for i in range(frames):
+        paths.append(tmp_path / "still" / f"{i + 1:08d}.png")
+        Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(paths[-1])
+    boxes = np.array([[0, 0, 0, 0] if i in absent else box for i in range(frames)], dtype=float)
+    return Sequence("still", paths, boxes)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_size_response_is_the_share_of_a_wrong_size_the_proposals_correct(tmp_path, share):
+    from frcnn.tracking.evaluate import size_response
+
+    stub = _SizeSeer(share)
+    tracker = SiamRPNTracker(stub, TrackerSettings())
+    stub.tracker, stub.true = tracker, np.array([40.0, 20.0])
+    seq = _still_sequence(tmp_path, [60, 50, 40, 20], absent=(10,))  # frames 5 and 10 probed; 10 has no target
+    response = size_response(tracker, [seq], factors=(0.5, 0.8, 1.25))
+    assert list(response) == [0.5, 0.8, 1.25]
+    for value in response.values():
+        assert value == pytest.approx(share, abs=1e-9)
+    short = _still_sequence(tmp_path / "short", [60, 50, 40, 20], frames=4)  # no 5th frame: nothing to probe
+    with pytest.raises(ValueError, match="no frame with the target"):
+        size_response(tracker, [short])
+
+
+def test_proposals_are_xywh_in_frame_pixels_and_keep_the_state(tmp_path):
+    stub = _SizeSeer(0.0)  # the believed size
+    tracker = SiamRPNTracker(stub, TrackerSettings())
+    stub.tracker, stub.true = tracker, np.array([40.0, 20.0])
+    frame = np.zeros((120, 160, 3), np.uint8)
+    tracker.init(frame, [60, 50, 40, 20])
+    scores, boxes = tracker.proposals(frame)
+    assert scores.tolist() == [pytest.approx(0.9)]
+    np.testing.assert_allclose(boxes, [[60, 50, 40, 20]], atol=1e-9)
+    np.testing.assert_allclose(tracker.centre, [80, 60])
+    np.testing.assert_allclose(tracker.size, [40, 20])
+    with pytest.raises(RuntimeError, match="before init"):
+        SiamRPNTracker(_SizeSeer(0.0)).proposals(frame)
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 
 

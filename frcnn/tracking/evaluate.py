@@ -162,6 +162,36 @@ def evaluate_trackers(trackers: dict[str, object], sequences: list[Sequence]) ->
     return scores, boxes
 
 
+def size_response(
+    tracker, sequences: list[Sequence], factors: tuple[float, ...] = (0.7, 0.85, 1.18, 1.4), every: int = 5
+) -> dict[float, float]:
+    """How much of a wrong size a :class:`~frcnn.tracking.tracker.SiamRPNTracker` corrects in one frame.
+
+    After :meth:`init` on each sequence's first frame, every ``every``-th frame is cropped around the target's
+    true centre but at the scale of a believed size ``factor`` times the true one, as if the tracker had
+    drifted in size; the top-scoring proposal's size is compared with the truth. Per factor the result is
+    ``1 - mean(log(size_proposed / size_true)) / log(factor)``, ``size = sqrt(w * h)``: 1 when the proposals
+    recover the true size, 0 when they just return the believed one (a model that does not see the
+    target's size), negative when they move away from the truth. Frames without the target are skipped.
+    """
+    errors: dict[float, list[float]] = {f: [] for f in factors}
+    for sequence in sequences:
+        tracker.init(read_rgb(sequence.frames[0], max_pixels=None), sequence.boxes[0])
+        for t in range(every, len(sequence), every):
+            x, y, w, h = sequence.boxes[t]
+            if w <= 1 or h <= 1:
+                continue
+            frame = read_rgb(sequence.frames[t], max_pixels=None)
+            for factor in factors:
+                tracker.centre, tracker.size = np.array([x + w / 2, y + h / 2]), np.array([w, h]) * factor
+                scores, boxes = tracker.proposals(frame)
+                best = boxes[int(np.argmax(scores))]
+                errors[factor].append(0.5 * np.log(best[2] * best[3] / (w * h)))
+    if not any(errors.values()):
+        raise ValueError("size_response: no frame with the target at the probed positions")
+    return {f: float(1 - np.mean(e) / np.log(f)) for f, e in errors.items()}
+
+
 def plot_success(scores: dict[str, Scores], path: str | Path, title: str = "Success plot (OPE)") -> Path:
     """The success plots of several trackers in one PNG, each labelled with its AUC."""
     import matplotlib

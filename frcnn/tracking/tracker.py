@@ -101,13 +101,7 @@ class SiamRPNTracker:
         if self.kernels is None:
             raise RuntimeError("SiamRPNTracker.update called before init")
         s = self.settings
-        template_side = context_side(*self.size, s.context)
-        scale = TEMPLATE_SIZE / template_side  # crop pixels per frame pixel
-        search_side = template_side * SEARCH_SIZE / TEMPLATE_SIZE
-        search = crop(frame, tuple(self.centre), search_side, SEARCH_SIZE, self.fill)
-        logits, deltas = self.model.respond(self.kernels, self._tensor(search))
-        scores, boxes = self.model.decode(logits, deltas)
-        scores, boxes = scores[0].cpu().numpy().astype(np.float64), boxes[0].cpu().numpy().astype(np.float64)
+        scores, boxes, scale = self._proposals(frame)
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]  # crop pixels
         w, h = np.maximum(w, 1e-3), np.maximum(h, 1e-3)
         prev_w, prev_h = self.size * scale
@@ -125,6 +119,27 @@ class SiamRPNTracker:
         self.size = np.clip(size, s.min_size, [width, height])
         x, y = self.centre - self.size / 2
         return np.array([x, y, *self.size]), float(scores[best])
+
+    @torch.inference_mode()
+    def proposals(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every anchor's proposal for the current state (centre and size), before the selection:
+        ``(scores [N], boxes [N, 4] xywh in frame pixels)``. The state does not change."""
+        if self.kernels is None:
+            raise RuntimeError("SiamRPNTracker.proposals called before init")
+        scores, boxes, scale = self._proposals(frame)
+        xy = self.centre + (boxes[:, :2] - SEARCH_SIZE / 2) / scale
+        wh = (boxes[:, 2:] - boxes[:, :2]) / scale
+        return scores, np.concatenate([xy, wh], axis=1)
+
+    def _proposals(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(scores [N], boxes [N, 4] XYXY in search-crop pixels, crop pixels per frame pixel)``: the search crop
+        around the current centre, at the scale of the current size."""
+        template_side = context_side(*self.size, self.settings.context)
+        scale = TEMPLATE_SIZE / template_side  # crop pixels per frame pixel
+        search = crop(frame, tuple(self.centre), template_side * SEARCH_SIZE / TEMPLATE_SIZE, SEARCH_SIZE, self.fill)
+        logits, deltas = self.model.respond(self.kernels, self._tensor(search))
+        scores, boxes = self.model.decode(logits, deltas)
+        return scores[0].cpu().numpy().astype(np.float64), boxes[0].cpu().numpy().astype(np.float64), scale
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
