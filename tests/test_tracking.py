@@ -279,13 +279,14 @@ def test_tracker_update_before_init_is_an_error():
 
 
 class _SizeSeer:
-    """A stand-in for SiamRPN with one proposal at the crop's centre whose size is ``share`` of the way (in log
-    scale) from the tracker's believed size to the true one (``true``, frame pixels, set by the test)."""
+    """A stand-in for SiamRPN that sees the target: it measures the bright rectangle in the search crop and proposes
+    one box at the crop's centre whose size is ``share`` of the way (in log scale) from the tracker's believed
+    size to the measured one. Nothing bright in the crop (cropped in the wrong place): a 1-pixel box."""
 
     response_size, num_anchors = 1, 1
 
     def __init__(self, share: float) -> None:
-        self.share, self.tracker, self.true = share, None, None
+        self.share, self.tracker = share, None
 
     def eval(self):
         return self
@@ -294,26 +295,33 @@ class _SizeSeer:
         return "kernels"
 
     def respond(self, kernels, searches):
-        return None, None
+        return searches, None
 
-    def decode(self, logits, deltas):
-        believed = self.tracker.size
-        scale = 127 / context_side(*believed, self.tracker.settings.context)  # crop pixels per frame pixel
-        w, h = believed * (self.true / believed) ** self.share * scale
+    def decode(self, searches, deltas):
+        bright = searches[0].float().mean(0) > 150  # [S, S]
+        rows, cols = bright.any(1).nonzero(), bright.any(0).nonzero()
         c = SEARCH_SIZE / 2
+        if len(rows) == 0:
+            w = h = 1.0
+        else:
+            seen = np.array([cols.max() - cols.min() + 1, rows.max() - rows.min() + 1], dtype=float)
+            believed = self.tracker.size * 127 / context_side(*self.tracker.size, self.tracker.settings.context)
+            w, h = believed * (seen / believed) ** self.share
         return torch.tensor([[0.9]]), torch.tensor([[[c - w / 2, c - h / 2, c + w / 2, c + h / 2]]], dtype=torch.float64)
 
 
-def _still_sequence(tmp_path, box, frames=11, absent=()):
+def _bright_box_sequence(tmp_path, boxes):
+    """Frames of a dark 320x240 scene with a bright rectangle at each ``boxes[t]`` (xywh; zero size: absent)."""
     from PIL import Image
 
-    (tmp_path / "still").mkdir(parents=True)
+    (tmp_path / "seq").mkdir(parents=True)
     paths = []
-    for i in range(frames):
-        paths.append(tmp_path / "still" / f"{i + 1:08d}.png")
-        Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(paths[-1])
-    boxes = np.array([[0, 0, 0, 0] if i in absent else box for i in range(frames)], dtype=float)
-    return Sequence("still", paths, boxes)
+    for t, (x, y, w, h) in enumerate(boxes):
+        frame = np.full((240, 320, 3), 40, np.uint8)
+        frame[int(y):int(y + h), int(x):int(x + w)] = 250
+        paths.append(tmp_path / "seq" / f"{t + 1:08d}.png")
+        Image.fromarray(frame).save(paths[-1])
+    return Sequence("seq", paths, np.asarray(boxes, dtype=float))
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
@@ -322,28 +330,34 @@ def test_size_response_is_the_share_of_a_wrong_size_the_proposals_correct(tmp_pa
 
     stub = _SizeSeer(share)
     tracker = SiamRPNTracker(stub, TrackerSettings())
-    stub.tracker, stub.true = tracker, np.array([40.0, 20.0])
-    seq = _still_sequence(tmp_path, [60, 50, 40, 20], absent=(10,))  # frames 5 and 10 probed; 10 has no target
-    response = size_response(tracker, [seq], factors=(0.5, 0.8, 1.25))
-    assert list(response) == [0.5, 0.8, 1.25]
-    for value in response.values():
-        assert value == pytest.approx(share, abs=1e-9)
-    short = _still_sequence(tmp_path / "short", [60, 50, 40, 20], frames=4)  # no 5th frame: nothing to probe
+    stub.tracker = tracker
+    # The target moves and changes size every frame; frames 4 and 8 are probed (every=4), frame 12 has no target.
+    boxes = [[40 + 9 * t, 30 + 5 * t, 50 + 3 * t, 40 + 2 * t] for t in range(12)] + [[0, 0, 0, 0]]
+    seq = _bright_box_sequence(tmp_path, boxes)
+    response = size_response(tracker, [seq], factors=(0.5, 2.0), every=4)
+    assert list(response) == [0.5, 2.0]
+    for value in response.values():  # the rectangle's edges blur by a pixel in the resampled crop
+        assert value == pytest.approx(share, abs=1e-9 if share == 0 else 0.08)
+    short = _bright_box_sequence(tmp_path / "short", boxes[:4])  # no 5th frame: nothing to probe
     with pytest.raises(ValueError, match="no frame with the target"):
-        size_response(tracker, [short])
+        size_response(tracker, [short], every=4)
+    with pytest.raises(ValueError, match="not 1"):
+        size_response(tracker, [seq], factors=(0.5, 1.0))
 
 
-def test_proposals_are_xywh_in_frame_pixels_and_keep_the_state(tmp_path):
-    stub = _SizeSeer(0.0)  # the believed size
+def test_proposals_are_xywh_in_frame_pixels_and_keep_the_state():
+    stub = _SizeSeer(0.0)  # the believed size, at the crop's centre
     tracker = SiamRPNTracker(stub, TrackerSettings())
-    stub.tracker, stub.true = tracker, np.array([40.0, 20.0])
-    frame = np.zeros((120, 160, 3), np.uint8)
+    stub.tracker = tracker
+    frame = np.full((120, 160, 3), 40, np.uint8)
+    frame[50:70, 60:100] = 250
     tracker.init(frame, [60, 50, 40, 20])
+    tracker.size = np.array([30.0, 24.0])  # a believed size other than the first frame's
     scores, boxes = tracker.proposals(frame)
     assert scores.tolist() == [pytest.approx(0.9)]
-    np.testing.assert_allclose(boxes, [[60, 50, 40, 20]], atol=1e-9)
+    np.testing.assert_allclose(boxes, [[80 - 15, 60 - 12, 30, 24]], atol=1e-9)
     np.testing.assert_allclose(tracker.centre, [80, 60])
-    np.testing.assert_allclose(tracker.size, [40, 20])
+    np.testing.assert_allclose(tracker.size, [30, 24])
     with pytest.raises(RuntimeError, match="before init"):
         SiamRPNTracker(_SizeSeer(0.0)).proposals(frame)
 

@@ -172,14 +172,23 @@ def size_response(
     drifted in size; the top-scoring proposal's size is compared with the truth. Per factor the result is
     ``1 - mean(log(size_proposed / size_true)) / log(factor)``, ``size = sqrt(w * h)``: 1 when the proposals
     recover the true size, 0 when they just return the believed one (a model that does not see the
-    target's size), negative when they move away from the truth. Frames without the target are skipped.
+    target's size), negative when they move away from the truth. It is a mean of signed errors: it measures
+    how far the proposals follow a size change, not how much they scatter. The top proposal is the one with
+    the highest raw score (no penalty, no window: the tracker's selection is not part of the model).
+
+    Frames without the target are skipped, and so are frames where some factor would probe a size below the
+    tracker's ``min_size`` (a size the tracker never holds). The tracker is left in the last probe's state:
+    :meth:`init` it before tracking with it again.
     """
+    if not factors or any(f <= 0 or f == 1 for f in factors):
+        raise ValueError(f"size_response: factors must be positive and not 1 (no size error to correct), not {factors}")
+    min_size = tracker.settings.min_size
     errors: dict[float, list[float]] = {f: [] for f in factors}
     for sequence in sequences:
         tracker.init(read_rgb(sequence.frames[0], max_pixels=None), sequence.boxes[0])
         for t in range(every, len(sequence), every):
             x, y, w, h = sequence.boxes[t]
-            if w <= 1 or h <= 1:
+            if w <= 1 or h <= 1 or min(w, h) * min(factors) < min_size:
                 continue
             frame = read_rgb(sequence.frames[t], max_pixels=None)
             for factor in factors:

@@ -55,7 +55,7 @@ class SiamRPNTracker:
     outputs, fewer passes; :func:`fold_batchnorm`) for the search branch, which runs every frame. The
     template branch runs once per target, on an unfolded copy. Each branch has its own BatchNorm statistics
     (:class:`~frcnn.tracking.model.SiameseBatchNorm2d`), as in training. ``channels_last``: run the convolutions on NHWC
-    tensors (on the 2-core CPU the demo backbone's search branch took 21-27 ms instead of 30-33 ms).
+    tensors (on the 2-core CPU the half-width AlexNet's search branch took 21-27 ms instead of 30-33 ms).
     """
 
     def __init__(
