@@ -458,7 +458,7 @@ def test_an_unreadable_frame_is_replaced_and_reported_by_its_own_id(tmp_path):
     assert pairs[(2, 0)][3].tolist() == []
 
 
-def test_too_many_unreadable_frames_fail_tracker_training_naming_frames(tiny_sequences, tmp_path):
+def test_too_many_unreadable_frames_fail_tracker_training_naming_frames(tiny_sequences, tiny_data, tmp_path):
     import shutil
 
     from frcnn.cli import compose_config
@@ -469,10 +469,15 @@ def test_too_many_unreadable_frames_fail_tracker_training_naming_frames(tiny_seq
     shutil.copytree(tiny_sequences, seqs)
     for frame in sorted(p for p in seqs.rglob("*") if p.suffix in (".png", ".jpg"))[::2]:
         frame.write_bytes(b"corrupt")  # half of all frames
-    args = [a for a in tiny_tracker_args(seqs, tmp_path, 4) if not a.startswith("hydra.")]
-    cfg = compose_config("siamrpn", args + [f"run_dir={tmp_path / 'run'}", "data.max_bad_image_fraction=0.01"])
+    args = [a for a in tiny_tracker_args(seqs, tmp_path, 4) if not a.startswith(("hydra.", "data.still"))]
+    still = [f"data.still.root={tiny_data}", "data.still.generate=null"]  # 8 images, several objects each
+    cfg = compose_config("siamrpn", args + still + [f"run_dir={tmp_path / 'run'}", "data.max_bad_image_fraction=0.01"])
+    from frcnn.tracking.sequences import load_sequences
+
+    # The ids count each frame with the target and each still image once (not each object): the fraction's base.
+    frames = sum(int(((q.boxes[:, 2] > 1) & (q.boxes[:, 3] > 1)).sum()) for q in load_sequences(seqs))
     with pytest.warns(UserWarning, match="skipping unreadable frame"), pytest.raises(
-        TrainingError, match=r"training frames are unreadable.*frame ids \[.*named in a warning above"
+        TrainingError, match=rf"training frames are unreadable.* of {frames + 8} .*frame ids \[.*named in a warning above"
     ):
         train_tracker(cfg)
 

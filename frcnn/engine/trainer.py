@@ -156,7 +156,8 @@ class Trainer:
         self.val_set = None
         if cfg.data.get("val"):
             self.val_set = builders.build_dataset(cfg, "val", train=False, categories=self.categories)
-        self.max_bad_images = float(cfg.data.get("max_bad_image_fraction", 0.01)) * len(self.train_set)
+        self.num_inputs = len(self.train_set)  # what the skipped ids count: one per image
+        self.max_bad_images = float(cfg.data.get("max_bad_image_fraction", 0.01)) * self.num_inputs
         if self.is_main:
             summary = f"train: {len(self.train_set)} images; {self.train_set.report.summary()}"
             print(summary, flush=True)
@@ -277,7 +278,7 @@ class Trainer:
         if bad_images > self.max_bad_images:
             raise TrainingError(
                 f"{bad_images} training {self.bad_input_name}s are unreadable, more than data.max_bad_image_fraction="
-                f"{self.cfg.data.max_bad_image_fraction} of {len(self.train_set)} (all ranks together; this rank skipped "
+                f"{self.cfg.data.max_bad_image_fraction} of {self.num_inputs} (all ranks together; this rank skipped "
                 f"{self.bad_input_name} ids {sorted(self.skipped_images)[:10]}); fix or remove them ({self.bad_input_hint})"
             )
         if not finite:

@@ -60,7 +60,9 @@ class TrackerTrainer(Trainer):
         )
         self.categories = None
         self.val_set = None
-        self.max_bad_images = float(d.get("max_bad_image_fraction", 0.01)) * len(self.train_set)
+        # The skipped ids count sequence frames and still images (one id per image, however many objects it has).
+        self.num_inputs = len(self.train_set.frames) + (len(still.records) if still is not None else 0)
+        self.max_bad_images = float(d.get("max_bad_image_fraction", 0.01)) * self.num_inputs
         if self.is_main:
             summary = (f"train: {len(self.train_set)} pair keys ({len(self.train_set.frames)} frames of {len(sequences)} "
                        f"sequences, {len(self.train_set.objects)} objects of still images)")
