@@ -4,7 +4,8 @@
 
 Without ``--sequences`` it generates held-out synthetic sequences (seed 1; training used seed 0). Prints
 the docs/tracking.md table (success AUC, precision at 20 px, normalized precision, fps) and SiamRPN's size
-response (:func:`frcnn.tracking.evaluate.size_response`), and writes ``scores.json`` and ``success.png``. OpenCV's KCF and CSRT need the contrib build (installed by ``make``).
+response (:func:`frcnn.tracking.evaluate.size_response`), and writes ``scores.json`` and ``success.png``.
+OpenCV's KCF and CSRT need the contrib build (installed by ``make``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def main() -> None:
     if not args.sequences and not (root / "READY").exists():
         generate_sequences(root, num_sequences=args.num_sequences, length=args.length, seed=args.seed)
     sequences = load_sequences(root)
-    trackers: dict[str, object] = {"SiamRPN (frcnn)": load_tracker(args.checkpoint, args.device)}
+    siamrpn = load_tracker(args.checkpoint, args.device)
+    trackers: dict[str, object] = {"SiamRPN (frcnn)": siamrpn}
     for name in args.peers:
         if opencv_tracker_factory(name) is None:
             print(f"skipping OpenCV {name}: this OpenCV build lacks it (opencv-contrib-python-headless has it)")
@@ -56,7 +58,7 @@ def main() -> None:
         print(f"| {name} | {s.success_auc:.3f} | {s.precision:.3f} | {s.norm_precision:.3f} | {s.fps:.1f} |")
     # How much of a wrong size SiamRPN's proposals correct in one frame (1: all of it, 0: none; docs/tracking.md)
     try:
-        response = size_response(load_tracker(args.checkpoint, args.device), sequences)
+        response = size_response(siamrpn, sequences)  # after the OPE: the probes leave the tracker's state moved
         print("\nSiamRPN, share of a wrong believed size corrected in one frame: "
               + ", ".join(f"x{f:g}: {v:.2f}" for f, v in response.items()) + f" (mean {sum(response.values()) / len(response):.2f})")
     except ValueError as err:  # sequences too short or too small to probe: the scores above still count

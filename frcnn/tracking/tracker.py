@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from frcnn.modeling.fold import fold_batchnorm
-from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop
+from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop, from_crop
 from frcnn.tracking.model import SiamRPN, TemplateKernels
 
 
@@ -127,9 +127,8 @@ class SiamRPNTracker:
         if self.kernels is None:
             raise RuntimeError("SiamRPNTracker.proposals called before init")
         scores, boxes, scale = self._proposals(frame)
-        xy = self.centre + (boxes[:, :2] - SEARCH_SIZE / 2) / scale
-        wh = (boxes[:, 2:] - boxes[:, :2]) / scale
-        return scores, np.concatenate([xy, wh], axis=1)
+        boxes = from_crop(boxes, tuple(self.centre), SEARCH_SIZE / scale, SEARCH_SIZE)  # XYXY, frame pixels
+        return scores, np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
     def _proposals(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """``(scores [N], boxes [N, 4] XYXY in search-crop pixels, crop pixels per frame pixel)``: the search crop
