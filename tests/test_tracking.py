@@ -515,6 +515,12 @@ def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp
     result = json.loads((out / "track.json").read_text())
     assert len(result["boxes_xywh"]) == 10 and result["boxes_xywh"][0] == pytest.approx(list(load_sequence(tiny_sequences / "seq_000").boxes[0]))
     assert (out / "track.gif").is_file() and len(list((out / "frames").glob("*.jpg"))) == 10
+    bench = run_script("track_benchmark.py", ["--checkpoint", str(tmp_path / "run2" / "last.pt"), "--sequences", str(tiny_sequences),
+                                              "--peers", "--out", str(tmp_path / "bench")])
+    assert bench.returncode == 0, bench.stderr
+    scores = json.loads((tmp_path / "bench" / "scores.json").read_text())
+    assert list(scores["scores"]) == ["SiamRPN (frcnn)"] and "share of a wrong believed size corrected" in bench.stdout
+    assert list(scores["siamrpn_size_response"]) == ["0.7", "0.85", "1.18", "1.4"]  # frame 5 of each 10-frame sequence probed
 
 
 @pytest.mark.slow
