@@ -46,9 +46,16 @@ SMALL = [
 ]
 
 
+# The same for a feature pyramid (model/backbone=r18_fpn etc.): one anchor size per level, the 7x7 pool of its file.
+SMALL_FPN = [o for o in SMALL if not o.startswith(("model.rpn.anchor_generator.sizes", "model.roi_heads.pooler"))]
+SMALL_FPN += ["data.fpn_anchor_sizes=[8,16,32,64,128]"]
+
+
 def small_model(num_classes: int = 3, overrides: list[str] | None = None) -> torch.nn.Module:
-    """ResNet-18-C4 Faster R-CNN at 128 px, built from conf/ exactly as training builds it."""
-    cfg = compose_train(SMALL + [f"data.num_classes={num_classes}"] + (overrides or []))
+    """ResNet-18-C4 Faster R-CNN at 128 px (or the pyramid an override names), built from conf/ as training builds it."""
+    overrides = overrides or []
+    base = SMALL_FPN if any(o.startswith("model/backbone=") and "fpn" in o for o in overrides) else SMALL
+    cfg = compose_train(base + [f"data.num_classes={num_classes}"] + overrides)
     return instantiate(cfg.model)
 
 

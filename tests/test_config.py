@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn.modeling.backbones import ResNetC4, VGG16, WeightsUnavailableError
+from frcnn.modeling.backbones import MobileNetV3FPN, ResNetFPN, ResNetC4, VGG16, WeightsUnavailableError
 from frcnn.config import ConfigError, resolve_device, validate_train_config
 from tests.conftest import compose_train
 
@@ -29,17 +29,25 @@ def test_defaults_are_the_papers():
 
 
 @pytest.mark.parametrize(
-    "backbone,cls,trunk,head,pool",
-    [("r18_c4", ResNetC4, 256, 512, 14), ("r50_c4", ResNetC4, 1024, 2048, 14), ("vgg16", VGG16, 512, 4096, 7)],
+    "backbone,cls,channels,strides,head,pool",
+    [
+        ("r18_c4", ResNetC4, 256, (16,), 512, 14),
+        ("r50_c4", ResNetC4, 1024, (16,), 2048, 14),
+        ("vgg16", VGG16, 512, (16,), 4096, 7),
+        ("r18_fpn", ResNetFPN, 256, (4, 8, 16, 32, 64), 1024, 7),
+        ("r50_fpn", ResNetFPN, 256, (4, 8, 16, 32, 64), 1024, 7),
+        ("mobilenet_v3_fpn", MobileNetV3FPN, 256, (32, 32, 64), 1024, 7),
+    ],
 )
-def test_each_backbone_instantiates_and_runs(backbone, cls, trunk, head, pool):
-    cfg = compose_train([f"model/backbone={backbone}", "data.min_size_test=64", "data.max_size=96"])
+def test_each_backbone_instantiates_and_runs(backbone, cls, channels, strides, head, pool):
+    cfg = compose_train([f"model/backbone={backbone}", "data.min_size_test=64", "data.max_size=128"])
     assert cfg.model.roi_heads.pooler_resolution == pool
     model = instantiate(cfg.model).eval()
     assert isinstance(model.backbone, cls)
-    feats = model.backbone(torch.zeros(1, 3, 64, 96))
-    assert feats.shape == (1, trunk, 4, 6)
-    pooled = torch.zeros(2, trunk, pool, pool)
+    feats = model.backbone(torch.zeros(1, 3, 64, 128))
+    assert feats.strides == strides == model.rpn.anchor_generator.strides
+    assert [tuple(f.shape) for f in feats.maps] == [(1, channels, -(-64 // s), -(-128 // s)) for s in strides]
+    pooled = torch.zeros(2, channels, pool, pool)
     assert model.roi_heads.box_head(pooled).shape == (2, head)
     with torch.no_grad():
         assert len(model([torch.rand(3, 64, 96)]).detections) == 1

@@ -83,7 +83,7 @@ def model_summary(ours: FasterRCNN, image_hw: tuple[int, int]) -> dict[str, Any]
     backbone, heads = ours.backbone, ours.roi_heads
     return {
         "backbone": f"{type(backbone).__name__}-{getattr(backbone, 'depth', '')} norm={getattr(backbone, 'norm', '')}",
-        "anchors": ours.rpn.anchor_generator.sizes,
+        "anchors": ours.rpn.anchor_generator.level_sizes,
         "rpn_min_size": ours.rpn.min_size,
         "rois_per_image": heads.batch_size_per_image,
         "positive_fraction": heads.positive_fraction,
@@ -256,9 +256,7 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 def padded_hw(prep: Preprocessor, image_hw: tuple[int, int]) -> tuple[int, int]:
     """The padded input size frcnn's preprocessor gives an image of ``image_hw`` at test size."""
-    h, w = prep.target_size(*image_hw, prep.min_size_test)
-    d = prep.size_divisibility
-    return -(-h // d) * d, -(-w // d) * d
+    return prep.test_size(*image_hw)[1]
 
 
 def step_fns(

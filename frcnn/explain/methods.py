@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from frcnn.explain.target import DetectionScore
+from frcnn.modeling.poolers import roi_levels
 
 
 @dataclass
@@ -107,24 +108,58 @@ def _feature_map_to_image(cam: Tensor, model: nn.Module, height: int, width: int
     The preprocessor resizes the image to ``(nh, nw)`` and pads it at the bottom/right, so the feature
     map covers more than the image: upsample to the padded size, crop the image's part, resize back.
     """
-    pre = model.preprocessor
-    nh, nw = pre.target_size(height, width, pre.min_size_test)
-    d = pre.size_divisibility
-    padded = (-(-nh // d) * d, -(-nw // d) * d)
+    (nh, nw), padded = model.preprocessor.test_size(height, width)
     cam = F.interpolate(cam[:, None], size=padded, mode="bilinear", align_corners=False)[:, :, :nh, :nw]
     return F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
+def cam_level(model: nn.Module, box: Tensor | None, height: int, width: int) -> int:
+    """The feature level Grad-CAM reads for a detection: the level its RoI is pooled from.
+
+    One map (C4, VGG16): that map. A pyramid: the FPN paper's assignment of the detection's box (in
+    network-input pixels) among the RoI stage's pooled levels — a small object's explanation reads P2
+    or P3, a large one's P5 — the level whose features the box head saw.
+
+    Args:
+        box: ``[4]`` XYXY in the original image's pixels; ``height`` / ``width``: that image's size. None
+            (a target that sums several objects, as ROAR's): the level of a canonical 224 px RoI (P4).
+    """
+    heads, strides = model.roi_heads, model.backbone.strides
+    levels = list(heads.pooled_levels) if heads.pooled_levels is not None else list(range(len(strides)))
+    if len(levels) == 1:
+        return levels[0]
+    (nh, nw), _ = model.preprocessor.test_size(height, width)
+    if box is None:
+        size = heads.canonical_size
+        network_box = torch.tensor([[0.0, 0.0, size, size]])
+    else:
+        network_box = (box.float().cpu() * torch.tensor([nw / width, nh / height, nw / width, nh / height]))[None]
+    index = roi_levels(
+        network_box, strides, levels,
+        canonical_size=heads.canonical_size, canonical_level=heads.canonical_level,
+    )
+    return levels[int(index)]
+
+
 def gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
-    """Grad-CAM (Selvaraju et al. 2017) on the trunk's feature map, the one the RPN and RoI pooling read.
+    """Grad-CAM (Selvaraju et al. 2017) on the feature map the RoI stage pooled the detection from.
 
     ``ReLU(Σ_c α_c A_c)`` with ``α_c`` the spatial mean of ``∂s/∂A_c``: captum's ``LayerGradCam`` on
-    ``model.backbone``; the ``[Hf, Wf]`` map is put back through the preprocessing.
+    the backbone's ``cam_layer`` — the stride-16 trunk for C4 / VGG16; for an FPN model, the output conv
+    of the pyramid level the detection's box is assigned to (:func:`cam_level`; proposals: the same rule
+    on the proposal's box). The ``[Hf, Wf]`` map is put back through the preprocessing.
     """
     model = score.model
-    layer_cam = _captum().LayerGradCam(score, model.backbone)
-    cam = _per_detection(score, lambda m: layer_cam.attribute(_input(image), target=m, relu_attributions=True).detach())
-    return MethodResult(maps=_feature_map_to_image(cam[:, 0], model, *image.shape[-2:]))
+    height, width = image.shape[-2:]
+
+    def one(m: int) -> Tensor:
+        boxes = getattr(score, "boxes", None)  # None: a summed target (ROAR)
+        layer = model.backbone.cam_layer(cam_level(model, None if boxes is None else boxes[m], height, width))
+        layer_cam = _captum().LayerGradCam(score, layer)
+        return layer_cam.attribute(_input(image), target=m, relu_attributions=True).detach()
+
+    cam = torch.cat([_feature_map_to_image(one(m)[:, 0], model, height, width) for m in range(score.num_targets)])
+    return MethodResult(maps=cam)
 
 
 def guided_gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
@@ -172,8 +207,7 @@ def gradcam_head(score: DetectionScore, image: Tensor) -> MethodResult:
     """
     model = score.model
     height, width = image.shape[-2:]
-    pre = model.preprocessor
-    nh, nw = pre.target_size(height, width, pre.min_size_test)
+    (nh, nw), _ = model.preprocessor.test_size(height, width)
     factor = torch.tensor([nw / width, nh / height, nw / width, nh / height], device=image.device)
     maps = []
     for m in range(score.num_targets):

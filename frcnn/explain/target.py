@@ -3,7 +3,7 @@
 Explaining "detection ``d``" has to keep meaning the same object when the input is perturbed (noise,
 masks, points on an interpolation path): NMS may then keep a different RoI, or none above the
 threshold. So the score of ``d`` on an image ``x`` is not read off the final detections but from every
-RoI before NMS (:meth:`frcnn.modeling.model.FasterRCNN.roi_outputs`), with D-RISE's similarity
+RoI before NMS (:func:`frcnn.explain.outputs.roi_outputs`), with D-RISE's similarity
 (Petsiuk et al. 2021), maximised over the RoIs::
 
     s(d; x) = max_r  IoU(box_d, box_r[c_d]) · cos(p_d, p_r) [· objectness_r]
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from frcnn.explain.outputs import anchor_outputs, roi_outputs
 from frcnn.modeling.model import FasterRCNN
 from frcnn.modeling.preprocess import box_scale
 
@@ -169,13 +170,13 @@ class DetectionScore(nn.Module):
         device = self.boxes.device
         images = images.to(device)
         if self.kind == "proposal":
-            out = self.model.anchor_outputs(list(images))
+            out = anchor_outputs(self.model, list(images))
             iou = box_iou(self.boxes, out.boxes.flatten(0, 1)).view(len(self.boxes), len(images), -1)  # [M, N, A]
             score = (iou * out.objectness[None]).masked_fill(~out.valid[None], 0.0)
             return score.amax(dim=2).T
         if self.target == "roi_score":
             return self._roi_score(images)
-        out = self.model.roi_outputs(list(images), near=self.boxes, max_rois=self.max_rois)
+        out = roi_outputs(self.model, list(images), near=self.boxes, max_rois=self.max_rois)
         return similarity(
             self.boxes, self.labels, self.probs, out.boxes, out.probs, out.valid,
             out.objectness if self.objectness else None,
@@ -183,10 +184,10 @@ class DetectionScore(nn.Module):
 
     def _roi_score(self, images: Tensor) -> Tensor:
         """Class probability of each detection's label at its producing RoI, held fixed."""
-        batch, _ = self.model.preprocessor(list(images))
+        batch, _ = self.model.preprocess(list(images))
         features = self.model.features(batch)
         rois = self.rois[None] * box_scale(batch)  # [N, M, 4] in network-input pixels
-        logits, _ = self.model.roi_heads.predict(features, rois)  # [N, M, K+1]
+        logits, _ = self.model.predict_rois(features, rois)  # [N, M, K+1]
         probs = F.softmax(logits, dim=-1)
         return probs.gather(2, self.labels[None, :, None].expand(len(images), -1, 1)).squeeze(2)
 
@@ -214,7 +215,7 @@ def find_detections(
         kind: explain final detections or the RPN's proposals.
     """
     if kind == "proposal":
-        out = model.roi_outputs([image])
+        out = roi_outputs(model, [image])
         keep = out.valid[0] & (out.objectness[0] >= score_thresh)
         boxes, scores = out.proposals[0][keep], out.objectness[0][keep]
         if top is not None:
@@ -230,7 +231,7 @@ def find_detections(
         boxes, scores, labels = boxes[:top], scores[:top], labels[:top]
     if not len(boxes):
         return []
-    out = model.roi_outputs([image])
+    out = roi_outputs(model, [image])
     detections = []
     for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
         class_boxes = out.boxes[0, :, label - 1]  # [P, 4]

@@ -32,13 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frcnn.data.coco import CategoryMap
 from frcnn.modeling.model import FasterRCNN
-from frcnn.modeling.preprocess import to_original_pixels
-from frcnn.modeling.structures import ImageBatch
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "count")
 DEFAULT_OPSET = 17  # >= 16: RoiAlign's half_pixel mode (aligned=True)
@@ -48,8 +45,9 @@ class DeployableDetector(nn.Module):
     """:class:`FasterRCNN` inference with tensor-only control flow, for tracing and for batch inference.
 
     Equal to ``model(images).detections`` (test-time resize, proposals and postprocessing) for a batch
-    of same-size images, but with the preprocessing written in tensor operations — image sizes stay
-    graph values under tracing — and the detections returned as padded tensors.
+    of same-size images, through the model's own stages, with the preprocessing in tensor operations
+    (:meth:`~frcnn.modeling.preprocess.Preprocessor.batch_tensor`: image sizes stay graph values under
+    tracing) and the detections returned as padded tensors.
 
     Args:
         model: a trained :class:`FasterRCNN` (its eval-mode settings are used).
@@ -60,46 +58,14 @@ class DeployableDetector(nn.Module):
         self.model = model
         self.eval()  # the wrapper's mode is the model's: a caller's .train() would switch the model too
 
-    def preprocess(self, images: Tensor) -> ImageBatch:
-        """``[B, 3, H, W]`` uint8 (or float in [0, 1]) → the padded, normalized :class:`ImageBatch`.
-
-        The same arithmetic as :class:`~frcnn.modeling.preprocess.Preprocessor` at test time: the new
-        size is ``round(side * scale)`` computed in float64, the image normalized, then resized
-        (bilinear, ``align_corners=False``), then zero-padded at the bottom and right.
-        """
-        prep = self.model.preprocessor
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = (x - prep.mean) / prep.std
-        hw = torch._shape_as_tensor(images)[2:].to(torch.float64)  # a graph value under tracing
-        scale = torch.minimum(prep.min_size_test / hw.min(), prep.max_size / hw.max())
-        new_hw = torch.round(hw * scale).clamp(min=1).to(torch.int64)  # [2]
-        if torch.jit.is_tracing():
-            size = [new_hw[0], new_hw[1]]  # traced: the Resize reads the sizes from the graph
-        else:
-            size = [int(v) for v in new_hw.tolist()]
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        d = prep.size_divisibility
-        pad = (d - new_hw % d) % d  # [2]
-        if torch.jit.is_tracing():
-            x = F.pad(x, [0, pad[1], 0, pad[0]])
-        else:
-            x = F.pad(x, [0, int(pad[1]), 0, int(pad[0])])
-        batch = images.shape[0]
-        return ImageBatch(
-            tensor=x,
-            image_sizes=new_hw[None].expand(batch, 2),
-            scales=(new_hw.to(torch.float64) / hw).to(torch.float32)[None].expand(batch, 2),
-            original_sizes=hw.to(torch.int64)[None].expand(batch, 2),
-        )
-
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``[B, 3, H, W]`` → ``(boxes [B, D, 4], scores [B, D], labels [B, D], count [B])``, see the module docstring."""
         model = self.model
-        batch = self.preprocess(images)
+        batch = model.preprocessor.batch_tensor(images)
         features = model.features(batch)
-        proposals, _ = model.rpn(batch, features)
+        proposals, _ = model.propose(batch, features)
         detections, _ = model.roi_heads(batch, features, proposals, detect=True)
-        detections = to_original_pixels(detections, batch)
+        detections = model.postprocess(detections, batch)
         valid = detections.valid
         boxes = detections.boxes * valid[..., None]
         return boxes, detections.scores * valid, detections.labels * valid, valid.sum(dim=1)

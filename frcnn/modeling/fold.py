@@ -6,7 +6,9 @@ into that convolution: ``W' = W * s`` and ``b' = (b - mean) * s + beta`` with ``
 (per output channel). A folded network reads its activations once per convolution instead of twice.
 
 Which pairs fold: a plain ``nn.Conv2d`` immediately followed by a BatchNorm in a plain ``nn.Sequential``
-(stems, downsampling branches, VGG/AlexNet stacks), and the ``convN`` / ``bnN`` pairs of torchvision's
+(stems, downsampling branches, VGG/AlexNet stacks), in torchvision's ``Conv2dNormActivation`` (a
+Sequential; MobileNetV3's blocks) and in its ``IntermediateLayerGetter`` (an FPN backbone's body, whose
+``forward`` runs its children in order, like a Sequential), and the ``convN`` / ``bnN`` pairs of torchvision's
 ``BasicBlock`` and ``Bottleneck``, whose ``forward`` applies ``bnN`` right after ``convN``. Nothing is
 inferred from names elsewhere (a module may well compute ``bn1(relu(conv1(x)))``), subclasses are left
 alone (their ``forward`` may differ), and a BatchNorm that uses batch statistics in eval mode
@@ -21,9 +23,12 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.misc import Conv2dNormActivation
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+_SEQUENTIAL = (nn.Sequential, Conv2dNormActivation, IntermediateLayerGetter)  # forward: children in order
 
 
 def _foldable_norm(module: nn.Module) -> bool:
@@ -47,7 +52,7 @@ def fold_conv_norm(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     """``(conv_name, norm_name)`` for every foldable pair directly under ``module``."""
     children = dict(module.named_children())
-    if type(module) is nn.Sequential:
+    if type(module) in _SEQUENTIAL:
         names = list(children)
         return [(a, b) for a, b in zip(names, names[1:])
                 if type(children[a]) is nn.Conv2d and _foldable_norm(children[b])]

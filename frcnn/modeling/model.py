@@ -1,4 +1,9 @@
-"""Faster R-CNN: preprocess → backbone trunk → RPN → RoI heads (→ postprocess).
+"""Faster R-CNN: preprocess → features → proposals → RoI predictions → postprocess.
+
+One stage-by-stage path (:meth:`FasterRCNN.preprocess`, :meth:`~FasterRCNN.features`,
+:meth:`~FasterRCNN.propose`, :meth:`~FasterRCNN.predict_rois`, :meth:`~FasterRCNN.postprocess`) that
+training, inference, the ONNX wrapper (:mod:`frcnn.export.onnx`) and the explanation outputs
+(:mod:`frcnn.explain.outputs`) all walk; the features may be one map (C4, VGG16) or a pyramid (FPN).
 
 Shape shorthand: ``B`` images, ``K`` object classes.
 """
@@ -11,15 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-import torch.nn.functional as F
-
-from frcnn.errors import InputError
-from frcnn.modeling.box_coder import decode_boxes
-from frcnn.modeling.box_ops import batched_pairwise_iou, clip_boxes
-from frcnn.modeling.preprocess import Preprocessor, box_scale, boxes_to_original, to_original_pixels
+from frcnn.errors import ConfigError, InputError
+from frcnn.modeling.preprocess import Preprocessor, to_original_pixels
 from frcnn.modeling.roi_heads import RoIHeads
 from frcnn.modeling.rpn import RPN
-from frcnn.modeling.structures import AnchorOutputs, ImageBatch, Proposals, RoIOutputs, pad_targets
+from frcnn.modeling.structures import Detections, FeatureMaps, ImageBatch, Proposals, Targets, pad_targets
 
 
 @dataclass
@@ -41,9 +42,10 @@ class FasterRCNN(nn.Module):
     """The two-stage detector of Ren et al. (2015).
 
     Args:
-        backbone: a module with ``trunk``, ``box_head``, ``out_channels`` (see :mod:`frcnn.modeling.backbones`).
-            Its box head moves to ``roi_heads`` here (unless ``roi_heads`` was built with its own): from then
-            on ``model.backbone`` is the shared trunk and ``model.roi_heads.box_head`` the per-RoI head.
+        backbone: a module mapping images to :class:`FeatureMaps`, with ``strides`` and ``out_channels``
+            (see :mod:`frcnn.modeling.backbones`). A C4 / VGG16 backbone's box head moves to ``roi_heads``
+            here (unless ``roi_heads`` was built with its own): from then on ``model.backbone`` is the
+            shared trunk and ``model.roi_heads.box_head`` the per-RoI head.
         rpn: :class:`frcnn.modeling.rpn.RPN`.
         roi_heads: :class:`frcnn.modeling.roi_heads.RoIHeads`.
         preprocessor: :class:`frcnn.modeling.preprocess.Preprocessor`.
@@ -62,11 +64,25 @@ class FasterRCNN(nn.Module):
     ) -> None:
         super().__init__()
         # One owner per module: the backbone built the head from the same pretrained network as the
-        # trunk (res5 in C4, fc6/fc7 in VGG16), and the RoI stage runs it.
-        box_head = backbone.box_head
-        del backbone.box_head
+        # trunk (res5 in C4, fc6/fc7 in VGG16), and the RoI stage runs it. A pyramid has none: the RoI
+        # stage was built with its own (frcnn.modeling.box_heads).
+        box_head = getattr(backbone, "box_head", None)
+        if box_head is not None:
+            del backbone.box_head
         if roi_heads.box_head is None:
             roi_heads.box_head = box_head
+        if roi_heads.box_head is None:
+            raise ConfigError(
+                f"{type(backbone).__name__} has no box head of its own: configure model.roi_heads.box_head "
+                "(e.g. frcnn.modeling.box_heads.TwoMLPHead, as conf/model/backbone/r50_fpn.yaml does)"
+            )
+        strides = tuple(getattr(backbone, "strides", rpn.anchor_generator.strides))
+        if strides != rpn.anchor_generator.strides:
+            raise ConfigError(
+                f"the backbone's feature strides {list(strides)} differ from the anchors' "
+                f"{list(rpn.anchor_generator.strides)}: set model.rpn.anchor_generator.stride (and one list of "
+                "sizes per level) to match the backbone"
+            )
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
@@ -108,96 +124,49 @@ class FasterRCNN(nn.Module):
         if targets is not None:
             _check_targets(targets, len(images))
             bad_labels = _labels_out_of_range(targets, self.num_classes)
-        batch, scaled_targets = self.preprocessor(images, targets)
+        batch, scaled_targets = self.preprocess(images, targets)
         features = self.features(batch)
         padded = pad_targets(scaled_targets, batch.tensor.device) if scaled_targets is not None else None
-        proposals, rpn_losses = self.rpn(batch, features, padded)
+        proposals, rpn_losses = self.propose(batch, features, padded)
         # Host sync, placed after the RPN's own (its NMS output has a data-dependent size) so the GPU has
         # little left to drain, and before the RoI head's cross_entropy, where a label past K is a
         # device-side assert that names no image. (On an H100 a sync at the top of forward cost 2-5% of
         # a training step; here it is within noise.)
         if bad_labels is not None and bool(bad_labels):
             raise _label_error(targets, self.num_classes)
-        detections, roi_losses = self.roi_heads(
-            batch, features, proposals, padded, detect=detect
-        )
-        per_image = to_original_pixels(detections, batch).per_image() if detections is not None else None
+        detections, roi_losses = self.roi_heads(batch, features, proposals, padded, detect=detect)
+        per_image = self.postprocess(detections, batch).per_image() if detections is not None else None
         return ModelOutput(losses={**rpn_losses, **roi_losses}, detections=per_image)
 
-    def features(self, batch: ImageBatch) -> Tensor:
-        """The shared trunk's feature map ``[B, C, Hf, Wf]`` of a preprocessed batch."""
+    # The stages, in pipeline order. forward, the ONNX wrapper (frcnn.export) and the explanation outputs
+    # (frcnn.explain.outputs) all walk the pipeline through these.
+
+    def preprocess(
+        self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
+        """Normalize, resize, pad and batch ``B`` images ``[3, H_i, W_i]``; targets' boxes rescaled to match."""
+        return self.preprocessor(images, targets)
+
+    def features(self, batch: ImageBatch) -> FeatureMaps:
+        """The backbone's feature maps of a preprocessed batch (one level for C4 / VGG16, P2-P6 for FPN)."""
         x = batch.tensor
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
-    def roi_outputs(
-        self, images: Sequence[Tensor], *, near: Tensor | None = None, max_rois: int | None = None
-    ) -> RoIOutputs:
-        """Every RoI's class vector and class-specific boxes, before thresholding and NMS.
+    def propose(
+        self, batch: ImageBatch, features: FeatureMaps, targets: Targets | None = None
+    ) -> tuple[Proposals, dict[str, Tensor]]:
+        """The RPN: proposals ``[B, P, ...]`` in network-input pixels, and its losses when targets are given."""
+        return self.rpn(batch, features, targets)
 
-        The RPN's proposals come out as at test time (or train time, in train mode); gradients flow
-        from ``probs`` and ``boxes`` back to ``images`` through the box head and the trunk, not through
-        the proposal coordinates (fixed inputs to the box head, as in training).
+    def predict_rois(self, features: FeatureMaps, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """Box head and predictor on ``[B, R, 4]`` boxes → logits ``[B, R, K+1]``, deltas ``[B, R, K+1, 4]``."""
+        return self.roi_heads.predict(features, boxes)
 
-        Args:
-            images: ``B`` RGB tensors ``[3, H_i, W_i]``, float in ``[0, 1]`` (or uint8).
-            near: optional ``[M, 4]`` boxes in original pixels; with ``max_rois``, only the ``max_rois``
-                proposals of each image that overlap them most (IoU > 0) go through the box head. The box
-                head runs once per RoI and dominates the cost; an explanation that follows a few
-                detections needs only the RoIs around them.
-            max_rois: see ``near``.
-
-        Returns:
-            :class:`RoIOutputs` with boxes in each original image's pixels (``P = max_rois`` when cut).
-        """
-        batch, _ = self.preprocessor(images)
-        features = self.features(batch)
-        proposals, _ = self.rpn(batch, features)
-        if near is not None and max_rois is not None and max_rois < proposals.boxes.shape[1]:
-            proposals = _nearest_proposals(proposals, near, batch, max_rois)
-        logits, deltas = self.roi_heads.predict(features, proposals.boxes)  # [B, P, K+1], [B, P, K+1, 4]
-        b, p, k = deltas.shape[0], deltas.shape[1], deltas.shape[2] - 1
-        boxes = decode_boxes(deltas[:, :, 1:], proposals.boxes[:, :, None, :], self.roi_heads.bbox_reg_weights)
-        boxes = boxes_to_original(clip_boxes(boxes.reshape(b, p * k, 4), batch.image_sizes), batch).reshape(b, p, k, 4)
-        return RoIOutputs(
-            proposals=boxes_to_original(proposals.boxes, batch),
-            boxes=boxes,
-            probs=F.softmax(logits, dim=-1),
-            objectness=proposals.scores,
-            valid=proposals.valid,
-        )
-
-    def anchor_outputs(self, images: Sequence[Tensor]) -> AnchorOutputs:
-        """The RPN's decoded box and objectness probability for every anchor (differentiable), before NMS.
-
-        Args:
-            images: as for :meth:`roi_outputs`.
-        """
-        batch, _ = self.preprocessor(images)
-        features = self.features(batch)
-        logits, deltas = self.rpn.head(features)  # [B, A], [B, A, 4]
-        hf, wf = features.shape[-2:]
-        anchors = self.rpn.anchor_generator(hf, wf)
-        boxes = clip_boxes(decode_boxes(deltas, anchors[None], (1.0, 1.0, 1.0, 1.0)), batch.image_sizes)
-        return AnchorOutputs(
-            boxes=boxes_to_original(boxes, batch),
-            objectness=torch.sigmoid(logits.float()),
-            valid=self.rpn.locations_in_image(hf, wf, batch.image_sizes),
-        )
-
-
-def _nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, count: int) -> Proposals:
-    """Each image's ``count`` proposals of highest IoU with any of ``near`` (``[M, 4]`` original pixels)."""
-    factor = box_scale(batch)  # [B, 1, 4]
-    iou = batched_pairwise_iou(proposals.boxes, near[None].to(factor) * factor)  # [B, P, M]
-    overlap = iou.amax(dim=2).masked_fill(~proposals.valid, -1.0)  # [B, P]
-    best, index = overlap.topk(count, dim=1)  # [B, count]
-    return Proposals(
-        boxes=proposals.boxes.gather(1, index[..., None].expand(-1, -1, 4)),
-        scores=proposals.scores.gather(1, index),
-        valid=best > 0,
-    )
+    def postprocess(self, detections: Detections, batch: ImageBatch) -> Detections:
+        """Detections from network-input pixels back to each original image's pixels."""
+        return to_original_pixels(detections, batch)
 
 
 def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> None:

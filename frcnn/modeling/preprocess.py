@@ -60,6 +60,16 @@ class Preprocessor(nn.Module):
         scale = min(short / min(height, width), self.max_size / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
+    def padded(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` rounded up to the multiples of ``size_divisibility`` a batch is padded to."""
+        d = self.size_divisibility
+        return -(-height // d) * d, -(-width // d) * d
+
+    def test_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((new_height, new_width), (padded_height, padded_width))`` of an image at test time."""
+        nh, nw = self.target_size(height, width, self.min_size_test)
+        return (nh, nw), self.padded(nh, nw)
+
     def forward(
         self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
     ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
@@ -89,9 +99,7 @@ class Preprocessor(nn.Module):
             sizes.append((nh, nw))
             scales.append((nh / h, nw / w))
             originals.append((h, w))
-        d = self.size_divisibility
-        max_h = -(-max(s[0] for s in sizes) // d) * d
-        max_w = -(-max(s[1] for s in sizes) // d) * d
+        max_h, max_w = self.padded(max(s[0] for s in sizes), max(s[1] for s in sizes))
         tensor = torch.zeros(len(resized), 3, max_h, max_w, device=device)
         for i, x in enumerate(resized):
             tensor[i, :, : x.shape[1], : x.shape[2]] = x
@@ -108,6 +116,37 @@ class Preprocessor(nn.Module):
             factor = torch.tensor([sx, sy, sx, sy], dtype=torch.float32, device=device)
             scaled.append({**target, "boxes": target["boxes"].to(device).float() * factor})
         return batch, scaled
+
+
+    def batch_tensor(self, images: Tensor) -> ImageBatch:
+        """Test-time preprocessing of one ``[B, 3, H, W]`` batch of same-size images, in tensor operations.
+
+        The same result as :meth:`forward` in eval mode (tests/test_export.py checks), written so that the
+        image size stays a graph value under tracing (ONNX export with dynamic height and width): the new
+        size is ``round(side * scale)`` computed in float64, the image normalized, resized (bilinear,
+        ``align_corners=False``), then zero-padded at the bottom and right.
+
+        Args:
+            images: ``[B, 3, H, W]`` uint8, or float in ``[0, 1]``.
+        """
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = (x - self.mean) / self.std
+        hw = torch._shape_as_tensor(images)[2:].to(torch.float64)  # a graph value under tracing
+        scale = torch.minimum(self.min_size_test / hw.min(), self.max_size / hw.max())
+        new_hw = torch.round(hw * scale).clamp(min=1).to(torch.int64)  # [2]
+        tracing = torch.jit.is_tracing()
+        size = [new_hw[0], new_hw[1]] if tracing else [int(v) for v in new_hw.tolist()]
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        d = self.size_divisibility
+        pad = (d - new_hw % d) % d  # [2]
+        x = F.pad(x, [0, pad[1], 0, pad[0]] if tracing else [0, int(pad[1]), 0, int(pad[0])])
+        batch = images.shape[0]
+        return ImageBatch(
+            tensor=x,
+            image_sizes=new_hw[None].expand(batch, 2),
+            scales=(new_hw.to(torch.float64) / hw).to(torch.float32)[None].expand(batch, 2),
+            original_sizes=hw.to(torch.int64)[None].expand(batch, 2),
+        )
 
 
 def box_scale(images: ImageBatch) -> Tensor:

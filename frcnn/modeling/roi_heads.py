@@ -7,20 +7,21 @@ truth per image, ``R`` sampled RoIs per image (128), ``S`` pooled size, ``D`` bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
 
 from frcnn.modeling.box_coder import encode_boxes
 from frcnn.errors import ConfigError
 from frcnn.modeling.matching import BACKGROUND, FOREGROUND, IGNORE, match
+from frcnn.modeling.poolers import pool_rois
 from frcnn.modeling.postprocess import postprocess_detections
 from frcnn.modeling.sampling import sample_fixed
 from frcnn.modeling.box_ops import batched_pairwise_iou
-from frcnn.modeling.structures import Detections, ImageBatch, Proposals, SampledRois, Targets
+from frcnn.modeling.structures import Detections, FeatureMaps, ImageBatch, Proposals, SampledRois, Targets
 
 
 class BoxPredictor(nn.Module):
@@ -50,7 +51,8 @@ class BoxPredictor(nn.Module):
 class RoIHeads(nn.Module):
     """Samples RoIs, pools their features, runs the box head and predictor, scores or decodes.
 
-    The box head is the per-RoI part of the classification network. In the C4 design (He et al. 2016,
+    With a feature pyramid the box head is new (:mod:`frcnn.modeling.box_heads`, configured under
+    ``roi_heads.box_head``); with C4 and VGG16 it is the per-RoI part of the classification network. In the C4 design (He et al. 2016,
     sec. "Object detection") the ResNet is cut between res4 and res5: conv1-res4 run once per image as
     the shared trunk (stride 16), and res5 runs once per RoI on the pooled 14x14 features (its stride 2
     gives 7x7, then global average pooling), so the whole pretrained network is used and nothing new is
@@ -65,7 +67,12 @@ class RoIHeads(nn.Module):
         pooler: ``"align"`` (``torchvision.ops.roi_align``, default) or ``"pool"`` (``roi_pool``,
             the paper's RoI max pooling).
         pooler_resolution: ``S``: 14 for the C4 res5 head (res5 halves it to 7), 7 for VGG16's fc6.
-        spatial_scale: feature-map scale, ``1 / stride`` (1/16).
+        spatial_scale: the scale ``1 / stride`` of a feature map given as a bare tensor (1/16); the
+            backbone's :class:`FeatureMaps` carry their own strides.
+        pooled_levels: the feature levels RoIs are pooled from, by index (FPN: ``[0, 1, 2, 3]``, P2-P5
+            of P2-P6); None: every level. More than one: each RoI from its level by the FPN paper's
+            assignment (:mod:`frcnn.modeling.poolers`).
+        canonical_size / canonical_level: that assignment's 224 px and ``k0 = 4``.
         sampling_ratio: RoIAlign bilinear samples per bin (0: adaptive, as detectron2).
         aligned: RoIAlign half-pixel correction (True: pixel centres at ``+0.5``, matching the
             continuous box convention).
@@ -87,6 +94,9 @@ class RoIHeads(nn.Module):
         pooler: Literal["align", "pool"] = "align",
         pooler_resolution: int = 14,
         spatial_scale: float = 1.0 / 16,
+        pooled_levels: Sequence[int] | None = None,
+        canonical_size: float = 224.0,
+        canonical_level: int = 4,
         sampling_ratio: int = 0,
         aligned: bool = True,
         fg_iou_thresh: float = 0.5,
@@ -109,6 +119,9 @@ class RoIHeads(nn.Module):
         self.pooler = pooler
         self.pooler_resolution = pooler_resolution
         self.spatial_scale = spatial_scale
+        self.pooled_levels = None if pooled_levels is None else tuple(int(level) for level in pooled_levels)
+        self.canonical_size = float(canonical_size)
+        self.canonical_level = int(canonical_level)
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.fg_iou_thresh = fg_iou_thresh
@@ -126,7 +139,7 @@ class RoIHeads(nn.Module):
     def forward(
         self,
         images: ImageBatch,
-        features: Tensor,
+        features: FeatureMaps | Tensor,
         proposals: Proposals,
         targets: Targets | None = None,
         *,
@@ -136,7 +149,7 @@ class RoIHeads(nn.Module):
 
         Args:
             images: preprocessed batch.
-            features: ``[B, C, Hf, Wf]``.
+            features: the backbone's :class:`FeatureMaps`.
             proposals: ``[B, P, ...]`` from the RPN.
             targets: ground truth in network-input pixels, or None.
             detect: also return detections (network-input pixels) for every proposal.
@@ -165,19 +178,31 @@ class RoIHeads(nn.Module):
             )
         return detections, losses
 
-    def predict(self, features: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """Pool ``[B, R, 4]`` boxes, run head and predictor → ``([B, R, K+1], [B, R, K+1, 4])``."""
+    def predict(self, features: FeatureMaps | Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """Pool ``[B, R, 4]`` boxes, run head and predictor → ``([B, R, K+1], [B, R, K+1, 4])``.
+
+        ``features`` is the backbone's :class:`FeatureMaps` (a bare ``[B, C, Hf, Wf]`` tensor is one
+        level at stride ``1 / spatial_scale``).
+        """
+        if isinstance(features, Tensor):
+            features = FeatureMaps([features], (round(1.0 / self.spatial_scale),))
         b, r = boxes.shape[:2]
         image_index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(-1, r, 1)
         rois = torch.cat([image_index, boxes], dim=2).reshape(-1, 5)  # [B*R, 5]: (image, x1, y1, x2, y2)
-        size = (self.pooler_resolution, self.pooler_resolution)
         # Pool in fp32 even under bf16/fp16 autocast: box coordinates in half precision are off by
         # pixels at detection image sizes (bf16 keeps 8 mantissa bits: ±4 px at x = 1000).
-        features = features.float()
-        if self.pooler == "align":
-            pooled = roi_align(features, rois.float(), size, self.spatial_scale, self.sampling_ratio, self.aligned)
-        else:
-            pooled = roi_pool(features, rois.float(), size, self.spatial_scale)
+        features = FeatureMaps([fmap.float() for fmap in features.maps], features.strides)
+        pooled = pool_rois(
+            features,
+            rois.float(),
+            output_size=self.pooler_resolution,
+            levels=self.pooled_levels,
+            mode=self.pooler,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            canonical_size=self.canonical_size,
+            canonical_level=self.canonical_level,
+        )  # [B*R, C, S, S]
         if self.box_head is None:
             raise RuntimeError("RoIHeads has no box head: build it with box_head=... or inside FasterRCNN")
         x = self.box_head(pooled)  # [B*R, D]

@@ -1,7 +1,9 @@
 """Region Proposal Network (Ren et al., 2015, sec. 3.1): head, anchor targets, loss, proposals.
 
-Shape shorthand: ``B`` images, ``C`` feature channels, ``Hf x Wf`` feature map, ``A`` anchors per
-cell (9), ``N = Hf * Wf * A`` anchors per image, ``G`` padded ground truth, ``P`` proposals.
+Shape shorthand: ``B`` images, ``C`` feature channels, ``L`` feature levels, ``Hf x Wf`` a level's
+feature map, ``A`` anchors per cell (9), ``N_l = Hf * Wf * A`` anchors per image on level ``l`` and
+``N = Σ_l N_l``, ``G`` padded ground truth, ``P`` proposals. One RPN head slides over every level
+(Lin et al. 2017: the head's parameters are shared across the pyramid).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from frcnn.modeling.matching import FOREGROUND, BACKGROUND, match
 from frcnn.modeling.proposals import generate_proposals
 from frcnn.modeling.sampling import sample_mask
 from frcnn.modeling.box_ops import batched_pairwise_iou
-from frcnn.modeling.structures import ImageBatch, Proposals, Targets
+from frcnn.modeling.structures import FeatureMaps, ImageBatch, Proposals, Targets
 
 
 class RPNHead(nn.Module):
@@ -44,7 +46,9 @@ class RPNHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-anchor logits and deltas, flattened in anchor order ``(y, x, a)``.
+        """Per-anchor logits and deltas of one feature map, flattened in anchor order ``(y, x, a)``.
+
+        A pyramid runs this once per level with the same weights (:meth:`RPN.predict`).
 
         Args:
             features: ``[B, C, Hf, Wf]``.
@@ -59,6 +63,23 @@ class RPNHead(nn.Module):
         logits = logits.permute(0, 2, 3, 1).reshape(b, h * w * a)  # [B, Hf*Wf*A]
         deltas = deltas.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4)  # [B, N, 4]
         return logits, deltas
+
+
+@dataclass
+class AnchorPredictions:
+    """The RPN head's output for every anchor of every level, with the anchors (per-level lists).
+
+    Attributes:
+        anchors: ``L`` tensors ``[N_l, 4]`` XYXY in network-input pixels, shared by the batch.
+        logits: ``L`` tensors ``[B, N_l]`` objectness logits (fp32).
+        deltas: ``L`` tensors ``[B, N_l, 4]`` box deltas (fp32).
+        in_image: ``L`` tensors ``[B, N_l]`` bool: the anchor sits on its image's own cells, not padding.
+    """
+
+    anchors: list[Tensor]
+    logits: list[Tensor]
+    deltas: list[Tensor]
+    in_image: list[Tensor]
 
 
 @dataclass
@@ -97,9 +118,12 @@ class RPN(nn.Module):
             on the padding or on the other images of its batch.
         reg_loss_weight: λ; ``None`` picks 10 for ``"paper"`` and 1 for ``"sampled"``.
         smooth_l1_beta: smooth-L1 transition point; py-faster-rcnn's RPN uses sigma = 3, beta = 1/9.
-        pre_nms_topk_train / pre_nms_topk_test: proposals kept before NMS (6000 / 6000).
+        pre_nms_topk_train / pre_nms_topk_test: proposals kept before NMS (6000 / 6000), per feature level.
         post_nms_topk_train / post_nms_topk_test: proposals kept after NMS (2000 / 300).
         nms_thresh: NMS IoU threshold for proposals (0.7).
+        nms_per_level: with a feature pyramid, NMS within each level (True: torchvision, detectron2) or
+            across all levels at once (False); see :func:`frcnn.modeling.proposals.generate_proposals`.
+            One level: no difference.
         min_size: proposals with a side under this many pixels *of the original image* are dropped (16).
     """
 
@@ -123,6 +147,7 @@ class RPN(nn.Module):
         post_nms_topk_test: int = 300,
         nms_thresh: float = 0.7,
         min_size: float = 16.0,
+        nms_per_level: bool = True,
     ) -> None:
         super().__init__()
         if loss_normalization not in ("paper", "sampled"):
@@ -152,53 +177,80 @@ class RPN(nn.Module):
         self.post_nms_topk_test = post_nms_topk_test
         self.nms_thresh = nms_thresh
         self.min_size = min_size
+        self.nms_per_level = nms_per_level
 
     def forward(
-        self, images: ImageBatch, features: Tensor, targets: Targets | None = None
+        self, images: ImageBatch, features: FeatureMaps | Tensor, targets: Targets | None = None
     ) -> tuple[Proposals, dict[str, Tensor]]:
         """Proposals for every image, and the two RPN losses when ``targets`` are given.
 
         Args:
             images: the preprocessed batch (sizes and scales are used).
-            features: ``[B, C, Hf, Wf]``.
+            features: :class:`FeatureMaps` (a bare ``[B, C, Hf, Wf]`` tensor is one level at the anchor
+                generator's stride).
             targets: ground truth in network-input pixels, or None.
 
         Returns:
             ``(proposals, losses)`` with losses ``{"loss_rpn_cls", "loss_rpn_reg"}`` (empty without targets).
         """
-        logits, deltas = self.head(features)
-        hf, wf = features.shape[-2:]
-        anchors = self.anchor_generator(hf, wf)  # [N, 4]
-        in_image = self.locations_in_image(hf, wf, images.image_sizes)  # [B, N]
-        logits, deltas = logits.float(), deltas.float()  # box math and losses in fp32 under autocast
+        pred = self.predict(images, features)
+        proposals = self.propose(images, pred)
+        losses: dict[str, Tensor] = {}
+        if targets is not None:
+            anchors = torch.cat(pred.anchors)  # [N, 4], levels concatenated
+            in_image = torch.cat(pred.in_image, dim=1)  # [B, N]
+            rpn_targets = self.assign_targets(anchors, images.image_sizes, targets, anchor_valid=in_image)
+            losses = self.losses(
+                torch.cat(pred.logits, dim=1), torch.cat(pred.deltas, dim=1), rpn_targets,
+                num_locations=self.num_locations(images.image_sizes),
+            )
+        return proposals, losses
+
+    def predict(self, images: ImageBatch, features: FeatureMaps | Tensor) -> AnchorPredictions:
+        """The shared head on every level, and each level's anchors (differentiable logits and deltas)."""
+        if isinstance(features, Tensor):
+            features = FeatureMaps([features], self.anchor_generator.strides)
+        if tuple(features.strides) != self.anchor_generator.strides:
+            raise ConfigError(
+                f"the backbone's feature strides {list(features.strides)} differ from the anchor generator's "
+                f"{list(self.anchor_generator.strides)}: set model.rpn.anchor_generator.stride to the backbone's"
+            )
+        anchors, logits, deltas, in_image = [], [], [], []
+        for level, fmap in enumerate(features.maps):
+            level_logits, level_deltas = self.head(fmap)
+            hf, wf = fmap.shape[-2:]
+            anchors.append(self.anchor_generator.grid(level, hf, wf))
+            logits.append(level_logits.float())  # box math and losses in fp32 under autocast
+            deltas.append(level_deltas.float())
+            in_image.append(self.locations_in_image(hf, wf, images.image_sizes, level=level))
+        return AnchorPredictions(anchors=anchors, logits=logits, deltas=deltas, in_image=in_image)
+
+    def propose(self, images: ImageBatch, pred: AnchorPredictions) -> Proposals:
+        """Proposals from the head's output (:func:`frcnn.modeling.proposals.generate_proposals`)."""
         # 16 px of the original image, in network-input pixels (the paper's rule is stated in original pixels).
         min_box_size = self.min_size * images.scales.min(dim=1).values
         training = self.training
-        proposals = generate_proposals(
-            anchors,
-            logits.detach(),
-            deltas.detach(),
+        return generate_proposals(
+            pred.anchors,
+            [x.detach() for x in pred.logits],
+            [x.detach() for x in pred.deltas],
             images.image_sizes,
             min_box_size,
-            anchor_valid=in_image,
+            anchor_valid=pred.in_image,
             pre_nms_topk=self.pre_nms_topk_train if training else self.pre_nms_topk_test,
             nms_thresh=self.nms_thresh,
             post_nms_topk=self.post_nms_topk_train if training else self.post_nms_topk_test,
+            nms_per_level=self.nms_per_level,
         )
-        losses: dict[str, Tensor] = {}
-        if targets is not None:
-            rpn_targets = self.assign_targets(anchors, images.image_sizes, targets, anchor_valid=in_image)
-            losses = self.losses(logits, deltas, rpn_targets, num_locations=self.num_locations(images.image_sizes))
-        return proposals, losses
 
-    def locations_in_image(self, hf: int, wf: int, image_sizes: Tensor) -> Tensor:
-        """``[B, N]`` bool: the anchor sits on one of its image's own feature cells, not on padding.
+    def locations_in_image(self, hf: int, wf: int, image_sizes: Tensor, *, level: int = 0) -> Tensor:
+        """``[B, Hf*Wf*A]`` bool: the anchor sits on one of its image's own cells of ``level``, not on padding.
 
         A batch is padded to its largest image; anchors on the padded cells of a smaller image belong to
         no image. They make no proposals and take no part in training, so an image gets the same
         anchors whether it is batched alone or beside a larger one.
         """
-        cells = self._cells(image_sizes)  # [B, 2] (rows, cols)
+        cells = self._cells(image_sizes, self.anchor_generator.strides[level])  # [B, 2] (rows, cols)
         ys = torch.arange(hf, device=image_sizes.device)
         xs = torch.arange(wf, device=image_sizes.device)
         inside = (ys[None, :, None] < cells[:, 0, None, None]) & (xs[None, None, :] < cells[:, 1, None, None])  # [B, Hf, Wf]
@@ -215,7 +267,7 @@ class RPN(nn.Module):
             anchors: ``[N, 4]``.
             image_sizes: ``[B, 2]``.
             targets: padded ground truth ``[B, G, ...]``.
-            anchor_valid: ``[B, N]`` bool, anchors of each image's own cells (:meth:`locations_in_image`);
+            anchor_valid: ``[B, N]`` bool, anchors of each image's own cells (:meth:`predict`);
                 the others are never labelled.
         """
         batch = targets.boxes.shape[0]
@@ -257,17 +309,20 @@ class RPN(nn.Module):
         return RPNTargets(sampled_pos=sampled_pos, sampled_neg=sampled_neg, deltas=deltas)
 
     def num_locations(self, image_sizes: Tensor) -> Tensor:
-        """``[B]`` anchor locations covering each image's own (unpadded) extent: ``ceil(h/s) * ceil(w/s)``.
+        """``[B]`` anchor locations covering each image's own (unpadded) extent: ``Σ_l ceil(h/s_l) * ceil(w/s_l)``.
 
         This is ``N_reg`` of the paper's loss (eq. 1), counted per image: padding added to batch the
         image beside a larger one adds locations but no anchors that can be sampled.
         """
-        cells = self._cells(image_sizes)
-        return cells[:, 0] * cells[:, 1]
+        total = 0
+        for stride in self.anchor_generator.strides:
+            cells = self._cells(image_sizes, stride)
+            total = total + cells[:, 0] * cells[:, 1]
+        return total
 
-    def _cells(self, image_sizes: Tensor) -> Tensor:
+    @staticmethod
+    def _cells(image_sizes: Tensor, stride: int) -> Tensor:
         """``[B, 2]`` feature cells ``(ceil(h/s), ceil(w/s))`` covering each image's own extent."""
-        stride = self.anchor_generator.stride
         return torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")
 
     def losses(self, logits: Tensor, deltas: Tensor, t: RPNTargets, *, num_locations: Tensor) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ Conventions used everywhere in frcnn:
 * Per-image variable-length data is *padded* to a common length and carried with a boolean
   ``valid`` mask, so every stage works on the whole batch at once.
 
-Shape shorthand: ``B`` images, ``G`` padded ground-truth boxes per image, ``A`` anchors per image,
+Shape shorthand: ``B`` images, ``L`` feature levels, ``G`` padded ground-truth boxes per image, ``A`` anchors per image,
 ``P`` proposals per image, ``R`` sampled RoIs per image, ``K`` object classes, ``D`` detections.
 """
 
@@ -41,6 +41,26 @@ class ImageBatch:
     image_sizes: Tensor
     scales: Tensor
     original_sizes: Tensor
+
+
+@dataclass
+class FeatureMaps:
+    """The backbone's output: one feature map per level, finest first, each with its stride.
+
+    C4 and VGG16 have one level (stride 16, the paper's design). A feature pyramid (Lin et al. 2017) has
+    several, e.g. P2-P6 at strides 4, 8, 16, 32, 64, all with the same channel count so that one RPN
+    head and one box head serve every level.
+
+    Attributes:
+        maps: ``L`` tensors ``[B, C, H_l, W_l]``, ``H_l = H / strides[l]`` for the padded input ``H x W``.
+        strides: ``L`` ints, input pixels per feature cell, increasing.
+    """
+
+    maps: list[Tensor]
+    strides: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.maps)
 
 
 @dataclass
@@ -116,44 +136,6 @@ class Detections:
                 {"boxes": self.boxes[b][keep], "scores": self.scores[b][keep], "labels": self.labels[b][keep]}
             )
         return out
-
-
-@dataclass
-class RoIOutputs:
-    """Every RoI's outputs before score thresholding and NMS, in original-image pixels.
-
-    What the explanation methods score a perturbed image with (:mod:`frcnn.explain`): NMS picks a
-    different RoI when the input changes, so a detection is followed through all of them. Differentiable
-    with respect to the input images, except where noted.
-
-    Attributes:
-        proposals: ``[B, P, 4]`` the RoIs (RPN proposals), fixed inputs to the box head: no gradient.
-        boxes: ``[B, P, K, 4]`` each RoI decoded with each class's deltas, clipped to the image.
-        probs: ``[B, P, K+1]`` softmax class vector, index 0 background.
-        objectness: ``[B, P]`` the RPN's objectness probability of each proposal (no gradient).
-        valid: ``[B, P]`` bool; False for padding.
-    """
-
-    proposals: Tensor
-    boxes: Tensor
-    probs: Tensor
-    objectness: Tensor
-    valid: Tensor
-
-
-@dataclass
-class AnchorOutputs:
-    """The RPN's raw output for every anchor, in original-image pixels (to explain proposals).
-
-    Attributes:
-        boxes: ``[B, A, 4]`` each anchor decoded with its deltas, clipped to the image.
-        objectness: ``[B, A]`` objectness probability, differentiable with respect to the images.
-        valid: ``[B, A]`` bool: the anchor's location lies in the image (not on padding).
-    """
-
-    boxes: Tensor
-    objectness: Tensor
-    valid: Tensor
 
 
 def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> Targets:

@@ -15,6 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.errors import ConfigError
+from frcnn.modeling.structures import FeatureMaps
 
 _ARCH = {18: (resnet18, 256, 512), 34: (resnet34, 256, 512), 50: (resnet50, 1024, 2048), 101: (resnet101, 1024, 2048)}
 
@@ -78,7 +79,7 @@ class ResNetC4(nn.Module):
             load_into(net, load_state_dict(weights, f"ResNet{depth}_Weights"), weights)
         self.out_channels = trunk_ch
         self.head_channels = head_ch
-        self.stride = 16
+        self.strides = (16,)
         self.depth = depth
         self.norm = norm
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -89,9 +90,13 @@ class ResNetC4(nn.Module):
                 p.requires_grad_(False)
             _freeze_batchnorm(stage)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` → ``[B, out_channels, H/16, W/16]``."""
-        return self.trunk(images)
+    def forward(self, images: Tensor) -> FeatureMaps:
+        """``[B, 3, H, W]`` → one level, ``[B, out_channels, H/16, W/16]`` at stride 16."""
+        return FeatureMaps([self.trunk(images)], self.strides)
+
+    def cam_layer(self, level: int = 0) -> nn.Module:
+        """The module whose output is feature level ``level`` (one level here: the trunk), for Grad-CAM."""
+        return self.trunk
 
 
 @torch.no_grad()

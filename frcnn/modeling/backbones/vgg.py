@@ -7,6 +7,7 @@ from torchvision.models import vgg16
 
 from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.errors import ConfigError
+from frcnn.modeling.structures import FeatureMaps
 
 # Index in torchvision's vgg16().features where each conv block starts (conv1_1, conv2_1, ... conv5_1).
 _BLOCK_STARTS = (0, 5, 10, 17, 24)
@@ -43,7 +44,7 @@ class VGG16(nn.Module):
             load_into(net, load_state_dict(weights, "VGG16_Weights"), weights)
         self.out_channels = 512
         self.head_channels = 4096
-        self.stride = 16
+        self.strides = (16,)
         self.trunk = net.features[:30]  # conv1_1 ... relu5_3; drops pool5
         fc6, relu6, drop6, fc7, relu7, drop7 = list(net.classifier)[:6]
         self.box_head = nn.Sequential(nn.Flatten(1), fc6, relu6, drop6, fc7, relu7, drop7)
@@ -54,6 +55,10 @@ class VGG16(nn.Module):
             for p in self.trunk[:stop].parameters():
                 p.requires_grad_(False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` → ``[B, 512, H/16, W/16]``."""
-        return self.trunk(images)
+    def forward(self, images: Tensor) -> FeatureMaps:
+        """``[B, 3, H, W]`` → one level, ``[B, 512, H/16, W/16]`` at stride 16."""
+        return FeatureMaps([self.trunk(images)], self.strides)
+
+    def cam_layer(self, level: int = 0) -> nn.Module:
+        """The module whose output is feature level ``level`` (one level here: the trunk), for Grad-CAM."""
+        return self.trunk
