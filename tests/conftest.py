@@ -132,6 +132,35 @@ class ScriptResult:
     stderr: str
 
 
+def run_script_in_process(monkeypatch: pytest.MonkeyPatch, name: str, args: list[str]) -> int:
+    """Run ``scripts/<name>`` with ``args`` as its ``__main__`` in this process; its exit status.
+
+    Hydra's logging set-up, its global state and ``HYDRA_FULL_ERROR`` are undone afterwards.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / name), *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = 0
+    try:
+        runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:  # Hydra's console and file handlers: closed, pytest's put back
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+    return code
+
+
 @pytest.fixture
 def run_script(monkeypatch, capfd):
     """Run ``scripts/<name>`` with ``args`` as its ``__main__``, in this process: ``ScriptResult``.
@@ -141,31 +170,11 @@ def run_script(monkeypatch, capfd):
     Output is captured at the file-descriptor level (``capfd``), so what a forked data-loader worker
     writes is seen too. Real processes stay where they are the point: ``train.py`` under torchrun, on
     SIGTERM and in a multirun, and the wrong-override cases of the
-    scripts that have them. Hydra's logging set-up, its global state and ``HYDRA_FULL_ERROR`` are undone.
+    scripts that have them.
     """
 
     def run(name: str, args: list[str]) -> ScriptResult:
-        from hydra.core.global_hydra import GlobalHydra
-
-        root = logging.getLogger()
-        level, handlers = root.level, root.handlers[:]
-        monkeypatch.setattr(sys, "argv", [str(REPO / "scripts" / name), *args])
-        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-        code = 0
-        try:
-            runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        finally:
-            GlobalHydra.instance().clear()
-            for handler in root.handlers[:]:  # Hydra's console and file handlers: closed, pytest's put back
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            for handler in handlers:
-                if handler not in root.handlers:
-                    root.addHandler(handler)
-            root.setLevel(level)
+        code = run_script_in_process(monkeypatch, name, args)
         captured = capfd.readouterr()
         return ScriptResult(code, captured.out, captured.err)
 

@@ -1,7 +1,9 @@
 import math
 
+import pytest
 import torch
 
+from frcnn.errors import ConfigError
 from frcnn.modeling.anchors import AnchorGenerator, cell_anchors
 
 
@@ -50,3 +52,35 @@ def test_offset_zero_matches_torchvision_centres():
     images = ImageList(torch.zeros(1, 3, 48, 64), [(48, 64)])
     theirs = tv(images, [torch.zeros(1, 8, 3, 4)])[0]
     torch.testing.assert_close(ours, theirs)
+
+
+def test_pyramid_anchors_match_torchvisions_generator_level_by_level():
+    """Per level, the same anchors as torchvision's AnchorGenerator with the same sizes, ratios and offset 0.
+
+    torchvision rounds its cell anchors to whole pixels; frcnn keeps them exact (area = size²), so frcnn's
+    are rounded here before comparing (shifts are whole multiples of even strides, so rounding commutes)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+    from torchvision.models.detection.image_list import ImageList
+
+    sizes, ratios, strides = [[12], [24], [48], [96], [192]], (0.5, 1.0, 2.0), (4, 8, 16, 32, 64)
+    ours = AnchorGenerator(sizes=sizes, aspect_ratios=ratios, stride=strides, offset=0.0)
+    assert ours.num_levels == 5 and ours.num_anchors == 3
+    height, width = 192, 256
+    shapes = [(height // s, width // s) for s in strides]
+    theirs = TorchvisionAnchors(sizes=tuple(tuple(s) for s in sizes), aspect_ratios=(ratios,) * 5)
+    maps = [torch.zeros(1, 1, h, w) for h, w in shapes]
+    expected = theirs(ImageList(torch.zeros(1, 3, height, width), [(height, width)]), maps)[0]
+    mine = torch.cat([ours.grid(level, h, w) for level, (h, w) in enumerate(shapes)])
+    assert torch.equal(mine.round(), expected)
+
+
+def test_three_sizes_per_level_and_mismatches_are_refused():
+    gen = AnchorGenerator(sizes=[[16, 20, 25], [32, 40, 50]], stride=[8, 16])
+    assert gen.num_anchors == 9 and gen.strides == (8, 16)
+    assert gen.grid(1, 2, 3).shape == (2 * 3 * 9, 4)
+    with pytest.raises(ConfigError, match="one list of sizes per level"):
+        AnchorGenerator(sizes=[[16], [32]], stride=[4, 8, 16])
+    with pytest.raises(ConfigError, match="same number of sizes"):
+        AnchorGenerator(sizes=[[16], [32, 64]], stride=[4, 8])
+    with pytest.raises(RuntimeError, match="levels"):
+        gen.stride  # a one-level property on a pyramid

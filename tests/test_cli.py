@@ -92,7 +92,7 @@ def _buggy_target(shape: int):
     [
         ("model.rpn.nms_tresh=0.5", ["model.rpn.nms_tresh is not a config key", "did you mean model.rpn.nms_thresh?", "min_size"]),
         ("trainer.max_iters==", ["cannot parse the override 'trainer.max_iters=='", "key=value"]),
-        ("model/backbone=r99", ["model/backbone=r99 is not a config option", "r18_c4 | r50_c4 | vgg16"]),
+        ("model/backbone=r99", ["model/backbone=r99 is not a config option", "mobilenet_v3_fpn | r18_c4 | r18_fpn | r50_c4 | r50_fpn | vgg16"]),
     ],
 )
 def test_hydra_composition_errors_name_the_key_and_the_choices(override, expected):

@@ -16,18 +16,19 @@ from frcnn.cli import compose_train
 OPTIM_FILES = sorted((Path(__file__).resolve().parents[1] / "conf" / "optim").glob("*.yaml"))
 
 DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"]}
-BACKBONES = ["r18_c4", "r50_c4", "vgg16"]
+BACKBONES = ["r18_c4", "r50_c4", "vgg16", "r18_fpn", "r50_fpn", "mobilenet_v3_fpn"]
 SCHEDULES = ["step", "cosine"]
 
 
-def anchors_inside(cfg, size: float) -> float:
-    """Share of the anchors of one ``size`` that lie wholly inside a test image (all aspect ratios)."""
+def anchors_inside(cfg, level: int, size: float) -> float:
+    """Share of the anchors of one ``size`` on one level that lie wholly inside a test image (all aspect ratios)."""
     gen = instantiate(cfg.model.rpn.anchor_generator)
     h = int(cfg.data.min_size_test)
     w = int(min(cfg.data.max_size, round(h * 4 / 3)))  # a 3:4 image at the test scale
-    anchors = gen((h + 15) // 16, (w + 15) // 16).view(-1, gen.num_anchors, 4)
+    stride = gen.strides[level]
+    anchors = gen.grid(level, -(-h // stride), -(-w // stride)).view(-1, gen.num_anchors, 4)
     ratios = len(gen.aspect_ratios)
-    which = list(gen.sizes).index(size)
+    which = list(gen.level_sizes[level]).index(size)
     a = anchors[:, which * ratios : (which + 1) * ratios].reshape(-1, 4)  # anchors are size-major per cell
     inside = (a[:, 0] >= 0) & (a[:, 1] >= 0) & (a[:, 2] <= w) & (a[:, 3] <= h)
     return float(inside.float().mean())
@@ -39,10 +40,21 @@ def test_each_composition_fits_its_data(data, backbone, schedule):
     OmegaConf.resolve(cfg)
     # Anchors: every size has anchors wholly inside the image (the RPN's positives come from IoU, not
     # only from the best-anchor rule) and the largest is no larger than the image's shorter side.
-    sizes = list(cfg.model.rpn.anchor_generator.sizes)
+    gen = instantiate(cfg.model.rpn.anchor_generator)
+    model = instantiate(cfg.model)  # the backbone's strides are the anchors' (FasterRCNN checks)
+    assert model.backbone.strides == gen.strides
+    sizes = [s for level in gen.level_sizes for s in level]
     assert max(sizes) <= cfg.data.min_size_test, sizes
-    for s in sizes:  # the paper's 512 px anchors on a 600x800 image: 3 % inside; on 192x256: none
-        assert anchors_inside(cfg, s) >= 0.02, (s, anchors_inside(cfg, s))
+    for level, level_sizes in enumerate(gen.level_sizes):
+        # the paper's 512 px anchors on a 600x800 image: 3 % inside; on 192x256: none. (An anchor as large as
+        # the image fits only where a cell centre falls on the image's centre: not checked.)
+        for s in (s for s in level_sizes if s <= 0.9 * cfg.data.min_size_test):
+            assert anchors_inside(cfg, level, s) >= 0.02, (level, s, anchors_inside(cfg, level, s))
+    # A pyramid's anchors cover the data's object sizes, an octave apart (FPN paper: 32-512 at ~800 px).
+    if gen.num_levels > 1:
+        ladder = sorted(set(sizes))
+        assert all(b / a == 2 for a, b in zip(ladder, ladder[1:])), ladder
+        assert ladder[0] <= 0.07 * cfg.data.min_size_test and ladder[-1] >= 0.6 * cfg.data.min_size_test, ladder
     # Proposals' minimum size is ~16 px at the paper's ~600 px scale, scaled to the data's images.
     assert 0.5 <= cfg.model.rpn.min_size / (16 * cfg.data.min_size_test / 600) <= 2
     # Schedule: 5-50 epochs at the batch the learning rate is defined for, warm-up <= 20 % of it, and

@@ -91,3 +91,59 @@ def test_proposals_are_detached():
     out = generate_proposals(anchors, logits, deltas, torch.tensor([[100, 100]]), torch.tensor([1.0]),
                              pre_nms_topk=5, nms_thresh=0.7, post_nms_topk=5)
     assert not out.boxes.requires_grad and not out.scores.requires_grad
+
+
+def pyramid_reference(anchors, logits, deltas, size, min_size, pre, thresh, post, per_level):
+    """A plain loop over levels for one image: each level's top-``pre``, NMS within it (or over all), top-``post``."""
+    boxes, scores, levels = [], [], []
+    for level, (lvl_anchors, lvl_logits, lvl_deltas) in enumerate(zip(anchors, logits, deltas)):
+        b = clip_boxes_to_image(decode_boxes(lvl_deltas, lvl_anchors, (1.0, 1.0, 1.0, 1.0)), size)
+        keep = remove_small_boxes(b, min_size)
+        b, s = b[keep], lvl_logits[keep]
+        order = s.argsort(descending=True)[:pre]
+        boxes.append(b[order])
+        scores.append(s[order])
+        levels.append(torch.full((len(order),), level))
+    boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
+    if per_level:
+        keep = torch.cat([torch.nonzero(levels == lvl).squeeze(1)[nms(boxes[levels == lvl], scores[levels == lvl], thresh)]
+                          for lvl in range(len(anchors))])
+    else:
+        keep = nms(boxes, scores, thresh)
+    keep = keep[scores[keep].argsort(descending=True)][:post]
+    return boxes[keep], torch.sigmoid(scores[keep])
+
+
+@pytest.mark.parametrize("per_level", [True, False], ids=["nms_per_level", "nms_across_levels"])
+def test_pyramid_proposals_equal_a_plain_loop_over_levels(per_level):
+    g = torch.Generator().manual_seed(3)
+    gen = AnchorGenerator(sizes=[[12], [24], [48], [96]], stride=[4, 8, 16, 32])
+    shapes = [(128 // s, 160 // s) for s in gen.strides]
+    anchors = [gen.grid(level, h, w) for level, (h, w) in enumerate(shapes)]
+    b = 2
+    logits = [torch.randn(b, len(a), generator=g) for a in anchors]
+    deltas = [torch.randn(b, len(a), 4, generator=g) * 0.3 for a in anchors]
+    sizes = torch.tensor([[128, 160], [100, 150]])
+    min_sizes = torch.tensor([4.0, 6.0])
+    pre, post = 150, 300  # the top-k binds on the three finer levels; post > the survivors of some images
+    out = generate_proposals(anchors, logits, deltas, sizes, min_sizes, pre_nms_topk=pre, nms_thresh=0.7,
+                             post_nms_topk=post, nms_per_level=per_level)
+    assert out.boxes.shape[1] == min(post, sum(min(pre, len(a)) for a in anchors))
+    for i in range(b):
+        rb, rs = pyramid_reference(anchors, [x[i] for x in logits], [x[i] for x in deltas], tuple(sizes[i].tolist()),
+                                   float(min_sizes[i]), pre, 0.7, post, per_level)
+        n = len(rb)
+        assert int(out.valid[i].sum()) == n
+        torch.testing.assert_close(out.scores[i, :n], rs)
+        torch.testing.assert_close(out.boxes[i, :n], rb)
+
+
+def test_nms_within_levels_keeps_overlapping_boxes_of_different_levels():
+    # the same box predicted on two levels: NMS per level keeps both, NMS across levels keeps one
+    box_anchor = torch.tensor([[10.0, 10.0, 50.0, 50.0]])
+    args = ([box_anchor, box_anchor], [torch.tensor([[2.0]]), torch.tensor([[1.0]])], [torch.zeros(1, 1, 4)] * 2,
+            torch.tensor([[64, 64]]), torch.tensor([1.0]))
+    within = generate_proposals(*args, pre_nms_topk=10, nms_thresh=0.7, post_nms_topk=10, nms_per_level=True)
+    across = generate_proposals(*args, pre_nms_topk=10, nms_thresh=0.7, post_nms_topk=10, nms_per_level=False)
+    assert within.valid.sum() == 2 and across.valid.sum() == 1
+    assert torch.allclose(across.scores[0, 0], torch.sigmoid(torch.tensor(2.0)))

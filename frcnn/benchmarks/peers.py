@@ -1,8 +1,8 @@
 """torchvision's Faster R-CNN configured like a built frcnn model: the peer for benchmarks and races.
 
 :func:`torchvision_peer` reads every setting it can from an :class:`frcnn.modeling.model.FasterRCNN` and
-builds ``torchvision.models.detection.FasterRCNN`` with the same trunk, box head, 9 anchors, RPN and
-RoI sampling numbers, pooled size, image size and normalization, starting from the same weights (a
+builds ``torchvision.models.detection.FasterRCNN`` with the same trunk (or feature pyramid), box head,
+anchors per level, RPN and RoI sampling numbers, pooled levels, pooled size, image size and normalization, starting from the same weights (a
 copy). Where torchvision has no such setting it keeps its own behaviour, and nothing of
 torchvision's is changed to favour frcnn:
 
@@ -36,6 +36,18 @@ from frcnn.errors import ConfigError, InputError
 from frcnn.modeling.model import FasterRCNN, ModelOutput
 
 
+class _Pyramid(nn.Module):
+    """Wraps frcnn's FPN backbone (torchvision's own ``body`` and ``fpn`` modules) as torchvision's ``BackboneWithFPN``."""
+
+    def __init__(self, body: nn.Module, fpn: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body, self.fpn = body, fpn
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.fpn(self.body(x))
+
+
 class _Trunk(nn.Module):
     """Wraps a stride-16 trunk as a torchvision backbone: ``{"0": [B, C, H/16, W/16]}``."""
 
@@ -65,23 +77,30 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
         raise ConfigError(f"torchvision's FasterRCNN has no RoI max pooling; build the frcnn model with roi_heads.pooler=align, not {heads.pooler!r}")
     backbone = copy.deepcopy(model.backbone)
     gen = rpn.anchor_generator
+    pyramid = hasattr(backbone, "fpn")
     rpn_head = RPNHead(backbone.out_channels, gen.num_anchors)
     rpn_convs = [m for m in rpn_head.conv.modules() if isinstance(m, nn.Conv2d)]
     if len(rpn_convs) != 1:
         raise RuntimeError(f"unexpected torchvision RPNHead layout: {len(rpn_convs)} 3x3 convs")
     for theirs, ours in ((rpn_convs[0], rpn.head.conv), (rpn_head.cls_logits, rpn.head.objectness), (rpn_head.bbox_pred, rpn.head.deltas)):
         theirs.load_state_dict(ours.state_dict())
-    predictor = FastRCNNPredictor(backbone.head_channels, model.num_classes + 1)
+    predictor = FastRCNNPredictor(heads.predictor.cls_score.in_features, model.num_classes + 1)
     predictor.cls_score.load_state_dict(heads.predictor.cls_score.state_dict())
     predictor.bbox_pred.load_state_dict(heads.predictor.bbox_pred.state_dict())
 
+    if pyramid:  # torchvision names the levels '0', '1', ... and the max-pooled one 'pool'
+        names = [str(i) for i in range(len(gen.strides) - 1)] + ["pool"]
+        pooled = heads.pooled_levels if heads.pooled_levels is not None else range(len(gen.strides))
+        trunk, pooled_names = _Pyramid(backbone.body, backbone.fpn, backbone.out_channels), [names[i] for i in pooled]
+    else:
+        trunk, pooled_names = _Trunk(backbone.trunk, backbone.out_channels), ["0"]
     peer = TorchvisionFasterRCNN(
-        _Trunk(backbone.trunk, backbone.out_channels),
+        trunk,
         min_size=prep.min_sizes,
         max_size=prep.max_size,
         image_mean=prep.mean.flatten().tolist(),
         image_std=prep.std.flatten().tolist(),
-        rpn_anchor_generator=AnchorGenerator(sizes=(gen.sizes,), aspect_ratios=(gen.aspect_ratios,)),
+        rpn_anchor_generator=AnchorGenerator(sizes=gen.level_sizes, aspect_ratios=(gen.aspect_ratios,) * gen.num_levels),
         rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
         rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
@@ -92,7 +111,7 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
         rpn_bg_iou_thresh=rpn.bg_iou_thresh,
         rpn_batch_size_per_image=rpn.batch_size_per_image,
         rpn_positive_fraction=rpn.positive_fraction,
-        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=heads.pooler_resolution, sampling_ratio=heads.sampling_ratio),
+        box_roi_pool=MultiScaleRoIAlign(pooled_names, output_size=heads.pooler_resolution, sampling_ratio=heads.sampling_ratio),
         box_head=copy.deepcopy(heads.box_head),
         box_predictor=predictor,
         box_score_thresh=heads.score_thresh,

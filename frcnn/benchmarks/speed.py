@@ -41,6 +41,7 @@ from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer
 from frcnn.config import AMP_DTYPES
 from frcnn.modeling.model import FasterRCNN
 from frcnn.modeling.preprocess import Preprocessor
+from frcnn.modeling.structures import FeatureMaps
 
 SPEED_KEYS = ("train_step_s", "infer_per_image_b1_s", "infer_per_image_b8_s", "backbone_only_s", "overhead_ratio")
 
@@ -254,6 +255,14 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def _mean_of(features: Tensor | FeatureMaps | dict[str, Tensor]) -> Tensor:
+    """A scalar from a trunk's output: one map, frcnn's pyramid, or torchvision's ``{name: map}``."""
+    if isinstance(features, Tensor):
+        return features.float().mean()
+    maps = features.maps if isinstance(features, FeatureMaps) else list(features.values())
+    return sum(m.float().mean() for m in maps)
+
+
 def padded_hw(prep: Preprocessor, image_hw: tuple[int, int]) -> tuple[int, int]:
     """The padded input size frcnn's preprocessor gives an image of ``image_hw`` at test size."""
     return prep.test_size(*image_hw)[1]
@@ -299,9 +308,11 @@ def step_fns(
     # Backbone only: the trunk on the padded batch and the box head on R RoIs per image, forward and
     # backward, nothing else. The modules are the model's own (trainable parts train, frozen ones don't).
     if isinstance(model, PeerAdapter):
-        trunk, head = model.peer.backbone.body, model.peer.roi_heads.box_head
+        trunk = model.peer.backbone if hasattr(model.peer.backbone, "fpn") else model.peer.backbone.body
+        head = model.peer.roi_heads.box_head
     else:
-        trunk, head = model.backbone.trunk, model.roi_heads.box_head
+        trunk = model.backbone if hasattr(model.backbone, "fpn") else model.backbone.trunk
+        head = model.roi_heads.box_head
     heads = ours.roi_heads
     s = heads.pooler_resolution
     pooled = torch.randn(batch * heads.batch_size_per_image, ours.backbone.out_channels, s, s, device=device)
@@ -314,7 +325,7 @@ def step_fns(
     def backbone_only() -> None:
         model.train()
         with ctx():
-            loss = trunk(x).float().mean() + head(pooled).float().mean()
+            loss = _mean_of(trunk(x)) + head(pooled).float().mean()
         loss.backward()
 
     return train_step, infer, backbone_only

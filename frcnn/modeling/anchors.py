@@ -114,7 +114,7 @@ class AnchorGenerator(nn.Module):
 
     def _single(self, name, value):
         if self.num_levels != 1:
-            raise AttributeError(f"{name}: this generator has {self.num_levels} levels; read level_sizes / strides")
+            raise RuntimeError(f"{name}: this generator has {self.num_levels} levels; read level_sizes / strides")
         return value
 
     def grid(self, level: int, feature_height: int, feature_width: int) -> Tensor:

@@ -1,0 +1,100 @@
+"""A feature-pyramid model through every tool, via the real CLIs on tiny data: train → evaluate → infer →
+export (onnxruntime parity at several sizes) → explain (Grad-CAM on the detection's own pyramid level)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import SMALL_FPN, TINY_TRAIN, run_script_in_process
+
+pytestmark = pytest.mark.slow
+
+# The tiny run of the other CLI tests, on ResNet-18-FPN: its own anchors (one size per level) and pool size.
+FPN_TRAIN = [o for o in TINY_TRAIN if not o.startswith(("model.rpn.anchor_generator.sizes", "model.roi_heads.pooler"))]
+FPN_TRAIN += [o for o in SMALL_FPN if o.startswith("data.fpn_anchor_sizes")]
+FPN_TRAIN += ["model/backbone=r18_fpn", "model.roi_heads.box_head.representation_size=256", "model.rpn.post_nms_topk_train=200",
+              "model.rpn.post_nms_topk_test=100", "optim=adamw", "optim.lr=0.001"]
+
+
+@pytest.fixture(scope="module")
+def fpn_run(tiny_data, tmp_path_factory) -> Path:
+    """scripts/train.py on ResNet-18-FPN, once for this module (its output goes to pytest's capture)."""
+    run = tmp_path_factory.mktemp("fpn") / "run"
+    args = [*FPN_TRAIN, f"data.root={tiny_data}", "trainer.max_iters=40", "trainer.eval_period=40",
+            "trainer.checkpoint_period=40", "trainer.log_period=20", f"hydra.run.dir={run}"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run_script_in_process(monkeypatch, "train.py", args) == 0
+    return run
+
+
+def _image(tiny_data: Path, index: int = 0) -> np.ndarray:
+    return np.asarray(Image.open(tiny_data / "val" / f"{index:06d}.png").convert("RGB"))
+
+
+def test_the_pyramid_checkpoint_trains_and_evaluates(fpn_run, tmp_path, run_script):
+    config = torch.load(fpn_run / "last.pt", weights_only=True)["config"]
+    assert config["model"]["backbone"]["_target_"].endswith("ResNetFPN")
+    rows = [json.loads(line) for line in (fpn_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/AP" in row for row in rows) and rows[0]["loss"] > rows[-2]["loss"]
+    result = run_script("evaluate.py", [f"checkpoint={fpn_run / 'last.pt'}", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((tmp_path / "metrics.json").read_text())["stats"]
+    assert 0 <= stats["AP"] <= 1
+
+
+def test_the_pyramid_model_infers_exports_and_runs_in_onnxruntime(fpn_run, tiny_data, tmp_path, run_script):
+    from frcnn.export.onnx import match_detections
+    from frcnn.export.runtime import OnnxDetector
+    from frcnn.inference import load_model
+
+    checkpoint = fpn_run / "last.pt"
+    result = run_script("infer.py", [f"checkpoint={checkpoint}", f"image={tiny_data / 'val' / '000000.png'}", "score_thresh=0.1",
+                                     f"hydra.run.dir={tmp_path / 'infer'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "infer" / "000000.png").is_file()
+    onnx_file = tmp_path / "model.onnx"
+    result = run_script("export.py", [f"checkpoint={checkpoint}", f"output={onnx_file}", "sample_hw=[128,160]",
+                                      f"hydra.run.dir={tmp_path / 'export'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, _, _ = load_model(checkpoint, torch.device("cpu"))
+    runtime = OnnxDetector(onnx_file)
+    base = _image(tiny_data)
+    cases = {"as traced": np.asarray(Image.fromarray(base).resize((160, 128))), "own size": base,
+             "portrait, odd": np.asarray(Image.fromarray(base).resize((131, 197))), "grey": np.full((128, 160, 3), 128, np.uint8)}
+    checked = 0
+    for name, image in cases.items():
+        with torch.inference_mode():
+            reference = model([torch.from_numpy(image).permute(2, 0, 1)]).detections[0]
+        got = runtime.detect(image)
+        assert len(got["scores"]) == len(reference["scores"]), name
+        report = match_detections(reference, got, min_score=0.1)
+        assert report["unmatched"] == 0 and report["min_iou"] >= 0.99 and report["max_score_diff"] <= 1e-3, (name, report)
+        checked += report["checked"]
+    assert checked >= 3, "the parity cases must contain detections to compare"
+
+
+def test_the_pyramid_model_is_explained_on_its_own_level(fpn_run, tiny_data, tmp_path, run_script):
+    from frcnn.explain.methods import cam_level
+    from frcnn.inference import load_model
+
+    model, _, _ = load_model(fpn_run / "last.pt", torch.device("cpu"))
+    # Grad-CAM reads the level the RoI stage pools a box from: small boxes P2, the canonical 224 px P4.
+    assert cam_level(model, torch.tensor([0.0, 0.0, 20.0, 20.0]), 192, 256) == 0
+    assert cam_level(model, None, 192, 256) == 2
+    out = tmp_path / "explain"
+    result = run_script("explain.py", [f"checkpoint={fpn_run / 'last.pt'}", f"image={tiny_data / 'val' / '000000.png'}",
+                                       "methods=[gradcam,drise]", "detections=top2", "score_thresh=0.05", "options.drise.masks=16",
+                                       "max_rois=4", "faithfulness.steps=4", f"hydra.run.dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "explanations.json").read_text())
+    assert report["detections"]
+    maps = np.load(out / "explanations.npz")
+    for entry in report["detections"]:
+        cam = maps[f"{entry['name']}/gradcam"]
+        assert cam.shape == (192, 256) and np.isfinite(cam).all()
