@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with python3 and make:
-#   make demo   install everything, then train -> evaluate -> infer on the built-in synthetic data
+#   make demo   install everything, then train ResNet-18-FPN -> evaluate -> infer on the built-in synthetic data
 #   make test   install everything, then run the test suite
 #   make track-demo   SiamRPN: generate sequences, train, evaluate against OpenCV's trackers on held-out
 #                     sequences, track one sequence
@@ -9,6 +9,8 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV_PY := .venv/bin/python
 DEMO_DIR ?= outputs/demo
+# make demo DEMO_EXPERIMENT=demo: the ResNet-18-C4 demo instead (docs/benchmarks.md compares them)
+DEMO_EXPERIMENT ?= demo_fpn
 TRACK_DIR ?= outputs/siamrpn_demo
 
 .PHONY: install demo track-demo test clean
@@ -26,7 +28,7 @@ $(UV):
 install: .venv/.installed
 
 demo: install
-	$(VENV_PY) scripts/train.py experiment=demo hydra.run.dir=$(DEMO_DIR)
+	$(VENV_PY) scripts/train.py experiment=$(DEMO_EXPERIMENT) hydra.run.dir=$(DEMO_DIR)
 	$(VENV_PY) scripts/evaluate.py checkpoint=$(DEMO_DIR)/best.pt hydra.run.dir=$(DEMO_DIR)/evaluate
 	$(VENV_PY) scripts/infer.py checkpoint=$(DEMO_DIR)/best.pt image=data/synthetic/val/000000.png score_thresh=0.5 hydra.run.dir=$(DEMO_DIR)/infer
 	@$(VENV_PY) -c "import json; s=json.load(open('$(DEMO_DIR)/evaluate/metrics.json'))['stats']; print(f\"\nCOCO AP@[.5:.95] on the synthetic val split: {s['AP']:.4f} (AP50 {s['AP50']:.4f})\nannotated image: $(DEMO_DIR)/infer/000000.png\")"

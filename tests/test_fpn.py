@@ -98,3 +98,29 @@ def test_the_pyramid_model_is_explained_on_its_own_level(fpn_run, tiny_data, tmp
     for entry in report["detections"]:
         cam = maps[f"{entry['name']}/gradcam"]
         assert cam.shape == (192, 256) and np.isfinite(cam).all()
+
+
+def test_the_sanity_checks_cascade_walks_a_pyramid_top_down():
+    from frcnn.explain.faithfulness import cascade_stages
+    from tests.conftest import small_model
+
+    names = [name for name, _ in cascade_stages(small_model(overrides=["model/backbone=r18_fpn"]))]
+    assert names[:4] == ["roi_heads.predictor", "roi_heads.box_head", "rpn.head", "backbone.fpn"]
+    assert names[4:] == ["backbone.body.layer4", "backbone.body.layer3", "backbone.body.layer2", "backbone.body.layer1",
+                         "backbone.body.bn1", "backbone.body.conv1"]
+
+
+def test_a_pyramid_refuses_what_it_cannot_do():
+    from frcnn.errors import ConfigError
+    from frcnn.modeling.backbones import ResNetFPN
+    from tests.conftest import small_model
+
+    model = small_model(overrides=["model/backbone=r18_fpn"]).eval()
+    batch, _ = model.preprocess([torch.rand(3, 96, 128)])
+    with pytest.raises(ConfigError, match="5 levels but one feature map"):
+        model.rpn(batch, torch.zeros(1, 256, 24, 32))
+    with pytest.raises(ConfigError, match="pooled from levels"):
+        model.roi_heads.predict(torch.zeros(1, 256, 24, 32), torch.zeros(1, 2, 4))
+    with pytest.raises(ConfigError, match="freeze_at=5 freezes res5"):
+        ResNetFPN(depth=18, returned_layers=[1, 2, 3], freeze_at=5)
+    assert ResNetFPN(depth=18, returned_layers=[2, 3, 4]).strides == (8, 16, 32, 64)

@@ -134,13 +134,15 @@ def test_seeded_golden_losses(backbone):
     assert losses == pytest.approx(GOLDEN[backbone], rel=TOLERANCE[backbone])
 
 
+@pytest.mark.parametrize("backbone", ["r18_c4", "r18_fpn"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_and_channels_last(device, dtype):
+def test_autocast_and_channels_last(device, dtype, backbone):
     if device.type == "cpu" and dtype == torch.float16:
         pytest.skip("fp16 autocast is a GPU feature")
     # Fewer RoIs than the paper's 128 / 2000: bf16 convolutions on a CPU without bf16 units are slow, and
     # what is checked here (dtypes, finiteness, backward) does not depend on the count.
-    small_heads = ["model.channels_last=true", "model.roi_heads.batch_size_per_image=8", "model.rpn.post_nms_topk_train=10"]
+    small_heads = ["model.channels_last=true", "model.roi_heads.batch_size_per_image=8", "model.rpn.post_nms_topk_train=10",
+                   f"model/backbone={backbone}"]
     model = small_model(overrides=small_heads).to(device).to(memory_format=torch.channels_last).train()
     images, targets = batch(device)
     with torch.autocast(device.type, dtype=dtype):

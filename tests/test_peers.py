@@ -71,3 +71,32 @@ def test_peer_tests_at_our_test_size_under_multi_scale_training():
     assert torchvision_peer(model).transform.min_size == (96, 112, 128)
     with pytest.raises(ValueError, match="test size 144 is not among"):
         torchvision_peer(small_model(overrides=["data.min_size_train=[96,128]", "data.min_size_test=144"]))
+
+
+def test_fpn_peer_shares_our_pyramid_levels_and_pooling():
+    torch.manual_seed(0)
+    overrides = ["model/backbone=r18_fpn", "model.roi_heads.aligned=false", "model.rpn.post_nms_topk_train=100",
+                 "model.roi_heads.batch_size_per_image=32"]
+    model = small_model(overrides=overrides).eval()
+    peer = torchvision_peer(model).eval()
+    assert peer.rpn.anchor_generator.num_anchors_per_location() == [3] * 5
+    assert peer.rpn._pre_nms_top_n == {"training": 2000, "testing": 1000}  # per level, as ours
+    assert peer.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2", "3"]  # P2-P5, not 'pool' (P6)
+    x = torch.randn(2, 3, 128, 160)
+    with torch.no_grad():
+        ours = model.backbone(x)
+        theirs = peer.backbone(x)
+        assert list(theirs) == ["0", "1", "2", "3", "pool"]
+        for a, b in zip(ours.maps, theirs.values()):
+            assert torch.equal(a, b)
+        boxes = [torch.tensor([[4.0, 4.0, 30.0, 30.0], [10.0, 8.0, 150.0, 120.0]]), torch.tensor([[0.0, 0.0, 64.0, 90.0]])]
+        pooled = peer.roi_heads.box_roi_pool(theirs, boxes, [(128, 160)] * 2)
+        padded = torch.stack([torch.cat([b, b[:1].expand(2 - len(b), 4)]) for b in boxes])  # [2, 2, 4]
+        logits, _ = model.predict_rois(ours, padded)
+        features = peer.roi_heads.box_head(pooled)
+        tv_logits, _ = peer.roi_heads.box_predictor(features)
+    torch.testing.assert_close(logits[0], tv_logits[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits[1, :1], tv_logits[2:], rtol=1e-5, atol=1e-5)
+    images, targets = batch(torch.device("cpu"))
+    losses = PeerAdapter(peer).train()(images, targets).losses
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -135,14 +135,19 @@ def spearman(a: Tensor, b: Tensor) -> float:
 
 
 def cascade_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """A :class:`FasterRCNN`'s stages from the output down: predictor, box head, RPN head, trunk stages top-down."""
+    """A :class:`FasterRCNN`'s stages from the output down: predictor, box head, RPN head, (the pyramid,) the
+    trunk's stages top-down (each child module with parameters: ResNet's stem and res stages, VGG's convs,
+    MobileNetV3's blocks)."""
     stages = [("roi_heads.predictor", model.roi_heads.predictor), ("roi_heads.box_head", model.roi_heads.box_head)]
     stages.append(("rpn.head", model.rpn.head))
-    trunk = model.backbone.trunk
-    children = list(trunk.named_children())
-    if len(children) > 6:  # VGG: one flat Sequential of layers, kept as one stage per conv
-        children = [(name, child) for name, child in children if any(p.numel() for p in child.parameters())]
-    stages += [(f"backbone.trunk.{name}", child) for name, child in reversed(children)]
+    backbone = model.backbone
+    if hasattr(backbone, "fpn"):  # a pyramid: its top-down layers, then the bottom-up network's stages top-down
+        stages.append(("backbone.fpn", backbone.fpn))
+        trunk, prefix = backbone.body, "backbone.body"
+    else:
+        trunk, prefix = backbone.trunk, "backbone.trunk"
+    children = [(name, child) for name, child in trunk.named_children() if any(p.numel() for p in child.parameters())]
+    stages += [(f"{prefix}.{name}", child) for name, child in reversed(children)]
     return stages
 
 

@@ -116,12 +116,13 @@ def _feature_map_to_image(cam: Tensor, model: nn.Module, height: int, width: int
 def cam_level(model: nn.Module, box: Tensor | None, height: int, width: int) -> int:
     """The feature level Grad-CAM reads for a detection: the level its RoI is pooled from.
 
-    One map (C4, VGG16): that map. A pyramid: the FPN paper's assignment of the detection's box (in
-    network-input pixels) among the RoI stage's pooled levels — a small object's explanation reads P2
+    One map (C4, VGG16): that map. A pyramid: the FPN paper's assignment of the detection's RoI (the
+    proposal that produced it, in network-input pixels) among the RoI stage's pooled levels — a small object's explanation reads P2
     or P3, a large one's P5 — the level whose features the box head saw.
 
     Args:
-        box: ``[4]`` XYXY in the original image's pixels; ``height`` / ``width``: that image's size. None
+        box: ``[4]`` XYXY in the original image's pixels (the producing RoI; a proposal's own box);
+            ``height`` / ``width``: that image's size. None
             (a target that sums several objects, as ROAR's): the level of a canonical 224 px RoI (P4).
     """
     heads, strides = model.roi_heads, model.backbone.strides
@@ -153,7 +154,8 @@ def gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
     height, width = image.shape[-2:]
 
     def one(m: int) -> Tensor:
-        boxes = getattr(score, "boxes", None)  # None: a summed target (ROAR)
+        # the producing RoI (what the box head pooled), else the detection's box; None: a summed target (ROAR)
+        boxes = getattr(score, "rois", getattr(score, "boxes", None))
         layer = model.backbone.cam_layer(cam_level(model, None if boxes is None else boxes[m], height, width))
         layer_cam = _captum().LayerGradCam(score, layer)
         return layer_cam.attribute(_input(image), target=m, relu_attributions=True).detach()

@@ -155,10 +155,10 @@ class DetectionScore(nn.Module):
         self.register_buffer("labels", torch.tensor([d.label for d in detections]), persistent=False)
         if self.kind == "detection":
             self.register_buffer("probs", torch.stack([d.probs.float() for d in detections]), persistent=False)
-            if target == "roi_score":
-                if any(d.roi is None for d in detections):
-                    raise ValueError("the roi_score target needs each detection's producing RoI (Detection.roi)")
-                self.register_buffer("rois", torch.stack([d.roi.float() for d in detections]), persistent=False)
+            if target == "roi_score" and any(d.roi is None for d in detections):
+                raise ValueError("the roi_score target needs each detection's producing RoI (Detection.roi)")
+        if all(d.roi is not None for d in detections):  # the roi_score target's, and Grad-CAM's level on a pyramid
+            self.register_buffer("rois", torch.stack([d.roi.float() for d in detections]), persistent=False)
 
     @property
     def num_targets(self) -> int:

@@ -52,8 +52,9 @@ class RoIHeads(nn.Module):
     """Samples RoIs, pools their features, runs the box head and predictor, scores or decodes.
 
     With a feature pyramid the box head is new (:mod:`frcnn.modeling.box_heads`, configured under
-    ``roi_heads.box_head``); with C4 and VGG16 it is the per-RoI part of the classification network. In the C4 design (He et al. 2016,
-    sec. "Object detection") the ResNet is cut between res4 and res5: conv1-res4 run once per image as
+    ``roi_heads.box_head``) and each RoI is pooled from its level (:mod:`frcnn.modeling.poolers`). With
+    C4 and VGG16 the box head is the per-RoI part of the classification network. In the C4 design (He et
+    al. 2016, sec. "Object detection") the ResNet is cut between res4 and res5: conv1-res4 run once per image as
     the shared trunk (stride 16), and res5 runs once per RoI on the pooled 14x14 features (its stride 2
     gives 7x7, then global average pooling), so the whole pretrained network is used and nothing new is
     added between the pooling and the predictor. VGG16's box head is fc6/fc7 on 7x7 RoIs, as in the
@@ -185,6 +186,9 @@ class RoIHeads(nn.Module):
         level at stride ``1 / spatial_scale``).
         """
         if isinstance(features, Tensor):
+            if self.pooled_levels is not None and len(self.pooled_levels) > 1:
+                raise ConfigError(f"RoIs are pooled from levels {list(self.pooled_levels)} but one feature map was given: "
+                                  "pass the backbone's FeatureMaps")
             features = FeatureMaps([features], (round(1.0 / self.spatial_scale),))
         b, r = boxes.shape[:2]
         image_index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(-1, r, 1)

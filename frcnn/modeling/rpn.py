@@ -209,6 +209,11 @@ class RPN(nn.Module):
     def predict(self, images: ImageBatch, features: FeatureMaps | Tensor) -> AnchorPredictions:
         """The shared head on every level, and each level's anchors (differentiable logits and deltas)."""
         if isinstance(features, Tensor):
+            if self.anchor_generator.num_levels != 1:
+                raise ConfigError(
+                    f"the anchors are tiled on {self.anchor_generator.num_levels} levels but one feature map was given: "
+                    "pass the backbone's FeatureMaps"
+                )
             features = FeatureMaps([features], self.anchor_generator.strides)
         if tuple(features.strides) != self.anchor_generator.strides:
             raise ConfigError(

@@ -14,6 +14,7 @@ Unlike C4 (whose res5 is the box head), an FPN backbone has no box head: the RoI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from torch import Tensor, nn
@@ -70,6 +71,10 @@ class ResNetFPN(_Pyramid):
             ``None``: 2 with weights (torchvision's ``trainable_backbone_layers=3``), 0 from scratch.
             The FPN's own layers always train.
         out_channels: the pyramid's width (256).
+        returned_layers: which of res2-res5 (1-4) feed the pyramid, as torchvision's ``returned_layers``:
+            ``[1, 2, 3, 4]`` gives P2-P6 (the paper); ``[2, 3, 4]`` gives P3-P6 at strides 8-64, for data
+            without objects small enough to need the stride-4 level (P2's convs are most of the pyramid's
+            cost: it has as many cells as all other levels together, three times over).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class ResNetFPN(_Pyramid):
         norm: Norm = "auto",
         freeze_at: int | None = None,
         out_channels: int = 256,
+        returned_layers: Sequence[int] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
         if depth not in _ARCH:
@@ -97,10 +103,19 @@ class ResNetFPN(_Pyramid):
         del net.fc, net.avgpool
         self.depth = depth
         self.norm = norm
-        in_channels = [c5_channels // 8, c5_channels // 4, c5_channels // 2, c5_channels]  # C2..C5
-        self._build(net, {f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)}, in_channels, out_channels)
-        self.strides = (4, 8, 16, 32, 64)
+        returned = [int(k) for k in returned_layers]
+        if not returned or returned != sorted(set(returned)) or not set(returned) <= {1, 2, 3, 4}:
+            raise ConfigError(f"model.backbone.returned_layers must be increasing values of 1-4, got {returned}")
+        channels = {k: c5_channels // 2 ** (4 - k) for k in (1, 2, 3, 4)}  # C2..C5
+        self._build(net, {f"layer{k}": str(i) for i, k in enumerate(returned)}, [channels[k] for k in returned], out_channels)
+        # res{k+1} has stride 2^(k+1); the max-pooled extra level halves the last
+        self.strides = tuple(2 ** (k + 1) for k in returned) + (2 ** (returned[-1] + 2),)
         stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+        if freeze_at > returned[-1] + 1:
+            raise ConfigError(
+                f"model.backbone.freeze_at={freeze_at} freezes res{freeze_at} but the pyramid ends at res{returned[-1] + 1} "
+                f"(returned_layers={returned}): use freeze_at <= {returned[-1] + 1}"
+            )
         for names in stages[:freeze_at]:
             for name in names:
                 module = getattr(self.body, name)
