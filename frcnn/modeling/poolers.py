@@ -129,6 +129,8 @@ def pool_rois(
         # Host sync: how many RoIs each level pools is data-dependent (as in torchvision's MultiScaleRoIAlign).
         index = torch.nonzero(level_of == i).squeeze(1)
         pooled = pool(fmap, rois[index], scale)  # [M_l, C, S, S]
-        # scatter (not index assignment): one graph for eager mode and ONNX export alike
-        out = out.scatter(0, index[:, None, None, None].expand_as(pooled), pooled)
+        if torch.jit.is_tracing():  # ONNX: a scatter into a new tensor (index assignment does not export)
+            out = out.scatter(0, index[:, None, None, None].expand_as(pooled), pooled)
+        else:  # in place: no copy of the whole output per level
+            out[index] = pooled
     return out
