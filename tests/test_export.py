@@ -154,8 +154,28 @@ def _resized(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-def test_onnxruntime_matches_pytorch_on_many_sizes_from_one_export(exported, tiny_checkpoint):
+def assert_parity(model, runtime, cases: dict[str, np.ndarray]) -> tuple[int, int]:
+    """onnxruntime's detections equal the PyTorch model's on each ``[H, W, 3]`` uint8 image: the same count,
+    every PyTorch detection above 0.1 matched with IoU ≥ MIN_IOU and score within MAX_SCORE_DIFF.
+
+    Returns ``(detections compared, images without any detection)``.
+    """
     from frcnn.export.onnx import match_detections
+
+    checked, empty = 0, 0
+    for name, image in cases.items():
+        with torch.inference_mode():
+            reference = model([torch.from_numpy(image).permute(2, 0, 1)]).detections[0]
+        got = runtime.detect(image)
+        assert len(got["scores"]) == len(reference["scores"]), name
+        report = match_detections(reference, got, min_score=0.1)
+        assert report["unmatched"] == 0 and report["min_iou"] >= MIN_IOU and report["max_score_diff"] <= MAX_SCORE_DIFF, (name, report)
+        checked += report["checked"]
+        empty += len(reference["scores"]) == 0
+    return checked, empty
+
+
+def test_onnxruntime_matches_pytorch_on_many_sizes_from_one_export(exported, tiny_checkpoint):
     from frcnn.export.runtime import OnnxDetector
 
     model, path = exported
@@ -172,16 +192,7 @@ def test_onnxruntime_matches_pytorch_on_many_sizes_from_one_export(exported, tin
         "black": np.zeros((128, 160, 3), np.uint8),
         "mid-grey: no detections": np.full((128, 160, 3), 128, np.uint8),
     }
-    checked, empty = 0, 0
-    for name, image in cases.items():
-        with torch.inference_mode():
-            reference = model([torch.from_numpy(image).permute(2, 0, 1)]).detections[0]
-        got = runtime.detect(image)
-        assert len(got["scores"]) == len(reference["scores"]), name
-        report = match_detections(reference, got, min_score=0.1)
-        assert report["unmatched"] == 0 and report["min_iou"] >= MIN_IOU and report["max_score_diff"] <= MAX_SCORE_DIFF, (name, report)
-        checked += report["checked"]
-        empty += len(reference["scores"]) == 0
+    checked, empty = assert_parity(model, runtime, cases)
     assert checked >= 10, "the parity cases must contain detections to compare"
     assert empty >= 1, "one case must have no detections at all (the padded outputs with count 0)"
 

@@ -49,9 +49,9 @@ def test_the_pyramid_checkpoint_trains_and_evaluates(fpn_run, tmp_path, run_scri
 
 
 def test_the_pyramid_model_infers_exports_and_runs_in_onnxruntime(fpn_run, tiny_data, tmp_path, run_script):
-    from frcnn.export.onnx import match_detections
     from frcnn.export.runtime import OnnxDetector
     from frcnn.inference import load_model
+    from tests.test_export import assert_parity
 
     checkpoint = fpn_run / "last.pt"
     result = run_script("infer.py", [f"checkpoint={checkpoint}", f"image={tiny_data / 'val' / '000000.png'}", "score_thresh=0.1",
@@ -67,15 +67,7 @@ def test_the_pyramid_model_infers_exports_and_runs_in_onnxruntime(fpn_run, tiny_
     base = _image(tiny_data)
     cases = {"as traced": np.asarray(Image.fromarray(base).resize((160, 128))), "own size": base,
              "portrait, odd": np.asarray(Image.fromarray(base).resize((131, 197))), "grey": np.full((128, 160, 3), 128, np.uint8)}
-    checked = 0
-    for name, image in cases.items():
-        with torch.inference_mode():
-            reference = model([torch.from_numpy(image).permute(2, 0, 1)]).detections[0]
-        got = runtime.detect(image)
-        assert len(got["scores"]) == len(reference["scores"]), name
-        report = match_detections(reference, got, min_score=0.1)
-        assert report["unmatched"] == 0 and report["min_iou"] >= 0.99 and report["max_score_diff"] <= 1e-3, (name, report)
-        checked += report["checked"]
+    checked, _ = assert_parity(model, runtime, cases)
     assert checked >= 3, "the parity cases must contain detections to compare"
 
 
