@@ -80,6 +80,12 @@ TINY_TRAIN = [
 ]
 
 
+# The same tiny run on ResNet-18-FPN: its own anchors (one size per level) and pool size, a smaller box head.
+TINY_TRAIN_FPN = [o for o in TINY_TRAIN if not o.startswith(("model.rpn.anchor_generator.sizes", "model.roi_heads.pooler"))]
+TINY_TRAIN_FPN += ["model/backbone=r18_fpn", "data.fpn_anchor_sizes=[8,16,32,64,128]",
+                   "model.roi_heads.box_head.representation_size=256", "model.rpn.post_nms_topk_train=200"]
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A synthetic COCO-format data set of 8 training and 4 validation images."""

@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from frcnn.engine.trainer import train
-from tests.conftest import TINY_TRAIN, compose_train
+from tests.conftest import TINY_TRAIN, TINY_TRAIN_FPN, compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
-def tiny(data: Path, run_dir: Path, extra: list[str] = ()) -> list[str]:
-    """Overrides for a seconds-long CPU run."""
+def tiny(data: Path, run_dir: Path, extra: list[str] = (), base: list[str] = TINY_TRAIN) -> list[str]:
+    """Overrides for a seconds-long CPU run (``base``: ``TINY_TRAIN``, or ``TINY_TRAIN_FPN`` for ResNet-18-FPN)."""
     return [
-        *TINY_TRAIN,
+        *base,
         f"data.root={data}",
         "trainer.max_iters=4",
         "trainer.eval_period=4",
@@ -56,12 +56,13 @@ def _run(cfg_overrides, tmp):
     return train(cfg)
 
 
-def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("base", [TINY_TRAIN, TINY_TRAIN_FPN], ids=["c4", "fpn"])
+def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path, monkeypatch, base):
     # Augmentation on (flip and colour jitter on every image) and one DataLoader worker: each sample's
     # augmentation is a function of (seed, epoch, index), so the resumed run sees the very same pixels.
     common = ["data.num_workers=1", "data.augment.hflip=0.5", "data.augment.jitter_prob=1.0", "trainer.eval_period=0",
               "trainer.checkpoint_period=1000"]
-    _run(tiny(tiny_data, tmp_path / "straight", common), tmp_path / "straight")
+    _run(tiny(tiny_data, tmp_path / "straight", common, base), tmp_path / "straight")
     # The same 4-step run, interrupted (Ctrl-C) in its third step: last.pt holds the 2 completed steps.
     from frcnn.modeling.model import FasterRCNN
 
@@ -76,9 +77,9 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path, monkeypa
     with monkeypatch.context() as m:
         m.setattr(FasterRCNN, "forward", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            _run(tiny(tiny_data, tmp_path / "a", common), tmp_path / "a")
+            _run(tiny(tiny_data, tmp_path / "a", common, base), tmp_path / "a")
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["iteration"] == 2
-    out = _run(tiny(tiny_data, tmp_path / "b", common + [f"train.resume={tmp_path / 'a' / 'last.pt'}"]), tmp_path / "b")
+    out = _run(tiny(tiny_data, tmp_path / "b", common + [f"train.resume={tmp_path / 'a' / 'last.pt'}"], base), tmp_path / "b")
     assert out["iteration"] == 4
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
