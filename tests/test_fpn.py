@@ -113,3 +113,17 @@ def test_a_pyramid_refuses_what_it_cannot_do():
     with pytest.raises(ConfigError, match="freeze_at=5 freezes res5"):
         ResNetFPN(depth=18, returned_layers=[1, 2, 3], freeze_at=5)
     assert ResNetFPN(depth=18, returned_layers=[2, 3, 4]).strides == (8, 16, 32, 64)
+
+
+def test_freezing_a_resnet_fpn_freezes_the_stem_and_its_norm_and_leaves_the_pyramid_trainable():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from frcnn.modeling.backbones import ResNetFPN
+
+    backbone = ResNetFPN(depth=18, norm="bn", freeze_at=2)
+    body = backbone.body
+    assert isinstance(body.bn1, FrozenBatchNorm2d) and not body.conv1.weight.requires_grad
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in body.layer1.modules() if "BatchNorm" in type(m).__name__)
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters()) and isinstance(body.layer2[0].bn1, torch.nn.BatchNorm2d)
+    assert all(p.requires_grad for p in backbone.fpn.parameters())

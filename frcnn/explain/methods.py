@@ -152,10 +152,10 @@ def gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
     """
     model = score.model
     height, width = image.shape[-2:]
+    # the producing RoIs (what the box head pooled), else the detections' boxes; None: a summed target (ROAR)
+    boxes = getattr(score, "rois", getattr(score, "boxes", None))
 
     def one(m: int) -> Tensor:
-        # the producing RoI (what the box head pooled), else the detection's box; None: a summed target (ROAR)
-        boxes = getattr(score, "rois", getattr(score, "boxes", None))
         layer = model.backbone.cam_layer(cam_level(model, None if boxes is None else boxes[m], height, width))
         layer_cam = _captum().LayerGradCam(score, layer)
         return layer_cam.attribute(_input(image), target=m, relu_attributions=True).detach()

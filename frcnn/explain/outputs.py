@@ -107,15 +107,9 @@ def anchor_outputs(model: FasterRCNN, images: Sequence[Tensor]) -> AnchorOutputs
         images: as for :func:`roi_outputs`.
     """
     batch, _ = model.preprocess(images)
-    pred = model.rpn.predict(batch, model.features(batch))
-    anchors = torch.cat(pred.anchors)  # [A, 4]
-    deltas = torch.cat(pred.deltas, dim=1)  # [B, A, 4]
+    anchors, logits, deltas, in_image = model.rpn.predict(batch, model.features(batch)).concatenated()  # A anchors
     boxes = clip_boxes(decode_boxes(deltas, anchors[None], (1.0, 1.0, 1.0, 1.0)), batch.image_sizes)
-    return AnchorOutputs(
-        boxes=boxes_to_original(boxes, batch),
-        objectness=torch.sigmoid(torch.cat(pred.logits, dim=1)),
-        valid=torch.cat(pred.in_image, dim=1),
-    )
+    return AnchorOutputs(boxes=boxes_to_original(boxes, batch), objectness=torch.sigmoid(logits), valid=in_image)
 
 
 def nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, count: int) -> Proposals:

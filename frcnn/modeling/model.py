@@ -76,13 +76,7 @@ class FasterRCNN(nn.Module):
                 f"{type(backbone).__name__} has no box head of its own: configure model.roi_heads.box_head "
                 "(e.g. frcnn.modeling.box_heads.TwoMLPHead, as conf/model/backbone/r50_fpn.yaml does)"
             )
-        strides = tuple(getattr(backbone, "strides", rpn.anchor_generator.strides))
-        if strides != rpn.anchor_generator.strides:
-            raise ConfigError(
-                f"the backbone's feature strides {list(strides)} differ from the anchors' "
-                f"{list(rpn.anchor_generator.strides)}: set model.rpn.anchor_generator.stride (and one list of "
-                "sizes per level) to match the backbone"
-            )
+        rpn.check_strides(getattr(backbone, "strides", rpn.anchor_generator.strides))  # at build, not first step
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads

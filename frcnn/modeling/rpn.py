@@ -8,6 +8,7 @@ feature map, ``A`` anchors per cell (9), ``N_l = Hf * Wf * A`` anchors per image
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,6 +81,11 @@ class AnchorPredictions:
     logits: list[Tensor]
     deltas: list[Tensor]
     in_image: list[Tensor]
+
+    def concatenated(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """All levels in one: ``(anchors [N, 4], logits [B, N], deltas [B, N, 4], in_image [B, N])``."""
+        return (torch.cat(self.anchors), torch.cat(self.logits, dim=1), torch.cat(self.deltas, dim=1),
+                torch.cat(self.in_image, dim=1))
 
 
 @dataclass
@@ -197,13 +203,9 @@ class RPN(nn.Module):
         proposals = self.propose(images, pred)
         losses: dict[str, Tensor] = {}
         if targets is not None:
-            anchors = torch.cat(pred.anchors)  # [N, 4], levels concatenated
-            in_image = torch.cat(pred.in_image, dim=1)  # [B, N]
+            anchors, logits, deltas, in_image = pred.concatenated()
             rpn_targets = self.assign_targets(anchors, images.image_sizes, targets, anchor_valid=in_image)
-            losses = self.losses(
-                torch.cat(pred.logits, dim=1), torch.cat(pred.deltas, dim=1), rpn_targets,
-                num_locations=self.num_locations(images.image_sizes),
-            )
+            losses = self.losses(logits, deltas, rpn_targets, num_locations=self.num_locations(images.image_sizes))
         return proposals, losses
 
     def predict(self, images: ImageBatch, features: FeatureMaps | Tensor) -> AnchorPredictions:
@@ -215,11 +217,7 @@ class RPN(nn.Module):
                     "pass the backbone's FeatureMaps"
                 )
             features = FeatureMaps([features], self.anchor_generator.strides)
-        if tuple(features.strides) != self.anchor_generator.strides:
-            raise ConfigError(
-                f"the backbone's feature strides {list(features.strides)} differ from the anchor generator's "
-                f"{list(self.anchor_generator.strides)}: set model.rpn.anchor_generator.stride to the backbone's"
-            )
+        self.check_strides(features.strides)
         anchors, logits, deltas, in_image = [], [], [], []
         for level, fmap in enumerate(features.maps):
             level_logits, level_deltas = self.head(fmap)
@@ -229,6 +227,15 @@ class RPN(nn.Module):
             deltas.append(level_deltas.float())
             in_image.append(self.locations_in_image(hf, wf, images.image_sizes, level=level))
         return AnchorPredictions(anchors=anchors, logits=logits, deltas=deltas, in_image=in_image)
+
+    def check_strides(self, strides: Sequence[int]) -> None:
+        """Raise :class:`ConfigError` unless the anchors are tiled at the backbone's feature ``strides``."""
+        if tuple(strides) != self.anchor_generator.strides:
+            raise ConfigError(
+                f"the backbone's feature strides {list(strides)} differ from the anchors' "
+                f"{list(self.anchor_generator.strides)}: set model.rpn.anchor_generator.stride (and one list of "
+                "sizes per level) to match the backbone"
+            )
 
     def propose(self, images: ImageBatch, pred: AnchorPredictions) -> Proposals:
         """Proposals from the head's output (:func:`frcnn.modeling.proposals.generate_proposals`)."""

@@ -24,7 +24,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from frcnn.errors import ConfigError
-from frcnn.modeling.backbones.resnet import _ARCH, _freeze_batchnorm, _norm_layer
+from frcnn.modeling.backbones.resnet import _ARCH, _freeze_batchnorm, _frozen_copy, _norm_layer
 from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.modeling.structures import FeatureMaps
 
@@ -90,39 +90,39 @@ class ResNetFPN(_Pyramid):
         super().__init__()
         if depth not in _ARCH:
             raise ConfigError(f"model.backbone.depth must be one of {sorted(_ARCH)}, got {depth}")
-        build, c4_channels, c5_channels = _ARCH[depth]
+        build, _, c5_channels = _ARCH[depth]
+        returned = [int(k) for k in returned_layers]
+        if not returned or returned != sorted(set(returned)) or not set(returned) <= {1, 2, 3, 4}:
+            raise ConfigError(f"model.backbone.returned_layers must be increasing values of 1-4, got {returned}")
         if norm == "auto":
             norm = "frozen_bn" if weights else "bn"
         if freeze_at is None:
             freeze_at = 2 if weights else 0
         if not 0 <= freeze_at <= 5:
             raise ConfigError(f"model.backbone.freeze_at must be 0-5 for a ResNet-FPN, got {freeze_at}")
+        if freeze_at > returned[-1] + 1:
+            raise ConfigError(
+                f"model.backbone.freeze_at={freeze_at} freezes res{freeze_at} but the pyramid ends at res{returned[-1] + 1} "
+                f"(returned_layers={returned}): use freeze_at <= {returned[-1] + 1}"
+            )
         net = build(weights=None, norm_layer=_norm_layer(norm))
         if weights:
             load_into(net, load_state_dict(weights, f"ResNet{depth}_Weights"), weights)
         del net.fc, net.avgpool
         self.depth = depth
         self.norm = norm
-        returned = [int(k) for k in returned_layers]
-        if not returned or returned != sorted(set(returned)) or not set(returned) <= {1, 2, 3, 4}:
-            raise ConfigError(f"model.backbone.returned_layers must be increasing values of 1-4, got {returned}")
         channels = {k: c5_channels // 2 ** (4 - k) for k in (1, 2, 3, 4)}  # C2..C5
         self._build(net, {f"layer{k}": str(i) for i, k in enumerate(returned)}, [channels[k] for k in returned], out_channels)
         # res{k+1} has stride 2^(k+1); the max-pooled extra level halves the last
         self.strides = tuple(2 ** (k + 1) for k in returned) + (2 ** (returned[-1] + 2),)
         stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
-        if freeze_at > returned[-1] + 1:
-            raise ConfigError(
-                f"model.backbone.freeze_at={freeze_at} freezes res{freeze_at} but the pyramid ends at res{returned[-1] + 1} "
-                f"(returned_layers={returned}): use freeze_at <= {returned[-1] + 1}"
-            )
         for names in stages[:freeze_at]:
             for name in names:
                 module = getattr(self.body, name)
                 for p in module.parameters():
                     p.requires_grad_(False)
-                if isinstance(module, nn.BatchNorm2d):
-                    setattr(self.body, name, _frozen(module))
+                if isinstance(module, nn.BatchNorm2d):  # the stem's norm sits directly in the body
+                    setattr(self.body, name, _frozen_copy(module))
                 else:
                     _freeze_batchnorm(module)
 
@@ -178,9 +178,3 @@ class MobileNetV3FPN(_Pyramid):
         self._build(features, {str(i): str(k) for k, i in enumerate(returned)}, in_channels, out_channels)
         self.strides = (32, 32, 64)
 
-
-def _frozen(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
-    holder = nn.Module()
-    holder.bn = bn
-    _freeze_batchnorm(holder)
-    return holder.bn

@@ -110,13 +110,19 @@ def _freeze_batchnorm(module: nn.Module) -> None:
     """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            if child.affine:
-                frozen.weight.copy_(child.weight)
-                frozen.bias.copy_(child.bias)
-            if child.track_running_stats:
-                frozen.running_mean.copy_(child.running_mean)
-                frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
+            setattr(module, name, _frozen_copy(child))
         else:
             _freeze_batchnorm(child)
+
+
+@torch.no_grad()
+def _frozen_copy(norm: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    """A ``FrozenBatchNorm2d`` holding ``norm``'s statistics and affine parameters."""
+    frozen = FrozenBatchNorm2d(norm.num_features, eps=norm.eps)
+    if norm.affine:
+        frozen.weight.copy_(norm.weight)
+        frozen.bias.copy_(norm.bias)
+    if norm.track_running_stats:
+        frozen.running_mean.copy_(norm.running_mean)
+        frozen.running_var.copy_(norm.running_var)
+    return frozen
