@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
@@ -39,6 +40,8 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfi
     ``run_dir`` (train) and ``output_dir`` (evaluate, infer) interpolate Hydra's runtime output folder,
     which exists only inside ``@hydra.main``: override them before resolving the config.
     """
+    if GlobalHydra.instance().is_initialized():  # inside one of our Hydra apps: the same config folder
+        return compose(config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name, overrides=list(overrides))
 

@@ -30,8 +30,12 @@ from torch import Tensor, nn
 from frcnn.errors import ConfigError
 
 
-def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
+def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], *, round_to_pixels: bool = False) -> Tensor:
     """The ``A = len(sizes) * len(aspect_ratios)`` anchors centred at the origin.
+
+    Args:
+        round_to_pixels: round each coordinate to the nearest integer (torchvision's and Detectron's
+            ``generate_anchors`` do; e.g. size 32, ratio 0.5: ``±22.63 x ±11.31`` → ``±23 x ±11``).
 
     Returns:
         ``[A, 4]`` float32 XYXY, ordered size-major: ``(s0, r0), (s0, r1), ..., (s1, r0), ...``.
@@ -42,7 +46,8 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tens
             w = s / math.sqrt(r)
             h = s * math.sqrt(r)
             rows.append([-w / 2, -h / 2, w / 2, h / 2])
-    return torch.tensor(rows, dtype=torch.float32)
+    anchors = torch.tensor(rows, dtype=torch.float32)
+    return anchors.round() if round_to_pixels else anchors
 
 
 class AnchorGenerator(nn.Module):
@@ -60,6 +65,11 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: ``h / w`` ratios (paper: 0.5, 1, 2), the same on every level.
         stride: feature-map stride in input pixels (16 for C4 and VGG16 conv5_3), or one per level.
         offset: cell-centre offset, see the module docstring.
+        round_to_pixels: round the cell anchors' coordinates to integers (torchvision, Detectron).
+        stride_from_image: take each level's stride as ``padded input size // map size``, per axis, instead
+            of ``stride`` (torchvision's rule; it differs from the nominal 64 on a max-pooled level whose
+            parent map has an odd size: an 800 px high input has a 25-row P5 and a 13-row P6, stride 61).
+            ``stride`` still names the levels (and is checked against the backbone's).
     """
 
     def __init__(
@@ -69,6 +79,8 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         stride: int | Sequence[int] = 16,
         offset: float = 0.5,
+        round_to_pixels: bool = False,
+        stride_from_image: bool = False,
     ) -> None:
         super().__init__()
         strides = (int(stride),) if isinstance(stride, (int, float)) else tuple(int(s) for s in stride)
@@ -89,8 +101,11 @@ class AnchorGenerator(nn.Module):
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.strides = strides
         self.offset = offset
+        self.round_to_pixels = round_to_pixels
+        self.stride_from_image = stride_from_image
         for level, level_sizes in enumerate(per_level):
-            self.register_buffer(f"cell{level}", cell_anchors(level_sizes, aspect_ratios), persistent=False)
+            cell = cell_anchors(level_sizes, aspect_ratios, round_to_pixels=round_to_pixels)
+            self.register_buffer(f"cell{level}", cell, persistent=False)
 
     @property
     def num_levels(self) -> int:
@@ -117,16 +132,23 @@ class AnchorGenerator(nn.Module):
             raise RuntimeError(f"{name}: this generator has {self.num_levels} levels; read level_sizes / strides")
         return value
 
-    def grid(self, level: int, feature_height: int, feature_width: int) -> Tensor:
+    def grid(self, level: int, feature_height: int, feature_width: int, image_size: Sequence[int] | None = None) -> Tensor:
         """The anchors of one level's ``feature_height x feature_width`` map (shared by every image).
+
+        Args:
+            image_size: ``(height, width)`` of the padded input batch; needed with ``stride_from_image``.
 
         Returns:
             ``[feature_height * feature_width * A, 4]`` XYXY in input pixels, ordered ``(y, x, a)``.
         """
         cell = getattr(self, f"cell{level}")
-        stride = self.strides[level]
-        shift_x = (torch.arange(feature_width, device=cell.device, dtype=torch.float32) + self.offset) * stride
-        shift_y = (torch.arange(feature_height, device=cell.device, dtype=torch.float32) + self.offset) * stride
+        stride_y = stride_x = self.strides[level]
+        if self.stride_from_image:
+            if image_size is None:
+                raise RuntimeError("stride_from_image: grid() needs the padded input's image_size")
+            stride_y, stride_x = image_size[0] // feature_height, image_size[1] // feature_width
+        shift_x = (torch.arange(feature_width, device=cell.device, dtype=torch.float32) + self.offset) * stride_x
+        shift_y = (torch.arange(feature_height, device=cell.device, dtype=torch.float32) + self.offset) * stride_y
         sy, sx = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [H, W] each
         shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)  # [H*W, 1, 4]
         return (shifts + cell[None]).reshape(-1, 4)  # [H*W*A, 4]

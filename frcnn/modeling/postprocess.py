@@ -28,6 +28,7 @@ def postprocess_detections(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_image: int = 100,
+    min_box_size: float = 0.0,
 ) -> Detections:
     """Per-class detections in network-input pixels (py-faster-rcnn ``test.py`` / ``im_detect``).
 
@@ -43,6 +44,8 @@ def postprocess_detections(
         rois: ``[B, R, 4]`` the boxes the deltas apply to.
         roi_valid: ``[B, R]`` bool.
         image_sizes: ``[B, 2]`` ``(height, width)``.
+        min_box_size: candidates with a side under this many network-input pixels are dropped as well
+            (0: only empty boxes; torchvision: 0.01).
 
     Returns:
         :class:`Detections` with ``D = detections_per_image``.
@@ -52,7 +55,8 @@ def postprocess_detections(
     scores = F.softmax(class_logits.float(), dim=-1)[..., 1:]  # [B, R, K]
     boxes = decode_boxes(box_deltas[:, :, 1:], rois[:, :, None, :], bbox_reg_weights)  # [B, R, K, 4]
     boxes = clip_boxes(boxes.reshape(batch, num_rois * num_classes, 4), image_sizes).reshape(batch, num_rois, num_classes, 4)
-    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    nonempty = (widths > 0) & (heights > 0) & (widths >= min_box_size) & (heights >= min_box_size)
     keep_mask = (scores > score_thresh) & nonempty & roi_valid[..., None]  # [B, R, K]
 
     image_of = torch.arange(batch, device=scores.device)[:, None, None].expand_as(scores)

@@ -5,6 +5,7 @@ Shape shorthand: ``B`` images, ``H_i x W_i`` original sizes, ``H x W`` the padde
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from frcnn.errors import InputError
+from frcnn.errors import ConfigError, InputError
 from frcnn.modeling.box_ops import clip_boxes
 from frcnn.modeling.structures import Detections, ImageBatch
 
@@ -35,6 +36,9 @@ class Preprocessor(nn.Module):
         min_size_test: shorter side at test time (default: the largest of ``min_size``).
         size_divisibility: pad height and width to a multiple of this.
         mean / std: per-channel normalization of ``[0, 1]`` RGB (ImageNet statistics).
+        resize_rounding: how the resized side ``side * scale`` becomes whole pixels: ``"round"`` (nearest)
+            or ``"floor"`` (torchvision's ``interpolate(scale_factor=..., recompute_scale_factor=True)``:
+            a 480x640 image at 800 / 1333 is 800x1066, not 800x1067).
     """
 
     def __init__(
@@ -46,8 +50,12 @@ class Preprocessor(nn.Module):
         size_divisibility: int = 32,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        resize_rounding: str = "round",
     ) -> None:
         super().__init__()
+        if resize_rounding not in ("round", "floor"):
+            raise ConfigError(f"model.preprocessor.resize_rounding must be round or floor, got {resize_rounding!r}")
+        self.resize_rounding = resize_rounding
         self.min_sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
         self.max_size = max_size
         self.min_size_test = min_size_test if min_size_test is not None else max(self.min_sizes)
@@ -58,7 +66,8 @@ class Preprocessor(nn.Module):
     def target_size(self, height: int, width: int, short: int) -> tuple[int, int]:
         """``(new_height, new_width)`` for an image, by the shorter-side / longer-side rule."""
         scale = min(short / min(height, width), self.max_size / max(height, width))
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        whole = math.floor if self.resize_rounding == "floor" else round
+        return max(1, whole(height * scale)), max(1, whole(width * scale))
 
     def padded(self, height: int, width: int) -> tuple[int, int]:
         """``(height, width)`` rounded up to the multiples of ``size_divisibility`` a batch is padded to."""
@@ -123,7 +132,7 @@ class Preprocessor(nn.Module):
 
         The same result as :meth:`forward` in eval mode (tests/test_export.py checks), written so that the
         image size stays a graph value under tracing (ONNX export with dynamic height and width): the new
-        size is ``round(side * scale)`` computed in float64, the image normalized, resized (bilinear,
+        size is ``round(side * scale)`` (or its floor, ``resize_rounding``) computed in float64, the image normalized, resized (bilinear,
         ``align_corners=False``), then zero-padded at the bottom and right.
 
         Args:
@@ -133,7 +142,8 @@ class Preprocessor(nn.Module):
         x = (x - self.mean) / self.std
         hw = torch._shape_as_tensor(images)[2:].to(torch.float64)  # a graph value under tracing
         scale = torch.minimum(self.min_size_test / hw.min(), self.max_size / hw.max())
-        new_hw = torch.round(hw * scale).clamp(min=1).to(torch.int64)  # [2]
+        whole = torch.floor if self.resize_rounding == "floor" else torch.round
+        new_hw = whole(hw * scale).clamp(min=1).to(torch.int64)  # [2]
         tracing = torch.jit.is_tracing()
         size = [new_hw[0], new_hw[1]] if tracing else [int(v) for v in new_hw.tolist()]
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)

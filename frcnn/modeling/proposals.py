@@ -34,6 +34,8 @@ def generate_proposals(
     nms_thresh: float,
     post_nms_topk: int,
     nms_per_level: bool = True,
+    score_thresh: float = 0.0,
+    filter_after_topk: bool = False,
 ) -> Proposals:
     """Turn per-anchor objectness and deltas into at most ``post_nms_topk`` proposals per image.
 
@@ -61,6 +63,12 @@ def generate_proposals(
         anchor_valid: optional per level ``[B, A_l]`` bool; anchors marked False (on an image's padding)
             make no proposal.
 
+        score_thresh: boxes whose objectness probability is below this are dropped (0: none; torchvision's
+            320 px MobileNetV3 detector: 0.05).
+        filter_after_topk: drop small and low-scoring boxes after each level's top-k (torchvision,
+            detectron2: the top-k ranks all anchors by score, and fewer than k may survive) instead of
+            before it (py-faster-rcnn: the top-k holds k usable boxes where there are that many).
+
         One level may be given as bare tensors instead of one-element lists.
 
     Returns:
@@ -82,16 +90,18 @@ def generate_proposals(
     top_logits, top_boxes, top_level = [], [], []
     for level, (level_anchors, level_logits, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
         boxes = clip_boxes(decode_boxes(level_deltas, level_anchors[None], (1.0, 1.0, 1.0, 1.0)), image_sizes)  # [B, A_l, 4]
-        widths = boxes[..., 2] - boxes[..., 0]
-        heights = boxes[..., 3] - boxes[..., 1]
-        big_enough = (widths >= min_box_size[:, None]) & (heights >= min_box_size[:, None])
+        logits = level_logits.float()
         if anchor_valid is not None:
-            big_enough = big_enough & anchor_valid[level]
-        logits = level_logits.float().masked_fill(~big_enough, float("-inf"))
+            logits = logits.masked_fill(~anchor_valid[level], float("-inf"))
+        if not filter_after_topk:
+            logits = logits.masked_fill(~_usable(boxes, logits, min_box_size, score_thresh), float("-inf"))
         num_top = at_most(pre_nms_topk, logits.shape[1])
         level_top, index = logits.topk(num_top, dim=1)  # [B, num_top], sorted
+        boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, num_top, 4]
+        if filter_after_topk:
+            level_top = level_top.masked_fill(~_usable(boxes, level_top, min_box_size, score_thresh), float("-inf"))
         top_logits.append(level_top)
-        top_boxes.append(boxes.gather(1, index[..., None].expand(-1, -1, 4)))  # [B, num_top, 4]
+        top_boxes.append(boxes)
         top_level.append(torch.full_like(index, level))
     top_logits = torch.cat(top_logits, dim=1)  # [B, T]: each level's top-k, level after level
     top_boxes = torch.cat(top_boxes, dim=1)  # [B, T, 4]
@@ -102,6 +112,8 @@ def generate_proposals(
     # Host sync: NMS returns a data-dependent number of survivors, sorted by score over all levels. Boxes
     # dropped above carry -inf and sort after every real box; they are marked invalid below rather than
     # removed (no extra sync).
+    # NMS ranks by logit (torchvision ranks by probability: the same order, except that logits above ~17
+    # all round to probability 1.0 and tie there).
     keep = batched_nms(top_boxes.reshape(-1, 4), top_logits.reshape(-1), group, nms_thresh)
     num_out = at_most(post_nms_topk, num_candidates)
     table = pack_per_image(keep, image_index, batch, num_out)  # [B, num_out], -1 = padding
@@ -110,3 +122,14 @@ def generate_proposals(
     out_boxes = torch.cat([top_boxes.reshape(-1, 4), top_boxes.new_zeros(1, 4)])[table]
     valid = torch.isfinite(out_logits)  # padding and boxes under the minimum size carry -inf
     return Proposals(boxes=out_boxes * valid[..., None], scores=torch.sigmoid(out_logits), valid=valid)
+
+
+def _usable(boxes: Tensor, logits: Tensor, min_box_size: Tensor, score_thresh: float) -> Tensor:
+    """``[B, T]`` bool: both sides of the ``[B, T, 4]`` boxes reach ``min_box_size`` ``[B]``, and the
+    objectness probability reaches ``score_thresh``."""
+    widths = boxes[..., 2] - boxes[..., 0]
+    heights = boxes[..., 3] - boxes[..., 1]
+    usable = (widths >= min_box_size[:, None]) & (heights >= min_box_size[:, None])
+    if score_thresh > 0:
+        usable = usable & (torch.sigmoid(logits) >= score_thresh)
+    return usable

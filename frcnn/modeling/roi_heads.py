@@ -85,6 +85,8 @@ class RoIHeads(nn.Module):
         bbox_reg_weights: ``(10, 10, 5, 5)``, i.e. targets normalized by std ``(0.1, 0.1, 0.2, 0.2)``.
         smooth_l1_beta: 1.0 (py-faster-rcnn's sigma = 1 for the box head).
         score_thresh / nms_thresh / detections_per_image: test-time postprocessing (0.05 / 0.5 / 100).
+        min_box_size: detections with a side under this many network-input pixels are dropped (0: only
+            empty boxes; torchvision: 0.01).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
+        min_box_size: float = 0.0,
     ) -> None:
         super().__init__()
         if pooler not in ("align", "pool"):
@@ -136,6 +139,7 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.min_box_size = min_box_size
 
     def forward(
         self,
@@ -176,6 +180,7 @@ class RoIHeads(nn.Module):
                 score_thresh=self.score_thresh,
                 nms_thresh=self.nms_thresh,
                 detections_per_image=self.detections_per_image,
+                min_box_size=self.min_box_size,
             )
         return detections, losses
 

@@ -33,16 +33,24 @@ class RPNHead(nn.Module):
         in_channels: ``C`` of the backbone feature map.
         num_anchors: ``A`` anchors per location.
         conv_channels: width of the 3x3 conv (paper: 512 for VGG16, 256 for ZF; default = ``C``).
+        num_convs: 3x3 convs (+ReLU) before the siblings: 1 (the paper), 2 (torchvision's
+            ``fasterrcnn_resnet50_fpn_v2``). With more than one, ``conv`` is a ``Sequential``.
     """
 
-    def __init__(self, *, in_channels: int, num_anchors: int = 9, conv_channels: int | None = None) -> None:
+    def __init__(
+        self, *, in_channels: int, num_anchors: int = 9, conv_channels: int | None = None, num_convs: int = 1
+    ) -> None:
         super().__init__()
+        if num_convs < 1:
+            raise ConfigError(f"model.rpn.head.num_convs must be at least 1, got {num_convs}")
         width = conv_channels or in_channels
-        self.conv = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+        convs = [nn.Conv2d(in_channels if i == 0 else width, width, kernel_size=3, padding=1) for i in range(num_convs)]
+        # conv → ReLU → conv → ... ; forward applies the last ReLU
+        self.conv = convs[0] if num_convs == 1 else nn.Sequential(*[m for c in convs for m in (c, nn.ReLU())][:-1])
         self.objectness = nn.Conv2d(width, num_anchors, kernel_size=1)
         self.deltas = nn.Conv2d(width, 4 * num_anchors, kernel_size=1)
         self.relu = nn.ReLU()  # a module, not F.relu: guided backpropagation rewrites ReLU modules' backward
-        for layer in (self.conv, self.objectness, self.deltas):
+        for layer in (*convs, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)  # paper sec. 3.1.3: zero-mean Gaussian, std 0.01
             nn.init.zeros_(layer.bias)
 
@@ -131,6 +139,12 @@ class RPN(nn.Module):
             across all levels at once (False); see :func:`frcnn.modeling.proposals.generate_proposals`.
             One level: no difference.
         min_size: proposals with a side under this many pixels *of the original image* are dropped (16).
+        score_thresh: proposals with an objectness probability under this are dropped (0: none).
+        filter_after_topk: apply ``min_size`` and ``score_thresh`` after each level's top-k (torchvision,
+            detectron2) rather than before it (py-faster-rcnn); see :func:`generate_proposals`.
+        propose_on_padding: let anchors on the padding a batch adds below and right of a smaller image
+            make proposals for it, clipped to the image (torchvision does; an image's proposals then
+            depend on the batch it is in). False (default): only its own cells do.
     """
 
     def __init__(
@@ -154,6 +168,9 @@ class RPN(nn.Module):
         nms_thresh: float = 0.7,
         min_size: float = 16.0,
         nms_per_level: bool = True,
+        score_thresh: float = 0.0,
+        filter_after_topk: bool = False,
+        propose_on_padding: bool = False,
     ) -> None:
         super().__init__()
         if loss_normalization not in ("paper", "sampled"):
@@ -184,6 +201,9 @@ class RPN(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.nms_per_level = nms_per_level
+        self.score_thresh = score_thresh
+        self.filter_after_topk = filter_after_topk
+        self.propose_on_padding = propose_on_padding
 
     def forward(
         self, images: ImageBatch, features: FeatureMaps | Tensor, targets: Targets | None = None
@@ -222,7 +242,7 @@ class RPN(nn.Module):
         for level, fmap in enumerate(features.maps):
             level_logits, level_deltas = self.head(fmap)
             hf, wf = fmap.shape[-2:]
-            anchors.append(self.anchor_generator.grid(level, hf, wf))
+            anchors.append(self.anchor_generator.grid(level, hf, wf, image_size=images.tensor.shape[-2:]))
             logits.append(level_logits.float())  # box math and losses in fp32 under autocast
             deltas.append(level_deltas.float())
             in_image.append(self.locations_in_image(hf, wf, images.image_sizes, level=level))
@@ -248,11 +268,13 @@ class RPN(nn.Module):
             [x.detach() for x in pred.deltas],
             images.image_sizes,
             min_box_size,
-            anchor_valid=pred.in_image,
+            anchor_valid=None if self.propose_on_padding else pred.in_image,
             pre_nms_topk=self.pre_nms_topk_train if training else self.pre_nms_topk_test,
             nms_thresh=self.nms_thresh,
             post_nms_topk=self.post_nms_topk_train if training else self.post_nms_topk_test,
             nms_per_level=self.nms_per_level,
+            score_thresh=self.score_thresh,
+            filter_after_topk=self.filter_after_topk,
         )
 
     def locations_in_image(self, hf: int, wf: int, image_sizes: Tensor, *, level: int = 0) -> Tensor:

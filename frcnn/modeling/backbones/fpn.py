@@ -29,6 +29,9 @@ from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.modeling.structures import FeatureMaps
 
 Norm = Literal["auto", "frozen_bn", "bn", "gn"]
+# The pyramid's own convs: with bias and no norm (the paper, torchvision's v1 detectors), or conv-norm
+# without bias (torchvision's fasterrcnn_resnet50_fpn_v2: BatchNorm).
+_FPN_NORMS = {"none": None, "bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
 
 
 class _Pyramid(nn.Module):
@@ -39,8 +42,14 @@ class _Pyramid(nn.Module):
     strides: tuple[int, ...]
     out_channels: int
 
-    def _build(self, network: nn.Module, return_layers: dict[str, str], in_channels: list[int], out_channels: int) -> None:
-        pyramid = BackboneWithFPN(network, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+    def _build(
+        self, network: nn.Module, return_layers: dict[str, str], in_channels: list[int], out_channels: int, fpn_norm: str
+    ) -> None:
+        if fpn_norm not in _FPN_NORMS:
+            raise ConfigError(f"model.backbone.fpn_norm must be one of {sorted(_FPN_NORMS)}, got {fpn_norm!r}")
+        pyramid = BackboneWithFPN(
+            network, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool(), norm_layer=_FPN_NORMS[fpn_norm]
+        )
         self.body, self.fpn = pyramid.body, pyramid.fpn
         self.out_channels = out_channels
 
@@ -71,6 +80,8 @@ class ResNetFPN(_Pyramid):
             ``None``: 2 with weights (torchvision's ``trainable_backbone_layers=3``), 0 from scratch.
             The FPN's own layers always train.
         out_channels: the pyramid's width (256).
+        fpn_norm: the pyramid's lateral and output convs: ``"none"`` (with bias; the paper) or ``"bn"`` /
+            ``"frozen_bn"`` (conv-BatchNorm, torchvision's ``fasterrcnn_resnet50_fpn_v2``).
         returned_layers: which of res2-res5 (1-4) feed the pyramid, as torchvision's ``returned_layers``:
             ``[1, 2, 3, 4]`` gives P2-P6 (the paper); ``[2, 3, 4]`` gives P3-P6 at strides 8-64, for data
             without objects small enough to need the stride-4 level (P2's convs are most of the pyramid's
@@ -86,6 +97,7 @@ class ResNetFPN(_Pyramid):
         freeze_at: int | None = None,
         out_channels: int = 256,
         returned_layers: Sequence[int] = (1, 2, 3, 4),
+        fpn_norm: str = "none",
     ) -> None:
         super().__init__()
         if depth not in _ARCH:
@@ -112,7 +124,7 @@ class ResNetFPN(_Pyramid):
         self.depth = depth
         self.norm = norm
         channels = {k: c5_channels // 2 ** (4 - k) for k in (1, 2, 3, 4)}  # C2..C5
-        self._build(net, {f"layer{k}": str(i) for i, k in enumerate(returned)}, [channels[k] for k in returned], out_channels)
+        self._build(net, {f"layer{k}": str(i) for i, k in enumerate(returned)}, [channels[k] for k in returned], out_channels, fpn_norm)
         # res{k+1} has stride 2^(k+1); the max-pooled extra level halves the last
         self.strides = tuple(2 ** (k + 1) for k in returned) + (2 ** (returned[-1] + 2),)
         stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
@@ -142,6 +154,7 @@ class MobileNetV3FPN(_Pyramid):
         trainable_layers: torchvision's ``trainable_backbone_layers``: how many of the 6 stages, counted
             from the top, train (``None``: 3 with weights, 6 from scratch).
         out_channels: the pyramid's width (256).
+        fpn_norm: the pyramid's convs' norm, as for :class:`ResNetFPN` (torchvision's: ``"none"``).
     """
 
     def __init__(
@@ -151,6 +164,7 @@ class MobileNetV3FPN(_Pyramid):
         norm: Literal["auto", "frozen_bn", "bn"] = "auto",
         trainable_layers: int | None = None,
         out_channels: int = 256,
+        fpn_norm: str = "none",
     ) -> None:
         super().__init__()
         if norm not in ("auto", "frozen_bn", "bn"):
@@ -175,6 +189,6 @@ class MobileNetV3FPN(_Pyramid):
         returned = [stages[-2], stages[-1]]
         in_channels = [features[i].out_channels for i in returned]
         self.norm = norm
-        self._build(features, {str(i): str(k) for k, i in enumerate(returned)}, in_channels, out_channels)
+        self._build(features, {str(i): str(k) for k, i in enumerate(returned)}, in_channels, out_channels, fpn_norm)
         self.strides = (32, 32, 64)
 
