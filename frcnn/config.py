@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from frcnn.data.formats import FORMATS
 from frcnn.errors import ConfigError
 
 __all__ = [
@@ -111,6 +112,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _number(cfg, "data.max_bad_image_fraction", low=0, high=1)
     _number(cfg, "data.max_pixels", integer=True, low=1, nullable=True)
     _choice(cfg, "data.pin_memory", ("auto", True, False))
+    _choice(cfg, "data.format", FORMATS)
     sizes = _get(cfg, "data.min_size_train")
     if sizes is not _ABSENT:
         values = list(sizes) if isinstance(sizes, (ListConfig, list, tuple)) else [sizes]

@@ -15,7 +15,8 @@ from frcnn.cli import compose_train
 
 OPTIM_FILES = sorted((Path(__file__).resolve().parents[1] / "conf" / "optim").glob("*.yaml"))
 
-DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"]}
+DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"], "voc": ["data.root=/datasets/VOC2012"],
+        "yolo": ["data.root=/datasets/mine", "data.num_classes=3"], "labelme": ["data.root=/datasets/mine", "data.num_classes=3"]}
 BACKBONES = ["r18_c4", "r50_c4", "vgg16", "r18_fpn", "r50_fpn", "mobilenet_v3_fpn"]
 SCHEDULES = ["step", "cosine"]
 

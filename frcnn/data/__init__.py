@@ -1,1 +1,2 @@
-"""COCO-format data: the dataset, its validation, augmentation, batching, and the synthetic set."""
+"""COCO-format data: the dataset, its validation, VOC/YOLO/LabelMe sets converted to it, augmentation, batching,
+and the synthetic set."""

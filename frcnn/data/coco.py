@@ -69,6 +69,20 @@ class CategoryMap:
         return cls(tuple(int(i) for i in d["category_ids"]), tuple(str(n) for n in d["names"]))
 
 
+@dataclass(frozen=True)
+class CocoData:
+    """A COCO instances dict already in memory (a converted VOC, YOLO or LabelMe split, :mod:`frcnn.data.formats`).
+
+    ``source`` is what error messages name instead of an annotation file (the folder the split was read
+    from). ``unreadable`` lists the images the converter had to leave out because their size could not be
+    read, one ``"<path>: <why>"`` each; :class:`CocoDetection` treats them as unreadable images.
+    """
+
+    dataset: dict[str, Any]
+    source: str
+    unreadable: tuple[str, ...] = ()
+
+
 @dataclass
 class LoadReport:
     """What loading dropped or changed, per reason (printed and written to the run directory)."""
@@ -85,8 +99,8 @@ class LoadReport:
         return (
             f"boxes clipped to the image: {self.boxes_clipped}; boxes dropped: {dropped}; crowd regions kept "
             f"out of training: {self.crowd_regions}; images without boxes: {self.empty_images} "
-            f"({self.images_dropped_empty} dropped); unreadable images skipped by the pre-flight check: "
-            f"{len(self.images_unreadable)}" + "".join(f"\n  {line}" for line in self.images_unreadable)
+            f"({self.images_dropped_empty} dropped); unreadable images left out before training (pre-flight "
+            f"check or conversion): {len(self.images_unreadable)}" + "".join(f"\n  {line}" for line in self.images_unreadable)
         )
 
 
@@ -113,14 +127,19 @@ def check_annotations(data: dict[str, Any], source: str) -> None:
             )
 
 
-def load_coco(annotation_file: str | Path) -> COCO:
-    """A pycocotools ``COCO`` index of ``annotation_file``, after :func:`check_annotations`."""
-    annotation_file = Path(annotation_file)
-    if not annotation_file.is_file():
-        raise MissingFileError(f"annotation file {annotation_file} not found; check data.*.annotations")
-    with open(annotation_file) as f:
-        data = json.load(f)
-    check_annotations(data, str(annotation_file))
+def load_coco(annotation_file: str | Path | CocoData) -> COCO:
+    """A pycocotools ``COCO`` index of ``annotation_file`` (a COCO JSON file, or a dict already in memory),
+    after :func:`check_annotations`."""
+    if isinstance(annotation_file, CocoData):
+        data = annotation_file.dataset
+        check_annotations(data, annotation_file.source)
+    else:
+        annotation_file = Path(annotation_file)
+        if not annotation_file.is_file():
+            raise MissingFileError(f"annotation file {annotation_file} not found; check data.*.annotations")
+        with open(annotation_file) as f:
+            data = json.load(f)
+        check_annotations(data, str(annotation_file))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco = COCO()
         coco.dataset = data
@@ -133,7 +152,7 @@ class CocoDetection(Dataset):
 
     Args:
         image_root: folder the annotation file's ``file_name`` entries are relative to.
-        annotation_file: COCO instances JSON.
+        annotation_file: COCO instances JSON, or a converted split in memory (:class:`CocoData`).
         transforms: callable ``(image HxWx3 uint8, boxes [G,4] xyxy, labels [G]) -> same``.
         drop_empty: leave out images with no (non-crowd) box; by default they are kept as negatives.
         category_map: the label mapping to use (e.g. the training split's for validation); by default
@@ -154,7 +173,7 @@ class CocoDetection(Dataset):
     def __init__(
         self,
         image_root: str | Path,
-        annotation_file: str | Path,
+        annotation_file: str | Path | CocoData,
         *,
         transforms: Callable | None = None,
         drop_empty: bool = False,
@@ -167,8 +186,9 @@ class CocoDetection(Dataset):
         max_bad_image_fraction: float = 0.01,
     ) -> None:
         self.image_root = Path(image_root)
-        self.annotation_file = Path(annotation_file)
-        self.coco = load_coco(self.annotation_file)
+        # What messages name: the JSON file, or the folder a converted split was read from.
+        self.annotation_file = annotation_file.source if isinstance(annotation_file, CocoData) else Path(annotation_file)
+        self.coco = load_coco(annotation_file)
         data = self.coco.dataset
         own = CategoryMap.from_categories(data["categories"])
         if category_map is not None and category_map != own:
@@ -194,12 +214,17 @@ class CocoDetection(Dataset):
                     self.report.images_dropped_empty += 1
                     continue
             self.records.append(rec)
+        for line in annotation_file.unreadable if isinstance(annotation_file, CocoData) else ():
+            if on_unreadable == "error":
+                raise ImageReadError(line)
+            warnings.warn(f"left out an unreadable image: {line}", stacklevel=2)
+            self.report.images_unreadable.append(line)
         if preflight:
             self._preflight(max_bad_image_fraction)
 
     def _preflight(self, max_bad_fraction: float) -> None:
         """Decode every image; drop and count the unreadable; fail above ``max_bad_fraction``."""
-        good = []
+        good, left_out = [], len(self.report.images_unreadable)  # by the converter, before this check
         for rec in self.records:
             try:
                 read_rgb(rec["path"], max_pixels=self.max_pixels)
@@ -207,10 +232,10 @@ class CocoDetection(Dataset):
                 self.report.images_unreadable.append(f"image {rec['image_id']}: {err}")
                 continue
             good.append(rec)
-        bad = len(self.records) - len(good)
-        if bad > max_bad_fraction * max(len(self.records), 1):
+        bad, total = len(self.records) - len(good) + left_out, len(self.records) + left_out
+        if bad > max_bad_fraction * max(total, 1):
             raise ImageReadError(
-                f"{bad} of {len(self.records)} images listed in {self.annotation_file} are unreadable, more than "
+                f"{bad} of {total} images listed in {self.annotation_file} are unreadable, more than "
                 f"data.max_bad_image_fraction={max_bad_fraction}; first: {self.report.images_unreadable[0]}"
             )
         self.records = good

@@ -89,3 +89,34 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+# EXIF orientations 5-8 rotate by 90 or 270 degrees: the displayed image is the stored one transposed.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def display_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of ``path`` as :func:`read_rgb` returns it (after EXIF rotation), from the header only.
+
+    For formats whose boxes are relative to the image (YOLO's normalized ``cx cy w h``), read in the
+    orientation the labelling tool showed, as Ultralytics does.
+
+    Raises:
+        ImageReadError: naming the file, when it is missing or its header cannot be read.
+    """
+    path = Path(path)
+    try:
+        with _PIL_LIMIT_LOCK:  # only the header is read: PIL's decompression-bomb limit does not apply
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                with Image.open(path) as im:
+                    width, height = im.size
+                    orientation = im.getexif().get(0x0112)  # the EXIF Orientation tag
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+    except FileNotFoundError as err:
+        raise ImageReadError(f"{path}: file not found") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: cannot read the image's size ({err}); re-export or remove it") from err
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)

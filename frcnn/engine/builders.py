@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from frcnn.data.coco import CategoryMap, CocoDetection, collate
+from frcnn.data.coco import CategoryMap, CocoData, CocoDetection, collate
+from frcnn.data.formats import read_split
 from frcnn.data.samplers import GroupedBatchSampler
 from frcnn.data.synthetic import generate
 from frcnn.engine.distributed import DistInfo, barrier
@@ -62,14 +63,35 @@ def ensure_generated(
     barrier()
 
 
+def split_annotations(cfg: DictConfig, split: str, categories: CategoryMap | None = None) -> str | CocoData:
+    """What :class:`CocoDetection` reads for ``split`` of ``cfg.data``: the annotation file's path
+    (``data.format=coco``, the default), or the VOC / YOLO / LabelMe split converted in memory
+    (:func:`frcnn.data.formats.read_split`). ``categories`` (the training split's, or a checkpoint's)
+    gives the class names, so that every split maps classes to the same labels."""
+    fmt = cfg.data.get("format", "coco")
+    split_cfg = cfg.data[split]
+    if fmt == "coco":
+        return split_cfg.annotations
+    names = categories.names if categories is not None else cfg.data.get("class_names")
+    return read_split(
+        fmt,
+        images=split_cfg.images,
+        annotations=split_cfg.annotations,
+        image_set=split_cfg.get("image_set"),
+        class_names=None if names is None else [str(n) for n in names],
+        names_file=cfg.data.get("names_file"),
+        split=split,
+    )
+
+
 def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: CategoryMap | None = None) -> CocoDetection:
-    """The ``split`` of ``cfg.data``. Unreadable images: the training split replaces them (counted
-    against ``data.max_bad_image_fraction``); the validation split used during training skips them,
-    and periodic evaluation reports how many (``val/unreadable_images``) and scores the rest."""
+    """The ``split`` of ``cfg.data`` (any ``data.format``). Unreadable images: the training split replaces
+    them (counted against ``data.max_bad_image_fraction``); the validation split used during training
+    skips them, and periodic evaluation reports how many (``val/unreadable_images``) and scores the rest."""
     split_cfg = cfg.data[split]
     return CocoDetection(
         split_cfg.images,
-        split_cfg.annotations,
+        split_annotations(cfg, split, categories),
         transforms=instantiate(cfg.data.augment) if train and cfg.data.get("augment") else None,
         drop_empty=bool(cfg.data.drop_empty) if train else False,
         category_map=categories,

@@ -1,10 +1,10 @@
 """The evaluation task behind ``scripts/evaluate.py``: a config in, a folder of scores out.
 
 Two modes (``conf/evaluate.yaml``): score a checkpoint on a COCO-format split (its own validation
-split by default), or score a COCO results file of any model against ground truth. Writes into
-``cfg.output_dir``: ``detections.json`` (COCO results, checkpoint mode only), ``metrics.json`` (the 12
-stats, per-class AP and the number of detections), ``per_class_ap.md`` and ``pr_curves.png`` (when
-there is at least one detection to draw curves from).
+split by default, in the ``data.format`` it was trained on), or score a COCO results file of any model
+against ground truth. Writes into ``cfg.output_dir``: ``detections.json`` (COCO results, checkpoint
+mode only), ``metrics.json`` (the 12 stats, per-class AP and the number of detections),
+``per_class_ap.md`` and ``pr_curves.png`` (when there is at least one detection to draw curves from).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
 from frcnn.data.coco import CocoDetection, collate, load_coco
 from frcnn.data.images import DEFAULT_MAX_PIXELS
+from frcnn.engine.builders import split_annotations
 from frcnn.errors import InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, check_backend, evaluate_results, per_class_table, predict
 from frcnn.evaluation.plots import plot_pr_curves
@@ -81,7 +82,8 @@ def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
     device = resolve_device(cfg.device, "device")
     model, categories, train_cfg = load_model(cfg.checkpoint, device, proposal_overrides(cfg.get("proposals")))
     images = cfg.images or train_cfg.data.val.images
-    annotations = cfg.annotations or train_cfg.data.val.annotations
+    # The checkpoint's own split in its own format (a VOC or YOLO split is converted with its class names).
+    annotations = cfg.annotations or split_annotations(train_cfg, "val", categories)
     dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=collate)
     results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=sys.stderr.isatty())
