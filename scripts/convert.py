@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from frcnn.cli import friendly_errors
@@ -37,7 +38,7 @@ def main() -> None:
     from frcnn.data.coco import CategoryMap, load_coco
     from frcnn.engine.builders import split_annotations
 
-    cfg = compose_train([f"data={args.format}", f"data.root={args.root}", *args.overrides])
+    cfg = compose_train([f"data={args.format}", f"data.root={_quoted(args.root)}", *args.overrides])
     categories = CategoryMap.from_categories(load_coco(args.classes_from).dataset["categories"]) if args.classes_from else None
     converted = split_annotations(cfg, args.split, categories)
     load_coco(converted)  # the checks training runs: duplicate ids, dangling annotations, unknown categories
@@ -51,6 +52,13 @@ def main() -> None:
     print(f"file_name entries are relative to {cfg.data[args.split].images}")
     for line in converted.unreadable:
         print(f"left out (unreadable): {line}")
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a Hydra override's quoted string, so that a path holding a space, comma, bracket, ``=``,
+    quote or ``${`` stays the path (Hydra's grammar: a backslash run before a quote or the end is doubled)."""
+    value = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return "'" + value.replace("${", "\\${") + "'"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import runpy
 import shutil
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,16 @@ def write_voc(coco_root: Path, out: Path) -> Path:
             shutil.copy(image, out / "JPEGImages" / f"{split}_{image.name}")
         (out / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{Path(i).stem}\n" for i in sorted(gt.image_ids)))
     return out
+
+
+def drop_class_from_voc_val(voc: Path, name: str) -> None:
+    """Remove every ``name`` object from the validation XMLs, so that the split's own files lack the class."""
+    for image_id in (voc / "ImageSets/Main/val.txt").read_text().split():
+        xml = voc / "Annotations" / f"{image_id}.xml"
+        tree = ET.parse(xml)
+        for obj in [o for o in tree.getroot().iter("object") if o.findtext("name") == name]:
+            tree.getroot().remove(obj)
+        tree.write(xml)
 
 
 def write_yolo(coco_root: Path, out: Path) -> Path:
@@ -109,7 +120,7 @@ def reference(coco_root: Path, split: str = "train") -> CocoDetection:
 def test_voc_round_trip(synthetic, tmp_path):
     # VOC stores integers: boxes come back within 0.5 px (exactly, for the generator's integer boxes). Had the
     # loader not shifted xmin/ymin by the 1-based convention, every box would be 1 px off and fail.
-    voc = write_voc(synthetic, tmp_path / "voc")
+    voc = write_voc(synthetic, tmp_path / "my voc")  # a space in the path
     data = read_split("voc", images=voc / "JPEGImages", annotations=voc / "Annotations",
                       image_set=voc / "ImageSets/Main/train.txt")
     assert [c["id"] for c in data.dataset["categories"]] == list(range(1, 6))
@@ -119,7 +130,7 @@ def test_voc_round_trip(synthetic, tmp_path):
 
 def test_yolo_round_trip(synthetic, tmp_path):
     # globox writes full float precision; a writer with 6 decimals (Ultralytics') is within 5e-7 x 256 px.
-    yolo = write_yolo(synthetic, tmp_path / "yolo")
+    yolo = write_yolo(synthetic, tmp_path / "my yolo")
     for split in ("train", "val"):
         data = read_split("yolo", images=yolo / "images" / split, annotations=yolo / "labels" / split,
                           names_file=yolo / "data.yaml")
@@ -131,6 +142,25 @@ def test_labelme_round_trip(synthetic, tmp_path):
     labelme = write_labelme(synthetic, tmp_path / "labelme")
     data = read_split("labelme", images=labelme / "train", annotations=labelme / "train")
     assert_same_sets(CocoDetection(labelme / "train", data), reference(synthetic), atol=1e-6)
+
+
+def test_labelme_polygons_and_image_paths_relative_to_the_json(tmp_path):
+    from PIL import Image
+
+    # LabelMe writes imagePath relative to the JSON file: here the JSON files are kept apart from the images.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "json" / "train").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.jpg")
+    shapes = [{"label": "cat", "points": [[30, 20], [4, 2]], "shape_type": "rectangle"},
+              {"label": "dog", "points": [[10, 5], [20, 8], [15, 25]], "shape_type": "polygon"}]
+    (tmp_path / "json" / "train" / "a.json").write_text(json.dumps(
+        {"imagePath": "../../images/a.jpg", "imageWidth": 40, "imageHeight": 30, "shapes": shapes, "imageData": None}))
+    data = read_split("labelme", images=tmp_path / "images", annotations=tmp_path / "json" / "train")
+    assert [i["file_name"] for i in data.dataset["images"]] == ["a.jpg"]
+    assert [c["name"] for c in data.dataset["categories"]] == ["cat", "dog"]
+    # The rectangle's corners in either order; the polygon as its bounding box.
+    assert [(a["category_id"], a["bbox"]) for a in data.dataset["annotations"]] == [(1, [4, 2, 26, 18]), (2, [10, 5, 10, 20])]
+    assert len(CocoDetection(tmp_path / "images", data)[0][1]["boxes"]) == 2
 
 
 VOC_XML = """<annotation><filename>{name}.png</filename>{size}
@@ -174,6 +204,43 @@ def test_voc_difficult_objects_are_crowd_regions_and_an_id_without_xml_is_an_emp
         read_voc(root, ["cat"])
 
 
+def test_voc_image_set_lines_and_the_image_of_an_id(tmp_path):
+    from PIL import Image
+
+    # "my a" (a space in the id) and a class file's "b  1" line; a.xml's <filename> is stale (the set was
+    # renamed): "b.png" exists but is another image, so the id's own image is taken, as VOC loaders do.
+    xml = VOC_XML.format(name="b", size=SIZE, box=BOX).replace("<name>cat</name>", "<name> cat\n</name>")
+    root = voc_dir(tmp_path, xml, ids=("my a", "b  1"), image_ids=("b",))
+    (root / "Annotations" / "a.xml").rename(root / "Annotations" / "my a.xml")
+    Image.new("RGB", (40, 32)).save(root / "JPEGImages" / "my a.jpg")
+    data = read_voc(root)
+    assert [i["file_name"] for i in data.dataset["images"]] == ["my a.jpg", "b.png"]
+    assert [c["name"] for c in data.dataset["categories"]] == ["cat", "dog"]  # "<name> cat\n</name>" is cat
+    assert [a["image_id"] for a in data.dataset["annotations"]] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "fmt,expected",
+    [("voc", "train.txt lists no ids"), ("yolo", "no image (.bmp"), ("labelme", "no JSON file in")],
+)
+def test_an_empty_split_is_an_error_naming_the_folder(tmp_path, fmt, expected):
+    for d in ("JPEGImages", "Annotations", "images", "labels"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "train.txt").write_text("\n")
+    folders = {"voc": ("JPEGImages", "Annotations"), "yolo": ("images", "labels"), "labelme": ("images", "images")}[fmt]
+    with pytest.raises(FormatError, match=r"data\.train \(data\.format=" + fmt) as exc:
+        read_split(fmt, images=tmp_path / folders[0], annotations=tmp_path / folders[1], split="train",
+                   image_set=tmp_path / "train.txt" if fmt == "voc" else None, class_names=["cat"])
+    assert expected in str(exc.value)
+
+
+def test_class_names_from_files_without_objects_is_an_error(tmp_path):
+    root = voc_dir(tmp_path, VOC_XML.format(name="a", size=SIZE, box=BOX), ids=("b",), image_ids=("b",))
+    with pytest.raises(FormatError, match="no object in the files of .*Annotations, so no class names"):
+        read_voc(root)
+    assert read_voc(root, ["cat"]).dataset["images"][0]["file_name"] == "b.png"  # named classes: an empty image
+
+
 @pytest.mark.parametrize(
     "size,box,expected",
     [("", BOX, "no <size> with <width> and <height>"),
@@ -206,7 +273,7 @@ def read_yolo(root: Path):
 
 
 def test_yolo_image_without_label_file_is_an_empty_image(tmp_path):
-    root = yolo_dir(tmp_path, {"a": "1 0.5 0.5 0.2 0.4\n\n"})
+    root = yolo_dir(tmp_path, {"a": "\ufeff1 0.5 0.5 0.2 0.4\n\n"})  # with the BOM Windows' Notepad writes
     data = read_yolo(root)
     assert [i["file_name"] for i in data.dataset["images"]] == ["a.jpg", "b.jpg"]
     assert [(a["image_id"], a["category_id"]) for a in data.dataset["annotations"]] == [(1, 2)]
@@ -218,11 +285,16 @@ def test_yolo_image_without_label_file_is_an_empty_image(tmp_path):
 @pytest.mark.parametrize(
     "labels,where,expected",
     [({"a": "0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n"}, "a.txt:2", "class 2 is out of range; the 2 classes are 0..1"),
+     ({"a": "-1 0.5 0.5 0.2 0.2\n"}, "a.txt:1", "class -1 is out of range"),
+     ({"a": "0.5 0.5 0.5 0.2 0.2\n"}, "a.txt:1", "class 0.5 is out of range"),
      ({"a": "0 1.5 0.5 0.2 0.2\n"}, "a.txt:1", "cx=1.5 is outside [0, 1]"),
+     ({"a": "0 0.5 0.5 0.2 1.2\n"}, "a.txt:1", "h=1.2 is outside [0, 1]"),
+     ({"a": "0 0.9 0.5 0.5 0.2 0.2\n"}, "a.txt:1", "has six values"),
      ({"a": "0 0.5 0.5 -0.2 0.2\n"}, "a.txt:1", "is not 'class cx cy w h'"),
      ({"a": "0 0.5 0.5\n"}, "a.txt:1", "is not 'class cx cy w h'"),
      ({"c": "0 0.5 0.5 0.2 0.2\n"}, "c.txt", "a label file without an image")],
-    ids=["class out of range", "coordinate outside [0, 1]", "negative size", "short line", "label without image"],
+    ids=["class out of range", "negative class", "fractional class", "coordinate outside [0, 1]", "size outside [0, 1]",
+         "six values", "negative size", "short line", "label without image"],
 )
 def test_yolo_bad_labels_name_the_file_and_line(tmp_path, labels, where, expected):
     root = yolo_dir(tmp_path, labels)
@@ -258,8 +330,13 @@ def test_unreadable_and_missing_images_take_the_coco_path(tmp_path):
     data = read_yolo(root)
     assert [i["file_name"] for i in data.dataset["images"]] == ["a.jpg"] and "b.jpg" in data.unreadable[0]
     with pytest.warns(UserWarning, match="b.jpg"):
-        ds = CocoDetection(root / "images", data, on_unreadable="replace")
+        ds = CocoDetection(root / "images", data, on_unreadable="replace", max_bad_image_fraction=0.5)
     assert len(ds) == 1 and "b.jpg" in ds.report.summary()
+    # Counted against data.max_bad_image_fraction as training counts an unreadable COCO image, with the
+    # pre-flight check or without it.
+    for preflight in (False, True):
+        with pytest.warns(UserWarning), pytest.raises(ImageReadError, match="1 of 2 images .* unreadable, more than"):
+            CocoDetection(root / "images", data, on_unreadable="replace", preflight=preflight, max_bad_image_fraction=0.4)
     with pytest.raises(ImageReadError, match="b.jpg"):
         CocoDetection(root / "images", data, on_unreadable="error")
     # VOC: the XML gives the size; a missing image is the COCO loader's missing file, found when it is read.
@@ -271,7 +348,7 @@ def test_unreadable_and_missing_images_take_the_coco_path(tmp_path):
 
 def test_yolo_names_from_data_yaml_list_or_dict(tmp_path):
     root = yolo_dir(tmp_path, {"a": "1 0.5 0.5 0.2 0.4\n"})
-    for text in ("names: [cat, dog]\n", "names:\n  0: cat\n  1: dog\n"):
+    for text in ("names: [cat, dog]\n", "names:\n  1: dog\n  0: cat\n"):  # a dict by its keys, not its order
         (root / "data.yaml").write_text(text)
         data = read_split("yolo", images=root / "images", annotations=root / "labels", names_file=root / "data.yaml")
         assert [(c["id"], c["name"]) for c in data.dataset["categories"]] == [(1, "cat"), (2, "dog")]
@@ -305,7 +382,8 @@ def test_without_globox_frcnn_runs_and_data_format_voc_says_how_to_install(tmp_p
 
 
 def test_convert_script_writes_a_coco_file_pycocotools_loads(synthetic, tmp_path, monkeypatch, capsys):
-    voc = write_voc(synthetic, tmp_path / "voc")
+    voc = write_voc(synthetic, tmp_path / "my voc, (copy)")  # characters Hydra's override grammar would parse
+    drop_class_from_voc_val(voc, "circle")
     out = tmp_path / "out" / "train.json"
     code, stdout, err = convert(["--format", "voc", "--root", str(voc), "--split", "train", "--out", str(out)], monkeypatch, capsys)
     assert code == 0, err
@@ -314,6 +392,12 @@ def test_convert_script_writes_a_coco_file_pycocotools_loads(synthetic, tmp_path
     assert len(gt.getImgIds()) == 6 and len(gt.getAnnIds()) == len(reference(synthetic).coco.getAnnIds())
     # The file trains as data=coco would read it, with the same boxes.
     assert_same_sets(CocoDetection(voc / "JPEGImages", out), reference(synthetic), atol=0.5, rename=lambda n: f"train_{n}")
+    # The validation split, whose files lack circles, numbers the classes as the training split does.
+    val = tmp_path / "out" / "val.json"
+    code, _, err = convert(["--format", "voc", "--root", str(voc), "--split", "val", "--out", str(val),
+                            "--classes-from", str(out)], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(val.read_text())["categories"] == json.loads(out.read_text())["categories"]
     # A malformed file: one line naming it, status 2.
     (voc / "Annotations" / "train_000001.xml").write_text("<annotation><filename>x.png</filename></annotation>")
     code, _, err = convert(["--format", "voc", "--root", str(voc), "--out", str(out)], monkeypatch, capsys)
@@ -333,18 +417,22 @@ def test_build_dataset_on_a_voc_layout_trains_and_evaluates_like_the_coco_files(
     from frcnn.evaluation.coco_eval import evaluate_results
 
     voc = write_voc(synthetic, tmp_path / "voc")
+    # The validation files lack circles, the first class by name: labelled by their own names, every other
+    # class would be off by one. They take the training split's names.
+    drop_class_from_voc_val(voc, "circle")
     cfg = compose_train(["data=voc", f"data.root={voc}", "data.num_classes=5"])
     train = build_dataset(cfg, "train", train=False)
     val = build_dataset(cfg, "val", train=False, categories=train.categories)
-    assert val.categories == train.categories
+    assert val.categories == train.categories and train.categories.names[0] == "circle"
     for ours, ref in ((train, reference(synthetic)), (val, reference(synthetic, "val"))):
         assert len(ours) == len(ref)
         for i in range(len(ours)):
             (image, target), (ref_image, ref_target) = ours[i], ref[i]
             assert image.shape == ref_image.shape
             names = [ours.categories.name(int(lab)) for lab in target["labels"]]
-            assert names == [ref.categories.name(int(lab)) for lab in ref_target["labels"]]
-            np.testing.assert_allclose(target["boxes"].numpy(), ref_target["boxes"].numpy(), atol=0.5)
+            keep = [ours is train or ref.categories.name(int(lab)) != "circle" for lab in ref_target["labels"]]
+            assert names == [ref.categories.name(int(lab)) for lab, k in zip(ref_target["labels"], keep) if k]
+            np.testing.assert_allclose(target["boxes"].numpy(), ref_target["boxes"].numpy()[keep], atol=0.5)
     # Periodic evaluation scores against the converted dict: the ground truth as detections is AP 1.
     results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
                for a in val.coco.dataset["annotations"]]
@@ -365,6 +453,7 @@ def test_standalone_evaluation_scores_a_voc_checkpoint_on_its_own_split(syntheti
     from tests.conftest import SMALL
 
     voc = write_voc(synthetic, tmp_path / "voc")
+    drop_class_from_voc_val(voc, "circle")  # the split's own files would number the classes otherwise
     cfg = compose_train([*SMALL, "data=voc", f"data.root={voc}", "data.num_classes=5", f"run_dir={tmp_path}"])
     names = tuple(sorted(coco_names(synthetic)))
     torch.manual_seed(0)

@@ -214,13 +214,16 @@ class CocoDetection(Dataset):
                     self.report.images_dropped_empty += 1
                     continue
             self.records.append(rec)
-        for line in annotation_file.unreadable if isinstance(annotation_file, CocoData) else ():
+        left_out = annotation_file.unreadable if isinstance(annotation_file, CocoData) else ()
+        for line in left_out:
             if on_unreadable == "error":
                 raise ImageReadError(line)
             warnings.warn(f"left out an unreadable image: {line}", stacklevel=2)
             self.report.images_unreadable.append(line)
         if preflight:
             self._preflight(max_bad_image_fraction)
+        elif left_out and on_unreadable == "replace":  # training: the converter's count against the same limit
+            self._check_bad_fraction(len(left_out), len(self.records) + len(left_out), max_bad_image_fraction)
 
     def _preflight(self, max_bad_fraction: float) -> None:
         """Decode every image; drop and count the unreadable; fail above ``max_bad_fraction``."""
@@ -232,13 +235,15 @@ class CocoDetection(Dataset):
                 self.report.images_unreadable.append(f"image {rec['image_id']}: {err}")
                 continue
             good.append(rec)
-        bad, total = len(self.records) - len(good) + left_out, len(self.records) + left_out
+        self._check_bad_fraction(len(self.records) - len(good) + left_out, len(self.records) + left_out, max_bad_fraction)
+        self.records = good
+
+    def _check_bad_fraction(self, bad: int, total: int, max_bad_fraction: float) -> None:
         if bad > max_bad_fraction * max(total, 1):
             raise ImageReadError(
                 f"{bad} of {total} images listed in {self.annotation_file} are unreadable, more than "
                 f"data.max_bad_image_fraction={max_bad_fraction}; first: {self.report.images_unreadable[0]}"
             )
-        self.records = good
 
     def _record(self, image_id: int) -> dict[str, Any]:
         info = self.coco.imgs[image_id]
@@ -320,7 +325,7 @@ class CocoDetection(Dataset):
         if image.shape[:2] != (rec["height"], rec["width"]):
             raise AnnotationError(
                 f"{rec['path']}: image {rec['image_id']} is {image.shape[1]}x{image.shape[0]} after EXIF rotation "
-                f"but the annotation file says {rec['width']}x{rec['height']}; fix width/height in the JSON"
+                f"but {self.annotation_file} says {rec['width']}x{rec['height']}; fix the image's width/height there"
             )
         boxes, labels = rec["boxes"], rec["labels"]
         if self.transforms is not None:

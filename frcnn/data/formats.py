@@ -18,20 +18,26 @@ globox leaves to the caller is done here and nowhere else:
   ignored by evaluation, as VOC's own protocol ignores them). VOC pixel coordinates are 1-based and
   inclusive (``xmin=1, xmax=W`` spans the image), so ``<bndbox>`` becomes ``[xmin - 1, ymin - 1, xmax,
   ymax]`` in frcnn's 0-based continuous coordinates (detectron2's convention). The split's ids come from
-  ``ImageSets/Main/<split>.txt`` (or, without one, every XML of the folder); an id without an XML is an
-  image without boxes. A malformed file's message says which element is missing.
+  ``ImageSets/Main/<split>.txt`` (one id a line, spaces allowed; a class file's ``<id> -1|0|1`` lines too)
+  or, without one, every XML of the folder; an id without an XML is an image without boxes. An id's image
+  is ``<images>/<id>.<suffix>``, as every VOC loader finds it (``<filename>`` only when there is none: a
+  renamed set keeps stale ``<filename>`` entries). A malformed file's message says which element is missing.
 * YOLO: class names from ``names:`` (a list, or a dict ``{index: name}``) of the set's ``data.yaml``;
   image sizes from the image headers in display (EXIF) orientation, as Ultralytics reads them; every
   line is parsed by globox and checked here (class index in range, values within [0, 1]) so that an
   error names the file and line. An image without a label file has no boxes; a label file without an
   image is an error.
 * LabelMe: rectangles and polygons (their bounding boxes); the split is the folder's JSON files.
+
+A split without images, or one whose class names would come from files that hold no object, is an error
+naming the folder: it is a wrong path or layout, not a set to train on.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +53,7 @@ FORMATS = ("coco", "voc", "yolo", "labelme")  # data.format; all but coco are co
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 _YOLO_FIELDS = ("cx", "cy", "w", "h")
 _BOUNDS_EPS = 1e-6  # globox returns pixels; dividing back by the size can land a hair outside [0, 1]
+_CLASS_SET_LINE = re.compile(r"(.*\S)\s+(-1|0|1)")  # ImageSets/Main/<class>_<split>.txt: "<id> -1|0|1"
 
 
 class FormatError(AnnotationError):
@@ -110,9 +117,26 @@ def read_split(
         records = _yolo_images(globox, images, annotations, names, unreadable)
     else:
         records = _labelme_images(globox, images, annotations)
+    where = f"data.{split} (data.format={fmt})"
+    if not records and not unreadable:
+        raise FormatError(f"{where}: {_nothing_found(fmt, images, annotations, image_set, split)}")
     if names is None:
         names = sorted({box[0] for rec in records for box in rec.boxes})
+        if not names:
+            raise FormatError(f"{where}: no object in the files of {annotations}, so no class names; check the "
+                              "folder, or list the classes in data.class_names=[...]")
     return _to_coco(records, names, str(annotations), unreadable)
+
+
+def _nothing_found(fmt: str, images: Path, annotations: Path, image_set: str | Path | None, split: str) -> str:
+    """What an empty split lacks, and the key to check."""
+    if fmt == "voc" and image_set is not None:
+        return f"{image_set} lists no ids; list the split's ids there, one a line"
+    if fmt == "voc":
+        return f"no XML file in {annotations}; check data.{split}.annotations"
+    if fmt == "yolo":
+        return f"no image ({', '.join(IMAGE_SUFFIXES)}) in {images}; check data.{split}.images"
+    return f"no JSON file in {annotations}; check data.{split}.annotations"
 
 
 def _globox(fmt: str) -> ModuleType:
@@ -192,7 +216,7 @@ def _voc_images(
         raise MissingFileError(f"image set {image_set} not found; list the split's ids there, one a line, or pass "
                                f"{key}=null to take every XML of the folder")
     else:
-        ids = [line.split()[0] for line in image_set.read_text().splitlines() if line.strip()]
+        ids = [_image_set_id(line.strip(), annotations, images) for line in image_set.read_text().splitlines() if line.strip()]
     records = []
     for image_id in ids:
         xml = annotations / f"{image_id}.xml"
@@ -209,6 +233,15 @@ def _voc_images(
     return records
 
 
+def _image_set_id(line: str, annotations: Path, images: Path) -> str:
+    """The id on a stripped image-set line: the whole line (ids may hold spaces), or ``<id>`` of a class
+    file's ``<id> -1|0|1`` line when the whole line names neither an XML nor an image."""
+    match = _CLASS_SET_LINE.fullmatch(line)
+    if match and not (annotations / f"{line}.xml").is_file() and _find_image(images, line) is None:
+        return match.group(1)
+    return line
+
+
 def _voc_image(globox: ModuleType, xml: Path, images: Path) -> _Image:
     try:
         ann = globox.Annotation.from_pascal_voc(xml)
@@ -218,12 +251,14 @@ def _voc_image(globox: ModuleType, xml: Path, images: Path) -> _Image:
     # globox reads every <object> (ET's iter order) but not <difficult>: take it from the same elements.
     difficult = [(obj.findtext("difficult") or "0").strip() == "1" for obj in root.iter("object")]
     width, height = ann.image_size
-    # Prefer <filename> as written; tools that write it without a suffix (ImageNet's) are matched by stem.
-    image = images / ann.image_id
+    # The image is the id's, as VOC loaders find it (a renamed set keeps stale <filename>s); else <filename>
+    # as written, or its stem (ImageNet's tools write it without a suffix). None found: the COCO path's
+    # missing file when it is read.
+    image = _find_image(images, xml.stem) or images / ann.image_id
     if not image.is_file():
-        image = _find_image(images, Path(ann.image_id).stem) or _find_image(images, xml.stem) or image
-    boxes = [
-        (box.label, box.xmin - 1.0, box.ymin - 1.0, box.xmax, box.ymax, crowd)  # 1-based inclusive -> 0-based
+        image = _find_image(images, Path(ann.image_id).stem) or image
+    boxes = [  # <name> as a class name without the whitespace of a pretty-printed file
+        (box.label.strip(), box.xmin - 1.0, box.ymin - 1.0, box.xmax, box.ymax, crowd)  # 1-based inclusive -> 0-based
         for box, crowd in zip(ann.boxes, difficult)
     ]
     return _Image(_relative(image, images), width, height, xml, boxes)
@@ -314,7 +349,7 @@ def _yolo_images(globox: ModuleType, images: Path, labels: Path, names: list[str
 def _yolo_boxes(globox: ModuleType, path: Path, size: tuple[int, int], names: list[str]) -> list[tuple]:
     """The boxes of one label file, each line ``class cx cy w h`` parsed by globox and checked here."""
     boxes = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # -sig: Notepad's BOM
         if not line.strip():
             continue
         where = f"{path}:{n}: {line.strip()!r}"
