@@ -104,6 +104,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     resume = _get(cfg, "train.resume")
     if resume not in (None, _ABSENT) and not Path(str(resume)).is_file():
         raise ConfigError(f"train.resume={resume} is not a file; pass the last.pt of the run to continue, or train.resume=null")
+    init_from = _get(cfg, "train.init_from")
+    if init_from not in (None, _ABSENT) and not Path(str(init_from)).is_file():
+        raise ConfigError(
+            f"train.init_from={init_from} is not a file; pass a checkpoint to start from (a run's best.pt, or one "
+            "written by scripts/import_weights.py), or train.init_from=null"
+        )
 
     for key in ("data.num_classes", "data.batch_size", "data.eval_batch_size", "data.min_size_test", "data.max_size"):
         _number(cfg, key, integer=True, low=1)

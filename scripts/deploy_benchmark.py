@@ -34,12 +34,16 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="also time onnxruntime on the graph with int8 convolutions")
     parser.add_argument("--calibration", default=None, help="int8: folder of calibration images (default: <data>/train)")
     parser.add_argument("--no-ap", action="store_true", help="skip the COCO AP of each variant")
+    parser.add_argument("--torchvision-weights", default=None,
+                        help="a checkpoint of scripts/import_weights.py: the torchvision state dict it was imported from, "
+                             "for torchvision's own model as the peer (default: the path recorded at import)")
     args = parser.parse_args()
 
     import torch
 
     from frcnn.benchmarks.deploy import markdown, run_benchmark
     from frcnn.benchmarks.speed import machine
+    from frcnn.engine.checkpoint import load_checkpoint
     from frcnn.inference import load_model
 
     if args.threads:
@@ -60,8 +64,16 @@ def main() -> None:
         from frcnn.export.quantize import calibration_images, quantize_onnx
 
         int8_path = quantize_onnx(onnx_path, out / "model_int8.onnx", calibration_images(args.calibration or Path(args.data) / "train", 32))
+    peer = None
+    imported = load_checkpoint(args.checkpoint).get("imported_from")
+    if imported:  # a torchvision model imported by frcnn.zoo: its peer is torchvision's own model with those weights
+        from frcnn.zoo import read_state_dict, torchvision_model
+
+        weights = args.torchvision_weights or imported["weights"]
+        peer = torchvision_model(imported["torchvision"], read_state_dict(weights), weights)
     result = run_benchmark(model, categories, Path(args.data), onnx_path, batches=tuple(args.batch), reps=args.reps,
-                           warmup=args.warmup, threads=args.threads, ap=not args.no_ap, proposals=tuple(args.proposals), int8_path=int8_path)
+                           warmup=args.warmup, threads=args.threads, ap=not args.no_ap, proposals=tuple(args.proposals),
+                           int8_path=int8_path, peer=peer)
     result["machine"] = machine(torch.device("cpu"))
     result["setup"] = vars(args)
     (out / "deploy.json").write_text(json.dumps(result, indent=1))

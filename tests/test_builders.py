@@ -148,3 +148,16 @@ def test_synthetic_data_is_generated_once_and_never_over_a_data_set_it_did_not_w
         builders.ensure_synthetic(cfg, main)
     assert (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns == before
     builders.ensure_synthetic(compose_train(["run_dir=x", f"data.root={tmp_path / 'gen'}", "data.generate=null"]), main)
+
+
+def test_a_set_without_one_full_batch_is_refused_not_looped_over_forever():
+    from frcnn.errors import ConfigError
+
+    """3 landscape + 1 portrait images at batch 4: no orientation group fills a batch, so the stream would never
+    yield; a clear error instead (this hung fine-tuning on a 4-image set before)."""
+    data = FakeImages(4)
+    groups = [data.aspect_ratio_group(i) for i in range(4)]
+    assert 0 < sum(groups) < 4  # both orientations
+    with pytest.raises(ConfigError, match=r"make no full batch of data.batch_size=4: lower data.batch_size"):
+        builders.InfiniteBatches(data, 4, seed=0, dist_info=DistInfo())
+    assert take(builders.InfiniteBatches(data, max(groups.count(0), groups.count(1)), seed=0, dist_info=DistInfo()), 3)

@@ -178,3 +178,57 @@ def test_import_weights_script_then_every_command(mobilenet_weights, tmp_path):
                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert infer.returncode == 0, infer.stderr
     assert (tmp_path / "infer" / "image.json").is_file()
+
+
+def test_fine_tune_an_imported_model_on_another_class_count(tmp_path, capsys):
+    """train.init_from=<imported R50-FPN> with data.num_classes=5: every tensor but the classifier and box
+    deltas loads (one line says which start fresh), the loss falls, and evaluation and inference run."""
+    import torchvision.models.detection as detection
+
+    from frcnn.cli import compose_train
+    from frcnn.data.synthetic import generate
+    from frcnn.engine.trainer import train
+    from frcnn.inference import detect
+
+    torch.manual_seed(0)  # torchvision's own random initialization: a start that trains (random_detector's does not)
+    torch.save(detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), tmp_path / "w.pth")
+    import_torchvision("fasterrcnn_resnet50_fpn", tmp_path / "w.pth", tmp_path / "r50.pt")
+    root = generate(tmp_path / "data", num_train=4, num_val=3, seed=0)  # three landscape training images: one batch
+    cfg = compose_train([
+        "experiment=torchvision/fasterrcnn_resnet50_fpn", f"train.init_from={tmp_path / 'r50.pt'}", f"data.root={root}",
+        "model.preprocessor.min_size=[192]", "model.preprocessor.min_size_test=192", "model.preprocessor.max_size=256",
+        "model.roi_heads.batch_size_per_image=128", "data.batch_size=3", "trainer.reference_batch_size=3",
+        "optim.lr=0.002", "trainer.clip_grad_norm=10", "schedule.warmup_iters=2", "data.augment.hflip=0",
+        "trainer.max_iters=6", "trainer.eval_period=6", "trainer.log_period=1", "data.num_workers=0",
+        "trainer.progress=false", "trainer.tensorboard=false", f"run_dir={tmp_path / 'run'}",
+    ])
+    torch.manual_seed(0)
+    train(cfg)
+    said = capsys.readouterr().out
+    assert "initialized from" in said and "291 of 295 tensors loaded" in said
+    fresh = said.split("starting fresh: ")[1].splitlines()[0]
+    assert fresh.count("(shape ") == 4 and "roi_heads.predictor.cls_score.weight (shape [91, 1024] in the checkpoint, [6, 1024] here)" in fresh
+
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 6 and sum(losses[-2:]) / 2 < 0.6 * losses[0], losses
+    assert any("val/AP" in r for r in records)  # evaluation ran
+    model, categories, _ = load_model(tmp_path / "run" / "last.pt", torch.device("cpu"))
+    assert categories.num_classes == 5
+    image = (IMAGES["wide"].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+    assert set(detect(model, image, torch.device("cpu"))) >= {"boxes", "scores", "labels"}
+
+
+def test_init_from_refuses_another_architecture(tmp_path, mobilenet_weights):
+    from frcnn.cli import compose_train
+    from frcnn.data.synthetic import generate
+    from frcnn.engine.trainer import train
+
+    import_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn", mobilenet_weights, tmp_path / "m.pt")
+    root = generate(tmp_path / "data", num_train=2, num_val=1, seed=0)
+    cfg = compose_train(["experiment=demo_fpn", f"train.init_from={tmp_path / 'm.pt'}", f"run_dir={tmp_path / 'run'}",
+                         f"data.root={root}", "data.num_workers=0", "trainer.max_iters=1"])
+    with pytest.raises(ConfigError, match=r"fits only \d+ of this model's \d+ tensors.*MobileNetV3FPN model"):
+        train(cfg)

@@ -67,11 +67,15 @@ def _onnx_variant(path: Path, threads: int | None) -> Detect:
 
 def build_variants(
     model: nn.Module, onnx_path: Path | None, *, threads: int | None = None, proposals: tuple[int, ...] = (),
-    int8_path: Path | None = None,
+    int8_path: Path | None = None, peer: nn.Module | None = None,
 ) -> dict[str, Detect]:
-    """The variants of the module docstring, by name, in table order."""
+    """The variants of the module docstring, by name, in table order.
+
+    ``peer``: torchvision's detector to compare with (an imported zoo model's own torchvision model);
+    default: :func:`torchvision_peer` built from ``model``.
+    """
     model = model.eval()
-    peer = PeerAdapter(torchvision_peer(model)).eval()
+    peer = PeerAdapter(peer if peer is not None else torchvision_peer(model)).eval()
     folded = prepare_for_inference(model, fold_bn=True, channels_last=False)
     folded_cl = prepare_for_inference(model, fold_bn=True, channels_last=True)
     variants = {
@@ -138,13 +142,14 @@ def run_benchmark(
     model: nn.Module, categories: CategoryMap, root: Path, onnx_path: Path | None, *,
     batches: tuple[int, ...] = (1, 8), reps: int = 10, warmup: int = 2, threads: int | None = None, ap: bool = True,
     max_images: int | None = None, proposals: tuple[int, ...] = (), int8_path: Path | None = None,
+    peer: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Per-image latency (median and range) of every variant at each batch size, and each frcnn variant's AP.
 
     Returns ``{"latency": {batch: {variant: {"median_s", "min_s", "max_s", "vs_torchvision"}}}, "ap": {variant: AP}}``,
     ``vs_torchvision`` being the median over the faster torchvision variant's median.
     """
-    variants = build_variants(model, onnx_path, threads=threads, proposals=proposals, int8_path=int8_path)
+    variants = build_variants(model, onnx_path, threads=threads, proposals=proposals, int8_path=int8_path, peer=peer)
     coco, ids, images = load_split(root, max_images=max_images)
     # Timed on the images of the split's most common size, so a batch is one size (the ONNX graph's input).
     shapes = [tuple(im.shape) for im in images]

@@ -126,6 +126,13 @@ class InfiniteBatches(torch.utils.data.Sampler):
         # One process is a world of one: the whole set, a permutation per epoch seeded by seed + epoch.
         shard = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed, drop_last=True)
         self.batches = GroupedBatchSampler(shard, groups, batch_size, drop_last=True)
+        if len(self.batches) == 0:  # no full batch in any orientation: the stream would never yield one
+            counts = [groups.count(0), groups.count(1)]
+            raise ConfigError(
+                f"the {len(dataset)} training images ({counts[0]} landscape, {counts[1]} portrait, batched by "
+                f"orientation{f' over {dist_info.world_size} processes' if dist_info.world_size > 1 else ''}) "
+                f"make no full batch of data.batch_size={batch_size}: lower data.batch_size"
+            )
 
     def _stream(self) -> Iterator[list[tuple[int, int]]]:
         for epoch in itertools.count():

@@ -116,3 +116,26 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
             (("roi_heads." + k[len("backbone."):]) if k.startswith("backbone.box_head.") else k, v) for k, v in weights.items()
         )
     return state
+
+
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
+    """Load every tensor of ``state`` whose name and shape match ``model``'s; the rest keep their values.
+
+    Returns:
+        ``(loaded, skipped)``: how many of the model's tensors were loaded, and one ``"name (why)"`` per
+        model tensor that was not (its shape differs, or ``state`` lacks it). BatchNorm's batch counters
+        (``num_batches_tracked``) are neither counted nor reported.
+    """
+    own = model.state_dict()
+    usable, skipped = {}, []
+    for name, tensor in own.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        if name not in state:
+            skipped.append(f"{name} (not in the checkpoint)")
+        elif state[name].shape != tensor.shape:
+            skipped.append(f"{name} (shape {list(state[name].shape)} in the checkpoint, {list(tensor.shape)} here)")
+        else:
+            usable[name] = state[name]
+    model.load_state_dict(usable, strict=False)
+    return len(usable), skipped

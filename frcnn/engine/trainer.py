@@ -21,7 +21,7 @@ from frcnn.config import parse_duration, resolve_device, validate_train_config
 from frcnn.data.coco import collate
 from frcnn.engine import builders
 from frcnn.engine.builders import build_model
-from frcnn.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
+from frcnn.engine.checkpoint import load_matching, load_checkpoint, rng_state, set_rng_state
 from frcnn.engine.distributed import (
     DistInfo, agree_across_ranks, cleanup, ddp_broadcasts_buffers, gather_objects, init_distributed,
 )
@@ -177,6 +177,27 @@ class Trainer:
         if self.sync_batchnorm and self.world > 1 and self.device.type == "cuda" and has_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
+        if (self.cfg.get("train") or {}).get("init_from") and not self.resumed:  # a resume restores every weight itself
+            self._init_from(str(self.cfg.train.init_from))
+
+    def _init_from(self, path: str) -> None:
+        """Start from the weights of checkpoint ``path`` that fit this model (``train.init_from``), and say
+        in one line which did not: e.g. the classifier and box deltas when ``data.num_classes`` differs."""
+        ckpt = load_checkpoint(path, map_location="cpu")
+        kind = ckpt.get("kind", "faster_rcnn")
+        if kind != self.checkpoint_kind or not isinstance(ckpt.get("model"), dict):
+            raise ConfigError(f"train.init_from={path} is a {kind} checkpoint without detector weights; this run trains {self.checkpoint_kind}")
+        loaded, skipped = load_matching(self.model, ckpt["model"])
+        total = loaded + len(skipped)
+        if loaded < total / 2:  # not a fine-tuning start: another architecture
+            theirs = ckpt.get("config", {}).get("model", {}).get("backbone", {}).get("_target_", "another model")
+            raise ConfigError(
+                f"train.init_from={path} fits only {loaded} of this model's {total} tensors (first not: {skipped[0]}): it "
+                f"holds a {theirs.rsplit('.', 1)[-1]} model; compose the same model (the experiment or model/backbone it "
+                "was trained or imported with, e.g. experiment=torchvision/fasterrcnn_resnet50_fpn)"
+            )
+        self._say(f"initialized from {path}: {loaded} of {total} tensors loaded"
+                  + (f"; starting fresh: {', '.join(skipped)}" if skipped else ""))
 
     def _build_optimization(self, spent: float) -> None:
         """Optimizer, lr schedule and AMP scaler; ``spent``: seconds of training before a resume."""

@@ -91,6 +91,9 @@ def generate_proposals(
     for level, (level_anchors, level_logits, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
         boxes = clip_boxes(decode_boxes(level_deltas, level_anchors[None], (1.0, 1.0, 1.0, 1.0)), image_sizes)  # [B, A_l, 4]
         logits = level_logits.float()
+        # A diverging model's NaN / inf: never a proposal (topk ranks NaN first; roi_align crashes on it).
+        finite = torch.isfinite(logits) & torch.isfinite(boxes).all(dim=-1)
+        logits = logits.masked_fill(~finite, float("-inf"))
         if anchor_valid is not None:
             logits = logits.masked_fill(~anchor_valid[level], float("-inf"))
         if not filter_after_topk:
@@ -121,7 +124,8 @@ def generate_proposals(
     out_logits = torch.cat([flat_logits, torch.full_like(flat_logits[:1], float("-inf"))])[table]
     out_boxes = torch.cat([top_boxes.reshape(-1, 4), top_boxes.new_zeros(1, 4)])[table]
     valid = torch.isfinite(out_logits)  # padding and boxes under the minimum size carry -inf
-    return Proposals(boxes=out_boxes * valid[..., None], scores=torch.sigmoid(out_logits), valid=valid)
+    out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))  # (NaN * 0 is NaN)
+    return Proposals(boxes=out_boxes, scores=torch.sigmoid(out_logits), valid=valid)
 
 
 def _usable(boxes: Tensor, logits: Tensor, min_box_size: Tensor, score_thresh: float) -> Tensor:
