@@ -120,7 +120,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def torchvision_model(builder: str, state: Mapping[str, Tensor], source: str | Path) -> torch.nn.Module:
     """torchvision's ``builder`` (``weights=None``) with ``state`` loaded strictly, in eval mode."""
-    import torchvision.models.detection as detection
+    from torchvision.models import detection
 
     key = "roi_heads.box_predictor.cls_score.weight"
     if key not in state:
@@ -298,7 +298,7 @@ def random_detector(builder: str, seed: int = 0) -> torch.nn.Module:
     centred on the mean box-head feature (so that different RoIs get different classes), the background
     logit is offset so that a uniform grey image has no detection, and the box deltas are scaled up (10x).
     """
-    import torchvision.models.detection as detection
+    from torchvision.models import detection
 
     entry(builder)
     torch.manual_seed(seed)

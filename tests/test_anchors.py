@@ -59,7 +59,9 @@ def test_pyramid_anchors_match_torchvisions_generator_level_by_level():
 
     torchvision rounds its cell anchors to whole pixels; frcnn keeps them exact (area = size²), so frcnn's
     are rounded here before comparing (shifts are whole multiples of even strides, so rounding commutes)."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+    from torchvision.models.detection.anchor_utils import (
+        AnchorGenerator as TorchvisionAnchors,
+    )
     from torchvision.models.detection.image_list import ImageList
 
     sizes, ratios, strides = [[12], [24], [48], [96], [192]], (0.5, 1.0, 2.0), (4, 8, 16, 32, 64)
@@ -72,6 +74,41 @@ def test_pyramid_anchors_match_torchvisions_generator_level_by_level():
     expected = theirs(ImageList(torch.zeros(1, 3, height, width), [(height, width)]), maps)[0]
     mine = torch.cat([ours.grid(level, h, w) for level, (h, w) in enumerate(shapes)])
     assert torch.equal(mine.round(), expected)
+
+
+def test_torchvision_conventions_give_torchvisions_anchors_exactly():
+    """``round_to_pixels`` and ``stride_from_image`` (conf/experiment/torchvision/*): torchvision's anchors, bit for
+    bit, on a pyramid whose P6 has an odd parent (an 800 px high input: P5 has 25 rows, P6 13, stride 61 not 64),
+    and with 5 sizes x 3 ratios per location (MobileNetV3's), where torchvision orders ratio-major and frcnn
+    size-major (frcnn.zoo reorders the RPN head's channels to match)."""
+    from torchvision.models.detection.anchor_utils import (
+        AnchorGenerator as TorchvisionAnchors,
+    )
+    from torchvision.models.detection.image_list import ImageList
+
+    height, width = 800, 1088
+    for sizes, strides in (([[32], [64], [128], [256], [512]], (4, 8, 16, 32, 64)),
+                           ([[32, 64, 128, 256, 512]] * 3, (32, 32, 64))):
+        ratios = (0.5, 1.0, 2.0)
+        ours = AnchorGenerator(sizes=sizes, aspect_ratios=ratios, stride=strides, offset=0.0, round_to_pixels=True,
+                               stride_from_image=True)
+        shapes = [(height // s, width // s) if s < 64 else (-(-height // 64), -(-width // 64)) for s in strides]
+        assert shapes[-1] == (13, 17)  # max-pooled from 25 x 34: strides 800 // 13 = 61 and 1088 // 17 = 64
+        theirs = TorchvisionAnchors(sizes=tuple(tuple(s) for s in sizes), aspect_ratios=(ratios,) * len(sizes))
+        maps = [torch.zeros(1, 1, h, w) for h, w in shapes]
+        expected = theirs(ImageList(torch.zeros(1, 3, height, width), [(height, width)]), maps)[0]
+        mine = torch.cat([ours.grid(level, h, w, image_size=(height, width)) for level, (h, w) in enumerate(shapes)])
+        a = ours.num_anchors
+        order = [r * (a // 3) + s for s in range(a // 3) for r in range(3)]  # frcnn's anchor k is torchvision's order[k]
+        start = 0
+        for h, w in shapes:  # per level: [H*W, A, 4], torchvision's anchors in frcnn's order
+            n = h * w * a
+            level = expected[start : start + n].reshape(h * w, a, 4)[:, order].reshape(-1, 4)
+            assert torch.equal(mine[start : start + n], level)
+            start += n
+        assert start == len(expected)
+    with pytest.raises(RuntimeError, match="needs the padded input's image_size"):
+        ours.grid(0, 2, 2)
 
 
 def test_three_sizes_per_level_and_mismatches_are_refused():

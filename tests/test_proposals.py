@@ -147,3 +147,33 @@ def test_nms_within_levels_keeps_overlapping_boxes_of_different_levels():
     across = generate_proposals(*args, pre_nms_topk=10, nms_thresh=0.7, post_nms_topk=10, nms_per_level=False)
     assert within.valid.sum() == 2 and across.valid.sum() == 1
     assert torch.allclose(across.scores[0, 0], torch.sigmoid(torch.tensor(2.0)))
+
+
+def test_filters_before_or_after_the_topk_hand_computed():
+    """pre_nms_topk=2, logits [3, 2, 1], anchor 0 under the minimum size: filtered before the top-k (py-faster-rcnn)
+    the top-2 is anchors 1 and 2; after it (torchvision, detectron2) the top-2 is anchors 0 and 1, and 0 is dropped.
+    A score floor at p = 0.8 (sigmoid(2) = 0.88, sigmoid(1) = 0.73) keeps anchor 1 only, either way."""
+    anchors = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0]])
+    logits = torch.tensor([[3.0, 2.0, 1.0]])
+    deltas = torch.zeros(1, 3, 4)
+    sizes = torch.tensor([[100, 100]])
+    common = {"pre_nms_topk": 2, "nms_thresh": 0.7, "post_nms_topk": 3}
+
+    def kept(**kw):
+        p = generate_proposals(anchors, logits, deltas, sizes, torch.tensor([8.0]), **common, **kw)
+        return p.boxes[0][p.valid[0]].tolist()
+
+    assert kept() == [[0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0]]
+    assert kept(filter_after_topk=True) == [[0.0, 0.0, 40.0, 40.0]]
+    assert kept(score_thresh=0.8) == kept(score_thresh=0.8, filter_after_topk=True) == [[0.0, 0.0, 40.0, 40.0]]
+
+
+def test_non_finite_boxes_never_become_proposals():
+    """A diverged model's NaN / inf deltas or logits: those anchors make no proposal, and no NaN reaches roi_align."""
+    anchors = torch.tensor([[0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0], [10.0, 10.0, 60.0, 60.0]])
+    logits = torch.tensor([[float("nan"), 1.0, 2.0]])
+    deltas = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [float("inf"), 0.0, 0.0, 0.0]]])
+    p = generate_proposals(anchors, logits, deltas, torch.tensor([[100, 100]]), torch.tensor([1.0]),
+                           pre_nms_topk=3, nms_thresh=0.7, post_nms_topk=3)
+    assert p.valid[0].tolist() == [True, False, False]
+    assert torch.isfinite(p.boxes).all() and p.boxes[0, 0].tolist() == [50.0, 50.0, 90.0, 90.0]
