@@ -123,3 +123,34 @@ def test_init_from_refuses_another_architecture(tmp_path, mobilenet_weights):
                          f"data.root={root}", "data.num_workers=0", "trainer.max_iters=1"])
     with pytest.raises(ConfigError, match=r"fits only \d+ of this model's \d+ tensors.*MobileNetV3FPN model"):
         train(cfg)
+
+
+def test_evaluate_an_imported_model_on_a_split_with_some_of_cocos_categories(mobilenet_weights, tmp_path, capsys):
+    """COCO val has 80 of the imported model's 90 label ids (10 are unused, "N/A"): the split's categories
+    need only be among the model's; detections of categories the split lacks are left out, and said so."""
+    from frcnn.cli import compose_config
+    from frcnn.data.coco import AnnotationError
+    from frcnn.data.synthetic import generate
+    from frcnn.evaluation.evaluate import evaluate
+    from frcnn.zoo import coco_categories
+
+    import_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn", mobilenet_weights, tmp_path / "m.pt")
+    root = generate(tmp_path / "data", num_train=1, num_val=3, seed=0)
+    coco_names = dict(zip(coco_categories()["category_ids"], coco_categories()["names"]))
+    split = json.loads((root / "annotations" / "val.json").read_text())
+    shapes_named = tmp_path / "shapes.json"
+    shapes_named.write_text(json.dumps(split))
+    for category in split["categories"]:  # ids 1, 3, 5, 7, 9 under COCO's names for them
+        category["name"] = coco_names[category["id"]]
+    coco_named = tmp_path / "coco_named.json"
+    coco_named.write_text(json.dumps(split))
+
+    def run(annotations: Path):
+        return evaluate(compose_config("evaluate", [f"checkpoint={tmp_path / 'm.pt'}", f"images={root / 'val'}",
+                                                    f"annotations={annotations}", f"output_dir={tmp_path / 'eval'}"]))
+
+    metrics = run(coco_named)
+    assert set(metrics["per_class_ap"]) == {coco_names[i] for i in (1, 3, 5, 7, 9)}
+    assert "detections of categories the ground truth lacks" in capsys.readouterr().out
+    with pytest.raises(AnnotationError, match=r"shapes.json: categories .* are not among the model's"):
+        run(shapes_named)

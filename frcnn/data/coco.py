@@ -191,10 +191,14 @@ class CocoDetection(Dataset):
         self.coco = load_coco(annotation_file)
         data = self.coco.dataset
         own = CategoryMap.from_categories(data["categories"])
-        if category_map is not None and category_map != own:
+        # The split's categories must be the model's, or some of them (a split without a class; COCO's 80 under
+        # an imported torchvision model's 90 ids), with the same names.
+        model_has = set(zip(category_map.category_ids, category_map.names)) if category_map is not None else set()
+        if category_map is not None and not set(zip(own.category_ids, own.names)) <= model_has:
             raise AnnotationError(
-                f"{self.annotation_file}: categories {list(own.category_ids)} differ from the model's "
-                f"{list(category_map.category_ids)}; evaluate on a split with the training categories"
+                f"{self.annotation_file}: categories {list(zip(own.category_ids, own.names))[:6]}... are not among the "
+                f"model's {list(zip(category_map.category_ids, category_map.names))[:6]}...; evaluate on a split with "
+                "the training categories (the same ids and names)"
             )
         self.categories = category_map or own
         self.transforms = transforms

@@ -87,4 +87,10 @@ def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
     dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=collate)
     results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=sys.stderr.isatty())
-    return results, dataset.coco
+    # A model may know categories the split lacks (an imported COCO model's 10 unused ids): not scored.
+    known = set(dataset.coco.getCatIds())
+    scored = [r for r in results if r["category_id"] in known]
+    if len(scored) < len(results):
+        extra = sorted({categories.name(categories.label(r["category_id"])) for r in results if r["category_id"] not in known})
+        print(f"left out {len(results) - len(scored)} detections of categories the ground truth lacks: {', '.join(extra)}")
+    return scored, dataset.coco
