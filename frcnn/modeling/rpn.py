@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.errors import ConfigError
+from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.modeling.box_coder import encode_boxes
-from frcnn.modeling.matching import FOREGROUND, BACKGROUND, match
+from frcnn.modeling.box_ops import batched_pairwise_iou
+from frcnn.modeling.matching import BACKGROUND, FOREGROUND, match
 from frcnn.modeling.proposals import generate_proposals
 from frcnn.modeling.sampling import sample_mask
-from frcnn.modeling.box_ops import batched_pairwise_iou
 from frcnn.modeling.structures import FeatureMaps, ImageBatch, Proposals, Targets
 
 

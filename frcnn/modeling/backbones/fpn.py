@@ -24,7 +24,12 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from frcnn.errors import ConfigError
-from frcnn.modeling.backbones.resnet import _ARCH, _freeze_batchnorm, _frozen_copy, _norm_layer
+from frcnn.modeling.backbones.resnet import (
+    _ARCH,
+    _freeze_batchnorm,
+    _frozen_copy,
+    _norm_layer,
+)
 from frcnn.modeling.backbones.weights import load_into, load_state_dict
 from frcnn.modeling.structures import FeatureMaps
 
