@@ -22,7 +22,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from frcnn.config import resolve_device, validate_infer_config
 from frcnn.data.coco import CategoryMap
-from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb
+from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
 from frcnn.errors import ConfigError, MissingFileError
 from frcnn.modeling.fold import fold_batchnorm
@@ -140,9 +140,18 @@ def infer(cfg: DictConfig) -> list[Path]:
         run = partial(detect, model, device=device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in image_paths(Path(cfg.image)):
-        image = read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+    paths = image_paths(Path(cfg.image))
+    folder = Path(cfg.image).is_dir()
+    written, skipped, latencies, detections = [], [], [], 0
+    for path in paths:
+        try:
+            image = read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+        except ImageReadError as err:
+            if not folder:
+                raise
+            skipped.append(path)  # a folder run goes on with the rest, and says so at the end
+            print(f"skipped {path}: {err}")
+            continue
         t0 = time.perf_counter()
         det = run(image)
         if device.type == "cuda" and not onnx_runtime:
@@ -158,7 +167,16 @@ def infer(cfg: DictConfig) -> list[Path]:
         png = out / f"{path.stem}.png"
         write_png(draw(image, boxes, [f"{r['category']} {r['score']:.2f}" for r in records]), str(png))
         written.append(png)
+        latencies.append(latency)
+        detections += len(records)
         print(f"{path}: {len(records)} detections, {latency:.1f} ms -> {png}")
+    if folder:
+        mean = f"{sum(latencies) / len(latencies):.1f} ms" if latencies else "-"
+        print(f"{len(paths)} images: {len(written)} done ({detections} detections, mean latency {mean}), "
+              f"{len(skipped)} skipped; results in {out}")
+        if skipped:  # a non-zero exit, after every readable image was done
+            raise ImageReadError(f"{len(skipped)} of {len(paths)} images in {cfg.image} could not be read and were skipped: "
+                                 + ", ".join(p.name for p in skipped))
     return written
 
 
@@ -186,4 +204,6 @@ def draw(image: np.ndarray, boxes: torch.Tensor, names: list[str]) -> torch.Tens
     ``names``, as a ``[3, H, W]`` uint8 tensor; the line width grows with the image (1 px per 300)."""
     h, w = image.shape[:2]
     canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    if len(boxes) == 0:  # nothing to draw (torchvision would warn that there is no box)
+        return canvas
     return draw_bounding_boxes(canvas, boxes, labels=names, colors="red", width=max(1, round(max(h, w) / 300)))

@@ -206,6 +206,52 @@ def test_evaluate_results_file_mistakes(tmp_path, predictions, annotations, erro
         evaluate(cfg)
 
 
+def _entry(**changes):
+    entry = {"image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 20.0, 20.0], "score": 0.9}
+    entry.update(changes)
+    return {k: v for k, v in entry.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ({"annotations": []}, r"holds a JSON dict, not a list of detections"),
+        ([_entry(), "box"], r"entry 1 is a JSON str, not an object"),
+        ([_entry(score=_DROP)], r"entry 0 \(image_id 1\) lacks score"),
+        ([_entry(bbox=_DROP, category_id=_DROP)], r"entry 0 \(image_id 1\) lacks category_id, bbox"),
+        ([_entry(image_id="1")], r"entry 0 \(image_id '1'\) has image_id '1': ids are integers"),
+        ([_entry(category_id=1.5)], r"has category_id 1.5: ids are integers"),
+        ([_entry(bbox=[1, 2, 3])], r"has bbox \[1, 2, 3\]: a bbox is four finite numbers"),
+        ([_entry(bbox=[1, 2, "3", 4])], r"a bbox is four finite numbers"),
+        ([_entry(), _entry(score=float("nan"))], r"entry 1 \(image_id 1\) has score nan: a score is a finite number"),
+        ([_entry(score=None)], r"has score None"),
+        ([_entry(bbox=[1, 2, float("inf"), 4])], r"a bbox is four finite numbers"),
+    ],
+)
+def test_malformed_results_files_are_refused_naming_the_entry(tmp_path, results, message):
+    """Each malformed kind: one line naming the file, the entry's index and image id, and the fix."""
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    cfg = compose_config("evaluate", [f"predictions={tmp_path / 'res.json'}", f"annotations={tmp_path / 'gt.json'}",
+                                      f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(InputError, match=r"predictions file .*res.json.*" + message):
+        evaluate(cfg)
+
+
+def test_degenerate_boxes_are_dropped_with_a_count(tmp_path, capsys):
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    good = perfect()[:-1]
+    (tmp_path / "res.json").write_text(json.dumps(good + [_entry(bbox=[5.0, 5.0, 0.0, 10.0]), _entry(bbox=[5.0, 5.0, 4.0, -1.0])]))
+    metrics = evaluate(compose_config("evaluate", [f"predictions={tmp_path / 'res.json'}", f"annotations={tmp_path / 'gt.json'}",
+                                                   f"output_dir={tmp_path / 'out'}"]))
+    assert "left out 2 detections of" in capsys.readouterr().out
+    assert metrics["num_detections"] == len(good)
+    assert metrics["stats"]["AP"] == pytest.approx(reference(good)["AP"])
+
+
 # --- the faster-coco-eval backend (the fast-eval extra): pycocotools is the reference -------------------
 
 

@@ -63,7 +63,9 @@ def test_infer_every_image_kind(tiny_checkpoint, tmp_path, run_script):
                                   "device=cpu", f"hydra.run.dir={out}"])
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert len(lines) == len(sizes)  # one line per image, in name order
+    assert len(lines) == len(sizes) + 1  # one line per image, in name order, then the summary
+    assert lines[-1].startswith(f"{len(sizes)} images: {len(sizes)} done (") and ", 0 skipped; results in " in lines[-1]
+    assert "doesn't contain any box" not in res.stderr  # an image without detections is drawn without torchvision's warning
     for line, path in zip(lines, sorted((tmp_path / "in").iterdir())):
         assert line.startswith(f"{path}: ") and " detections, " in line and line.endswith(f" ms -> {out / path.stem}.png"), line
     counts = {}
@@ -87,6 +89,21 @@ def test_infer_unreadable_file_is_a_clear_error(tiny_checkpoint, tmp_path, capsy
     bad.write_bytes(b"\xff\xd8\xff garbage")
     cfg = compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={bad}", "device=cpu", f"output_dir={tmp_path / 'o'}"])
     assert "broken.jpg" in exits_with_one_line(lambda: infer(cfg), capsys)
+
+
+def test_a_folder_run_skips_what_it_cannot_read_and_says_so(tiny_checkpoint, tmp_path, capsys):
+    """2 of 3 images readable: both are done, the broken one is named, the summary counts it, and the run
+    ends with one error line (a non-zero exit) after the readable ones."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    Image.new("RGB", (50, 70), (10, 200, 30)).save(folder / "c.png")
+    out = tmp_path / "o"
+    cfg = compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={folder}", "device=cpu", f"output_dir={out}"])
+    message = exits_with_one_line(lambda: infer(cfg), capsys)
+    assert message.startswith("error: 1 of 3 images in ") and message.endswith("could not be read and were skipped: b.jpg")
+    assert (out / "a.png").is_file() and (out / "c.png").is_file() and not (out / "b.png").exists()
 
 
 def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):

@@ -10,6 +10,7 @@ mode only), ``metrics.json`` (the 12 stats, per-class AP and the number of detec
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,51 @@ def _read_results(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(f"predictions file {cfg.predictions} is not valid JSON ({err}); pass a COCO results list") from err
+    results, degenerate = check_results(results, cfg.predictions)
+    if degenerate:
+        print(f"left out {degenerate} detections of {cfg.predictions} with a zero or negative width or height")
     return results, load_coco(cfg.annotations)
+
+
+def check_results(results: Any, source: str) -> tuple[list[dict[str, Any]], int]:
+    """A COCO results list, checked before scoring: ``(the entries kept, how many were dropped)``.
+
+    Refused with one line naming the entry's index and image id: a top level that is not a list, an entry
+    that is not an object, a missing ``image_id`` / ``category_id`` / ``bbox`` / ``score``, an id that is
+    not an integer, a ``bbox`` that is not four numbers, a score or coordinate that is not a finite number.
+    Dropped with a count: boxes of zero or negative width or height (pycocotools would score them as
+    misses at every threshold; a detector may emit them). Unknown image or category ids are refused when
+    scored (:func:`frcnn.evaluation.coco_eval.evaluate_results`).
+    """
+    if not isinstance(results, list):
+        raise InputError(f"predictions file {source} holds a JSON {type(results).__name__}, not a list of detections "
+                         '[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...] (the COCO results format)')
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    kept, degenerate = [], 0
+    for i, r in enumerate(results):
+        where = f"predictions file {source}, entry {i}"
+        if not isinstance(r, dict):
+            raise InputError(f"{where} is a JSON {type(r).__name__}, not an object with image_id, category_id, bbox, score")
+        where += f" (image_id {r.get('image_id')!r})"
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
+        if missing:
+            raise InputError(f"{where} lacks {', '.join(missing)}: each detection needs image_id, category_id, bbox [x, y, w, h] and score")
+        for key in ("image_id", "category_id"):
+            if not (number(r[key]) and float(r[key]).is_integer()):
+                raise InputError(f"{where} has {key} {r[key]!r}: ids are integers, as in the annotation file")
+        box = r["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(number(v) for v in box)):
+            raise InputError(f"{where} has bbox {box!r}: a bbox is four finite numbers [x, y, width, height] in pixels")
+        if not number(r["score"]):
+            raise InputError(f"{where} has score {r['score']!r}: a score is a finite number")
+        if box[2] <= 0 or box[3] <= 0:
+            degenerate += 1
+            continue
+        kept.append(r)
+    return kept, degenerate
 
 
 def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
