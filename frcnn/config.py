@@ -113,7 +113,10 @@ def validate_train_config(cfg: DictConfig) -> None:
 
     for key in ("data.num_classes", "data.batch_size", "data.eval_batch_size", "data.min_size_test", "data.max_size"):
         _number(cfg, key, integer=True, low=1)
-    _number(cfg, "data.num_workers", integer=True, low=0)
+    workers = _get(cfg, "data.num_workers")
+    if workers != "auto" and not (_is_int(workers) and workers >= 0) and workers is not _ABSENT:
+        raise ConfigError(f"data.num_workers={_show(workers)} is not valid; allowed: auto (the machine's cores, less one, at most 4) "
+                          "or an integer >= 0")
     _number(cfg, "data.min_box_size", low=0)
     _number(cfg, "data.max_bad_image_fraction", low=0, high=1)
     _number(cfg, "data.max_pixels", integer=True, low=1, nullable=True)

@@ -161,3 +161,22 @@ def test_a_set_without_one_full_batch_is_refused_not_looped_over_forever():
     with pytest.raises(ConfigError, match=r"make no full batch of data.batch_size=4: lower data.batch_size"):
         builders.InfiniteBatches(data, 4, seed=0, dist_info=DistInfo())
     assert take(builders.InfiniteBatches(data, max(groups.count(0), groups.count(1)), seed=0, dist_info=DistInfo()), 3)
+
+
+def test_auto_data_workers_fit_the_machine(monkeypatch):
+    """data=coco's default (auto) on a 2-core machine is 1 worker, not 4 (torch warned twice about 4)."""
+    import os
+
+    from frcnn.cli import compose_train
+    from frcnn.config import validate_train_config
+    from frcnn.errors import ConfigError
+
+    for cores, expected in ((1, 0), (2, 1), (3, 2), (16, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert builders.num_workers("auto") == expected
+    assert builders.num_workers(3) == 3
+    cfg = compose_train(["data=coco", "data.root=/data/coco", "run_dir=/tmp/unused"])
+    assert cfg.data.num_workers == "auto"
+    validate_train_config(cfg)
+    with pytest.raises(ConfigError, match=r"data.num_workers='many' is not valid; allowed: auto"):
+        validate_train_config(compose_train(["data.num_workers=many", "run_dir=/tmp/unused"]))

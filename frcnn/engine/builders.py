@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 def train_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo, start_batch: int, collate_fn=collate) -> DataLoader:
     batches = InfiniteBatches(dataset, int(cfg.data.batch_size), int(cfg.seed), dist_info, start=start_batch)
-    workers = int(cfg.data.num_workers)
+    workers = num_workers(cfg.data.num_workers)
     return DataLoader(
         dataset,
         batch_sampler=batches,
@@ -173,10 +174,20 @@ def eval_loader(cfg: DictConfig, dataset: CocoDetection, dist_info: DistInfo) ->
         subset,
         sampler=SequentialSampler(subset),
         batch_size=int(cfg.data.get("eval_batch_size", cfg.data.batch_size)),
-        num_workers=int(cfg.data.num_workers),
+        num_workers=num_workers(cfg.data.num_workers),
         pin_memory=_pin(cfg),
         collate_fn=collate,
     )
+
+
+def num_workers(setting: int | str) -> int:
+    """``data.num_workers``: a count, or ``"auto"``: the CPU cores this process may use, at most 4, less one
+    for the training process itself (0 on a one-core machine: the images are read in the main process).
+    On a 2-core machine: 1 (torch warns when a loader asks for more workers than there are cores)."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
 
 
 def _pin(cfg: DictConfig) -> bool:
