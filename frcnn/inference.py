@@ -207,3 +207,41 @@ def draw(image: np.ndarray, boxes: torch.Tensor, names: list[str]) -> torch.Tens
     if len(boxes) == 0:  # nothing to draw (torchvision would warn that there is no box)
         return canvas
     return draw_bounding_boxes(canvas, boxes, labels=names, colors="red", width=max(1, round(max(h, w) / 300)))
+
+
+class Detector:
+    """A trained checkpoint, ready to detect: ``frcnn.load("outputs/demo/best.pt")("photo.jpg")``.
+
+    Loads any frcnn detector checkpoint (a training run's, or one imported by ``scripts/import_weights.py``)
+    and runs it as ``scripts/infer.py`` does: the shipped path (BatchNorm folded, channels-last,
+    ``inference_mode``), the same detections as the model as trained.
+
+    Args:
+        checkpoint: the ``.pt`` file.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        score_thresh: detections under this score are left out (0 keeps all the model's).
+        optimize: run the shipped path (False: the model unchanged).
+
+    Attributes:
+        model: the ``FasterRCNN`` (eval mode); categories: its :class:`~frcnn.data.coco.CategoryMap`.
+    """
+
+    def __init__(self, checkpoint: str | Path, *, device: str = "auto", score_thresh: float = 0.5, optimize: bool = True) -> None:
+        self.device = resolve_device(device, "device")
+        model, self.categories, self.config = load_model(checkpoint, self.device)
+        self.model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize)
+        self.score_thresh = float(score_thresh)
+
+    def __call__(self, image: str | Path | np.ndarray) -> list[dict[str, Any]]:
+        """Detections in one image (a path, or an ``[H, W, 3]`` uint8 RGB array), best first: one dict each with
+        ``box_xyxy`` (the image's pixels), ``score``, ``label`` (1..K), ``category_id`` and ``category``."""
+        if not isinstance(image, np.ndarray):
+            image = read_rgb(Path(image))
+        det = detect(self.model, image, self.device)
+        keep = det["scores"] >= self.score_thresh
+        return detection_records(det["boxes"][keep], det["scores"][keep], det["labels"][keep], self.categories)
+
+
+def load(checkpoint: str | Path, *, device: str = "auto", score_thresh: float = 0.5) -> Detector:
+    """``frcnn.load(path)``: the :class:`Detector` of a checkpoint."""
+    return Detector(checkpoint, device=device, score_thresh=score_thresh)

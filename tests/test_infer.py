@@ -157,3 +157,19 @@ def test_decompression_bomb_is_one_line_in_evaluation_and_inference(tiny_checkpo
                                        f"output_dir={tmp_path / 'infer'}", *limit])
         line = exits_with_one_line(lambda: infer(cfg), capfd)
         assert "bomb.png" in line and expected in line, line
+
+
+def test_load_a_checkpoint_in_one_line(tiny_checkpoint, tmp_path):
+    """frcnn.load(path)(image): the detections infer.py writes for that image, as the same records."""
+    import frcnn
+
+    cfg = torch.load(tiny_checkpoint, weights_only=True)["config"]
+    image_path = Path(cfg["data"]["val"]["images"]) / "000000.png"
+    detector = frcnn.load(tiny_checkpoint, device="cpu", score_thresh=0.0)
+    found = detector(image_path)
+    assert found and found == sorted(found, key=lambda d: -d["score"])
+    assert set(found[0]) == {"box_xyxy", "score", "label", "category_id", "category"}
+    assert detector(np.asarray(Image.open(image_path).convert("RGB"))) == found  # a path or an array
+    infer(compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={image_path}", "score_thresh=0.0",
+                                   "device=cpu", f"output_dir={tmp_path / 'o'}"]))
+    assert json.loads((tmp_path / "o" / "000000.json").read_text())["detections"] == found

@@ -36,6 +36,8 @@ class RoIOutputs:
         probs: ``[B, P, K+1]`` softmax class vector, index 0 background.
         objectness: ``[B, P]`` the RPN's objectness probability of each proposal (no gradient).
         valid: ``[B, P]`` bool; False for padding.
+        owner: ``[B, P]`` long, with a ``near`` cut: the index of the ``near`` box each RoI was kept for
+            (each box is followed through its own RoIs only); None: every RoI serves every box.
     """
 
     proposals: Tensor
@@ -43,6 +45,7 @@ class RoIOutputs:
     probs: Tensor
     objectness: Tensor
     valid: Tensor
+    owner: Tensor | None = None
 
 
 @dataclass
@@ -73,19 +76,21 @@ def roi_outputs(
         model: the detector.
         images: ``B`` RGB tensors ``[3, H_i, W_i]``, float in ``[0, 1]`` (or uint8).
         near: optional ``[M, 4]`` boxes in original pixels; with ``max_rois``, only the ``max_rois``
-            proposals of each image that overlap them most (IoU > 0) go through the box head. The box
-            head runs once per RoI and dominates the cost; an explanation that follows a few
-            detections needs only the RoIs around them.
+            proposals of each image that overlap each box most (IoU > 0) go through the box head, per
+            box (:func:`nearest_proposals`). The box head runs once per RoI and dominates the cost; an
+            explanation that follows a few detections needs only the RoIs around them.
         max_rois: see ``near``.
 
     Returns:
-        :class:`RoIOutputs` with boxes in each original image's pixels (``P = max_rois`` when cut).
+        :class:`RoIOutputs` with boxes in each original image's pixels (``P = M * max_rois`` when cut,
+        with ``owner`` set).
     """
     batch, _ = model.preprocess(images)
     features = model.features(batch)
     proposals, _ = model.propose(batch, features)
+    owner = None
     if near is not None and max_rois is not None and max_rois < proposals.boxes.shape[1]:
-        proposals = nearest_proposals(proposals, near, batch, max_rois)
+        proposals, owner = nearest_proposals(proposals, near, batch, max_rois)
     logits, deltas = model.predict_rois(features, proposals.boxes)  # [B, P, K+1], [B, P, K+1, 4]
     b, p, k = deltas.shape[0], deltas.shape[1], deltas.shape[2] - 1
     boxes = decode_boxes(deltas[:, :, 1:], proposals.boxes[:, :, None, :], model.roi_heads.bbox_reg_weights)
@@ -96,6 +101,7 @@ def roi_outputs(
         probs=F.softmax(logits, dim=-1),
         objectness=proposals.scores,
         valid=proposals.valid,
+        owner=owner,
     )
 
 
@@ -112,14 +118,27 @@ def anchor_outputs(model: FasterRCNN, images: Sequence[Tensor]) -> AnchorOutputs
     return AnchorOutputs(boxes=boxes_to_original(boxes, batch), objectness=torch.sigmoid(logits), valid=in_image)
 
 
-def nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, count: int) -> Proposals:
-    """Each image's ``count`` proposals of highest IoU with any of ``near`` (``[M, 4]`` original pixels)."""
+def nearest_proposals(proposals: Proposals, near: Tensor, batch: ImageBatch, count: int) -> tuple[Proposals, Tensor]:
+    """For each of the ``M`` boxes ``near`` (``[M, 4]`` original pixels), each image's ``count`` proposals of
+    highest IoU with it.
+
+    Every box gets its own ``count`` (a proposal near two boxes is kept twice), so the RoIs a box is
+    followed through do not depend on which other boxes are explained in the same call. With one budget
+    shared by the boxes, the proposals around one box could take every slot on a perturbed input and
+    leave another box scored against RoIs far from it.
+
+    Returns:
+        the ``[B, M * count]`` proposals grouped by box (valid where IoU > 0), and ``[B, M * count]`` long:
+        the box each was kept for.
+    """
     factor = box_scale(batch)  # [B, 1, 4]
     iou = batched_pairwise_iou(proposals.boxes, near[None].to(factor) * factor)  # [B, P, M]
-    overlap = iou.amax(dim=2).masked_fill(~proposals.valid, -1.0)  # [B, P]
-    best, index = overlap.topk(count, dim=1)  # [B, count]
+    iou = iou.masked_fill(~proposals.valid[..., None], -1.0)
+    best, index = iou.topk(count, dim=1)  # [B, count, M]: each box's own nearest
+    best, index = best.transpose(1, 2).flatten(1), index.transpose(1, 2).flatten(1)  # [B, M * count], box-major
+    owner = torch.arange(near.shape[0], device=index.device).repeat_interleave(count).expand_as(index)
     return Proposals(
         boxes=proposals.boxes.gather(1, index[..., None].expand(-1, -1, 4)),
         scores=proposals.scores.gather(1, index),
         valid=best > 0,
-    )
+    ), owner

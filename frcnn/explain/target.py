@@ -6,11 +6,19 @@ threshold. So the score of ``d`` on an image ``x`` is not read off the final det
 RoI before NMS (:func:`frcnn.explain.outputs.roi_outputs`), with D-RISE's similarity
 (Petsiuk et al. 2021), maximised over the RoIs::
 
-    s(d; x) = max_r  IoU(box_d, box_r[c_d]) · cos(p_d, p_r) [· objectness_r]
+    s(d; x) = max_r  IoU(box_d, box_r[c_d]) · cos(e_{c_d}, p_r) [· objectness_r]
 
-where ``box_r[c_d]`` is RoI ``r`` decoded with the deltas of ``d``'s class and ``p`` the softmax class
-vectors. On the image ``d`` came from, the RoI that produced it scores 1 (IoU 1, cosine 1). The score
-is differentiable almost everywhere (through the class vector and the box deltas; the proposal
+where ``box_r[c_d]`` is RoI ``r`` decoded with the deltas of ``d``'s class, ``p_r`` its softmax class
+vector over the ``K+1`` classes (index 0 background) and ``e_c`` the one-hot vector of ``d``'s class
+over the same ``K+1`` entries (as ROAR's ground-truth targets, :mod:`frcnn.explain.roar`), so the class
+term is ``p_r[c] / ||p_r||``. Why one-hot rather than the cosine with the detection's own class vector
+``p_d``: once the object is removed, the RoIs around it turn background-like, and a cosine with ``p_d``
+(which carries background mass of its own) stays high: ``cos((0.25, 0.75, 0), (0.55, 0.40, 0.05)) = 0.81``
+for an RoI that now calls the region background. A cosine over the object classes only would be worse:
+it ignores the background mass altogether (0.99 there), a cosine being blind to scale. The one-hot
+term falls with the class's share (0.59 there, 0 for pure background). On the image ``d`` came from,
+its RoI scores ``p_d[c] / ||p_d||`` (IoU 1): near 1 for a confident detection (0.95 at score 0.75). The
+score is differentiable almost everywhere (through the class vector and the box deltas; the proposal
 coordinates are fixed inputs to the box head), so one target serves gradient and black-box methods.
 
 Two alternatives: ``"roi_score"`` holds the producing RoI's box fixed and scores the softmax
@@ -48,7 +56,8 @@ class Detection:
         box: ``[4]`` XYXY in the original image's pixels.
         label: class in ``1..K`` (0 for a proposal).
         score: the detector's score for it (class probability, or objectness for a proposal).
-        probs: ``[K+1]`` the class vector of the RoI that produced it (empty for a proposal).
+        probs: ``[K+1]`` the class vector of the RoI that produced it (empty for a proposal); the
+            similarity target itself uses the one-hot vector of ``label``.
         roi: ``[4]`` the producing RoI (proposal box) in original pixels, for the ``roi_score`` target.
         kind: ``"detection"`` or ``"proposal"``.
         index: its rank among the image's detections (or proposals), for naming outputs.
@@ -85,29 +94,31 @@ def elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
 def similarity(
     det_boxes: Tensor,
     det_labels: Tensor,
-    det_probs: Tensor,
     roi_boxes: Tensor,
     roi_probs: Tensor,
     roi_valid: Tensor,
     roi_objectness: Tensor | None = None,
 ) -> Tensor:
-    """D-RISE's similarity of each detection to its best-matching RoI, per image.
+    """D-RISE's similarity of each detection to its best-matching RoI, per image, with a one-hot class vector.
 
     Args:
-        det_boxes: ``[M, 4]``; det_labels: ``[M]`` in ``1..K``; det_probs: ``[M, K+1]``.
-        roi_boxes: ``[N, P, K, 4]`` class-specific boxes; roi_probs: ``[N, P, K+1]``; roi_valid: ``[N, P]``.
+        det_boxes: ``[M, 4]``; det_labels: ``[M]`` in ``1..K``.
+        roi_boxes: ``[N, P, K, 4]`` class-specific boxes; roi_probs: ``[N, P, K+1]`` (index 0 background).
+        roi_valid: ``[N, P]`` (every RoI serves every detection) or ``[N, P, M]`` (each detection its own RoIs).
         roi_objectness: optional ``[N, P]`` factor.
 
     Returns:
-        ``[N, M]``: ``max_r IoU(det_m, roi_r[c_m]) · cos(p_m, p_r) [· o_r]``; 0 where no RoI is valid.
+        ``[N, M]``: ``max_r IoU(det_m, roi_r[c_m]) · p_r[c_m] / ||p_r|| [· o_r]`` (the cosine of ``p_r`` with the
+        one-hot vector of ``c_m`` over all ``K+1`` classes, so background mass lowers it); 0 where no RoI is valid.
     """
     boxes = roi_boxes[:, :, det_labels - 1]  # [N, P, M, 4]: each RoI decoded with each detection's class
     iou = elementwise_iou(boxes, det_boxes[None, None])  # [N, P, M]
-    cos = F.normalize(roi_probs, dim=-1) @ F.normalize(det_probs, dim=-1).T  # [N, P, M]
+    cos = roi_probs[:, :, det_labels] / roi_probs.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [N, P, M]
     score = iou * cos
     if roi_objectness is not None:
         score = score * roi_objectness[..., None]
-    score = score.masked_fill(~roi_valid[..., None], 0.0)
+    valid = roi_valid if roi_valid.dim() == 3 else roi_valid[..., None]
+    score = score.masked_fill(~valid, 0.0)
     return score.amax(dim=1)
 
 
@@ -123,10 +134,11 @@ class DetectionScore(nn.Module):
         target: ``"similarity"`` (default) or ``"roi_score"`` for detections; proposals always use the
             anchor similarity.
         objectness: multiply the similarity by the RoI's objectness (D-RISE's full vector).
-        max_rois: score only the ``max_rois`` proposals per image that overlap the detections most
-            (None: all). The box head runs once per RoI and dominates a forward pass, and the maximum is
-            won by an RoI around the detection, so a cut to the nearest RoIs leaves the scores nearly
-            unchanged (docs/explanations.md measures how much for D-RISE's maps).
+        max_rois: follow each detection through only the ``max_rois`` proposals per image that overlap
+            it most (None: all), ``M * max_rois`` RoIs in all; a detection's score does not depend on
+            which others are explained with it. The box head runs once per RoI and dominates a forward
+            pass, and the maximum is won by an RoI around the detection, so a cut to the nearest RoIs
+            leaves the scores nearly unchanged (docs/explanations.md measures how much for D-RISE's maps).
     """
 
     def __init__(
@@ -154,7 +166,6 @@ class DetectionScore(nn.Module):
         self.register_buffer("boxes", torch.stack([d.box.float() for d in detections]), persistent=False)
         self.register_buffer("labels", torch.tensor([d.label for d in detections]), persistent=False)
         if self.kind == "detection":
-            self.register_buffer("probs", torch.stack([d.probs.float() for d in detections]), persistent=False)
             if target == "roi_score" and any(d.roi is None for d in detections):
                 raise ValueError("the roi_score target needs each detection's producing RoI (Detection.roi)")
         if all(d.roi is not None for d in detections):  # the roi_score target's, and Grad-CAM's level on a pyramid
@@ -177,10 +188,10 @@ class DetectionScore(nn.Module):
         if self.target == "roi_score":
             return self._roi_score(images)
         out = roi_outputs(self.model, list(images), near=self.boxes, max_rois=self.max_rois)
-        return similarity(
-            self.boxes, self.labels, self.probs, out.boxes, out.probs, out.valid,
-            out.objectness if self.objectness else None,
-        )
+        valid = out.valid
+        if out.owner is not None:  # cut to each detection's nearest RoIs: [N, P, M], a detection sees its own
+            valid = valid[..., None] & (out.owner[..., None] == torch.arange(self.num_targets, device=device))
+        return similarity(self.boxes, self.labels, out.boxes, out.probs, valid, out.objectness if self.objectness else None)
 
     def _roi_score(self, images: Tensor) -> Tensor:
         """Class probability of each detection's label at its producing RoI, held fixed."""
@@ -204,8 +215,8 @@ def find_detections(
     """The detections (or proposals) of ``image`` to explain, best first.
 
     Each detection is traced back to the RoI that produced it: the RoI whose class-specific box and
-    class probability reproduce the detection's (IoU 1, equal score), so its class vector and box
-    identify the detection on perturbed inputs.
+    class probability reproduce the detection's (IoU 1, equal score); its box (``roi``) is what the
+    ``roi_score`` target holds fixed.
 
     Args:
         model: a :class:`FasterRCNN` in eval mode.
