@@ -116,3 +116,14 @@ def test_a_failure_saves_the_last_completed_step_only_if_it_is_whole_and_finite(
     last.unlink()
     checkpointer.on_failure(run, error)  # step 3 is already saved
     assert not last.exists()
+
+
+def test_a_gpu_sized_run_on_the_cpu_says_so_once_its_pace_is_known():
+    """30 s a step with 89 990 steps left and no time budget: one line with the pace, the hours and what to run."""
+    from frcnn.engine.trainer import cpu_pace_message
+
+    line = cpu_pace_message(30.0, 89_990, None)
+    assert line.startswith("on the CPU a step takes about 30.0 s: the 89990 steps left would take about 750 hours")
+    assert "experiment=demo_fpn" in line and "trainer.max_time" in line
+    assert cpu_pace_message(30.0, 100, None) is None  # under an hour: nothing to say
+    assert cpu_pace_message(30.0, 89_990, 600.0) is None  # a time budget bounds the run

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.functional import gaussian_blur
 
+from frcnn.errors import ConfigError
+from frcnn.explain.substrates import baseline_image
 from frcnn.explain.target import DetectionScore
 from frcnn.modeling.poolers import roi_levels
 
@@ -206,7 +207,12 @@ def gradcam_head(score: DetectionScore, image: Tensor) -> MethodResult:
     Each RoI gets its own ``S x S`` map (weights from its own gradients), pasted into the image at
     the RoI's box and summed. With the similarity target only the best-matching RoI gets a gradient,
     so the map shows what the head looked at inside the RoI that explains the detection.
+
+    Detections only: a proposal's target stops at the RPN, and the box head never sees it.
     """
+    if getattr(score, "kind", "detection") == "proposal":
+        raise ConfigError("gradcam_head explains the box head's evidence, and proposals never reach the box head: "
+                          "explain proposals with gradcam, gradient or another method")
     model = score.model
     height, width = image.shape[-2:]
     (nh, nw), _ = model.preprocessor.test_size(height, width)
@@ -232,49 +238,45 @@ def gradcam_head(score: DetectionScore, image: Tensor) -> MethodResult:
     return MethodResult(maps=torch.stack(maps))
 
 
-def baseline_image(image: Tensor, kind: str, *, seed: int = 0, mean: Tensor | None = None) -> Tensor:
-    """A reference image of ``image``'s shape: ``"black"``, ``"grey"`` (``mean`` colour), ``"blur"`` or ``"noise"``.
-
-    Blur: Gaussian with σ = 1/16 of the longer side (objects become unrecognizable, colours stay).
-    Noise: uniform in ``[0, 1]``, seeded.
-    """
-    if kind == "black":
-        return torch.zeros_like(image)
-    if kind == "grey":
-        colour = mean if mean is not None else image.new_tensor([0.485, 0.456, 0.406])
-        return colour.to(image).view(-1, 1, 1).expand_as(image).clone()
-    if kind == "blur":
-        sigma = max(image.shape[-2:]) / 16
-        size = 2 * math.ceil(2 * sigma) + 1
-        return gaussian_blur(image[None], [size, size], [sigma, sigma])[0]
-    if kind == "noise":
-        generator = torch.Generator().manual_seed(seed)
-        return torch.rand(image.shape, generator=generator).to(image)
-    raise ValueError(f"unknown baseline/substrate {kind!r}: black, grey, blur or noise")
+IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
 
 
 def integrated_gradients(
-    score: DetectionScore, image: Tensor, *, steps: int = 32, baseline: str = "black", batch_size: int = 8, seed: int = 0
+    score: DetectionScore,
+    image: Tensor,
+    *,
+    steps: int = 32,
+    baseline: str = "black",
+    rule: str = "gausslegendre",
+    batch_size: int = 8,
+    seed: int = 0,
+    mean: Tensor | None = None,
 ) -> MethodResult:
     """Integrated Gradients (Sundararajan et al. 2017) via captum, with its completeness check.
 
-    Completeness: ``Σ attributions = s(x) − s(baseline)`` up to the Riemann error of ``steps``
-    points; ``info`` reports the error and its size relative to ``|s(x) − s(baseline)|``.
+    The path integral ``(x − x') · ∫ ∂s/∂x(x' + α(x − x')) dα`` is taken by ``rule`` over ``steps``
+    points: Gauss-Legendre by default (captum's default; exact for a polynomial path of degree below
+    ``2 · steps``), or a Riemann sum (``riemann_trapezoid``, ``_middle``, ``_left``, ``_right``).
+    Completeness, ``Σ attributions = s(x) − s(x')``, holds up to that rule's error: ``info`` reports
+    the rule, ``score_gap`` ``s(x) − s(x')``, ``completeness_error`` ``|Σ attributions − score_gap|``
+    and ``completeness_relative`` (the error over ``|score_gap|``). ``mean``: the grey baseline's colour.
     """
+    if rule not in IG_RULES:
+        raise ConfigError(f"integrated_gradients rule={rule!r}: one of {', '.join(IG_RULES)}")
     ig = _captum().IntegratedGradients(score)
-    reference = baseline_image(image, baseline, seed=seed)[None]
+    reference = baseline_image(image, baseline, seed=seed, mean=mean)[None]
     attrs, info = [], []
     for m in range(score.num_targets):
-        attr, delta = ig.attribute(
-            _input(image), baselines=reference, target=m, n_steps=steps,
-            internal_batch_size=batch_size, return_convergence_delta=True,
-        )
+        attr = ig.attribute(
+            _input(image), baselines=reference, target=m, n_steps=steps, method=rule, internal_batch_size=batch_size,
+        ).detach()
         with torch.no_grad():
             gap = float(score(torch.cat([image[None], reference]))[:, m].diff().neg())
-        attrs.append(attr.detach())
+        error = abs(float(attr.double().sum()) - gap)
+        attrs.append(attr)
         info.append({
-            "baseline": baseline, "steps": steps, "score_gap": gap,
-            "completeness_error": float(delta.abs()), "completeness_relative": float(delta.abs()) / max(abs(gap), 1e-12),
+            "baseline": baseline, "steps": steps, "rule": rule, "score_gap": gap,
+            "completeness_error": error, "completeness_relative": error / max(abs(gap), 1e-12),
         })
     attr = torch.cat(attrs)
     return MethodResult(maps=attr.sum(dim=1), attributions=attr, info=info)
@@ -332,16 +334,18 @@ def drise(
     batch_size: int = 16,
     fill: str = "black",
     seed: int = 0,
+    mean: Tensor | None = None,
 ) -> MethodResult:
     """D-RISE (Petsiuk et al. 2021): ``saliency(d) = 1/N Σ_i s(d; masked_i) · M_i``, all detections at once.
 
     Each masked image ``x ⊙ M_i + fill ⊙ (1 − M_i)`` is scored for every detection in one batched
     forward pass, and the masks are summed weighted by those scores (divided by the number of masks,
-    so a map's value is the expected score given the pixel is kept, times ``keep``). Seeded.
+    so a map's value is the expected score given the pixel is kept, times ``keep``). Seeded. ``mean``:
+    the grey fill's colour (:func:`frcnn.explain.substrates.baseline_image`).
     """
     generator = torch.Generator().manual_seed(seed)
     height, width = image.shape[-2:]
-    substrate = baseline_image(image, fill, seed=seed)
+    substrate = baseline_image(image, fill, seed=seed, mean=mean)
     total = image.new_zeros(score.num_targets, height, width)
     for start in range(0, masks, batch_size):
         batch = random_masks(min(batch_size, masks - start), height, width, grid=grid, keep=keep, generator=generator).to(image)
@@ -367,16 +371,17 @@ def kernel_shap(
     batch_size: int = 16,
     fill: str = "blur",
     seed: int = 0,
+    mean: Tensor | None = None,
 ) -> MethodResult:
     """KernelSHAP (Lundberg & Lee 2017) over a patch grid (or a given ``feature_mask``, e.g. superpixels), via captum.
 
     An absent player's pixels take the ``fill`` substrate (blurred by default: a black square is itself
-    a strong feature for a detector). ``samples`` coalitions per detection.
+    a strong feature for a detector; ``mean``: the grey fill's colour). ``samples`` coalitions per detection.
     """
     height, width = image.shape[-2:]
     mask = feature_mask if feature_mask is not None else patch_grid(height, width, patch)
     shap = _captum().KernelShap(score)
-    reference = baseline_image(image, fill, seed=seed)[None]
+    reference = baseline_image(image, fill, seed=seed, mean=mean)[None]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         attr = _per_detection(score, lambda m: shap.attribute(

@@ -116,13 +116,14 @@ def training_mean(cfg: Any, *, max_images: int | None = 1000) -> GreyMean:
     if not folder.is_dir():
         return imagenet_mean(f"the training images {folder} (data.train.images) are not on this machine")
     paths = training_images(data)
-    if max_images is not None and len(paths) > max_images:
-        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, max_images).round().astype(int)]
+    total = len(paths)
+    if max_images is not None and total > max_images:
+        paths = [paths[i] for i in np.linspace(0, total - 1, max_images).round().astype(int)]
     mean, read = pixel_mean(paths)
     if not read:
         return imagenet_mean(f"no readable training image in {folder}")
     rgb = tuple(float(v) / 255 for v in mean)
-    return GreyMean(rgb, f"training data: {read} images of {folder}")
+    return GreyMean(rgb, f"training data: {read} of the {total} images in {folder}")
 
 
 def blur(image: Tensor) -> Tensor:
