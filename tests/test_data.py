@@ -224,8 +224,27 @@ def test_preflight_drops_and_counts_and_fails_above_fraction(tmp_path):
 def test_width_height_mismatch_is_an_error(tmp_path):
     root, f = write_dataset(tmp_path, [{"id": 1, "file_name": "x.png", "width": 10, "height": 10}], [])
     Image.new("RGB", (12, 10)).save(root / "x.png")
-    with pytest.raises(AnnotationError, match="image 1 is 12x10 .* says 10x10"):
+    with pytest.raises(AnnotationError, match=r"image 1 is 12x10 \(width x height, after EXIF rotation\) but .* says width 10, height 10"):
         CocoDetection(root, f)[0]
+    with pytest.raises(AnnotationError, match=r"image 1 is 12x10 \(width x height"):
+        CocoDetection(root, f).check_sizes()  # from the header, before any image is decoded
+
+
+def test_a_wrong_image_size_ends_training_before_its_first_step_without_a_checkpoint(tmp_path):
+    """The size check runs on the image headers before training: no step, no last.pt for a run that never trained."""
+    from frcnn.cli import compose_train
+    from frcnn.data.synthetic import generate
+    from frcnn.engine.trainer import train
+
+    root = generate(tmp_path / "data", num_train=2, num_val=1, seed=0)
+    annotations = root / "annotations" / "train.json"
+    data = json.loads(annotations.read_text())
+    data["images"][1]["width"] += 1
+    annotations.write_text(json.dumps(data))
+    cfg = compose_train(["experiment=demo_fpn", f"data.root={root}", "data.num_workers=0", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(AnnotationError, match=r"image 2 is \d+x\d+ \(width x height"):
+        train(cfg)
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_augmentation_is_reproducible_from_its_seed():

@@ -23,7 +23,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb
+from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, display_size, read_rgb
 from frcnn.errors import MissingFileError, UserError
 
 
@@ -229,6 +229,26 @@ class CocoDetection(Dataset):
         elif left_out and on_unreadable == "replace":  # training: the converter's count against the same limit
             self._check_bad_fraction(len(left_out), len(self.records) + len(left_out), max_bad_image_fraction)
 
+    def check_sizes(self) -> None:
+        """Compare every image's size, read from its header (cheap: no pixel is decoded), with the annotation
+        file's ``width`` / ``height``; raise :class:`AnnotationError` for the first that differs. Unreadable
+        headers are left to the loader's bad-image handling. Run before training, so that a wrong size ends
+        the run before its first step rather than at the step that meets the image."""
+        for rec in self.records:
+            try:
+                width, height = display_size(rec["path"])
+            except ImageReadError:
+                continue
+            if (height, width) != (rec["height"], rec["width"]):
+                raise self._size_error(rec, width, height)
+
+    def _size_error(self, rec: dict[str, Any], width: int, height: int) -> AnnotationError:
+        return AnnotationError(
+            f"{rec['path']}: image {rec['image_id']} is {width}x{height} (width x height, after EXIF rotation) but "
+            f"{self.annotation_file} says width {rec['width']}, height {rec['height']}; fix the image's width and "
+            "height there"
+        )
+
     def _preflight(self, max_bad_fraction: float) -> None:
         """Decode every image; drop and count the unreadable; fail above ``max_bad_fraction``."""
         good, left_out = [], len(self.report.images_unreadable)  # by the converter, before this check
@@ -327,10 +347,7 @@ class CocoDetection(Dataset):
         else:
             raise ImageReadError(f"no image listed in {self.annotation_file} could be read")
         if image.shape[:2] != (rec["height"], rec["width"]):
-            raise AnnotationError(
-                f"{rec['path']}: image {rec['image_id']} is {image.shape[1]}x{image.shape[0]} after EXIF rotation "
-                f"but {self.annotation_file} says {rec['width']}x{rec['height']}; fix the image's width/height there"
-            )
+            raise self._size_error(rec, image.shape[1], image.shape[0])
         boxes, labels = rec["boxes"], rec["labels"]
         if self.transforms is not None:
             if aug_seed is not None and hasattr(self.transforms, "set_seed"):

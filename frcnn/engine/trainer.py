@@ -172,6 +172,9 @@ class Trainer:
         self.val_set = None
         if cfg.data.get("val"):
             self.val_set = builders.build_dataset(cfg, "val", train=False, categories=self.categories)
+        for split in (self.train_set, self.val_set):  # image headers against the annotations, before any step
+            if split is not None and hasattr(split, "check_sizes"):
+                split.check_sizes()
         self.num_inputs = len(self.train_set)  # what the skipped ids count: one per image
         self.max_bad_images = float(cfg.data.get("max_bad_image_fraction", 0.01)) * self.num_inputs
         if self.is_main:
