@@ -117,7 +117,9 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert (out / "pr_curves.png").is_file()
     table = (out / "per_class_ap.md").read_text()
     assert all(f"| {name} |" in table for name in CLASSES)
-    lines = capsys.readouterr().out.splitlines()
+    said = capsys.readouterr()
+    assert "evaluate: 100%" in said.err  # a progress bar over the images while it works, also when not a terminal
+    lines = said.out.splitlines()
     assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
     assert "\n".join(lines[1:-1]) + "\n" == table
     assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"

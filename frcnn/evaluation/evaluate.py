@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,7 @@ def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
     annotations = cfg.annotations or split_annotations(train_cfg, "val", categories)
     dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=collate)
-    results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=sys.stderr.isatty())
+    results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=bool(cfg.get("progress", True)))
     # A model may know categories the split lacks (an imported COCO model's 10 unused ids): not scored.
     known = set(dataset.coco.getCatIds())
     scored = [r for r in results if r["category_id"] in known]
