@@ -34,3 +34,26 @@ def test_notebooks_match_their_source():
                         ("3_train_evaluate_look", mod.TRAIN), ("4_math_behind_the_layers", mod.MATH)):
         nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
         assert [c.source for c in nb.cells] == [c.source for c in cells], name
+
+
+def test_notebook_1_with_a_tracker_checkpoint(tmp_path, monkeypatch):
+    """Notebook 1's branch taken once `make track-demo` has run: a SiamRPN checkpoint is there (here an untrained
+    one of the demo's configuration, named by FRCNN_SIAMRPN_CHECKPOINT)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from frcnn.cli import compose_config
+    from frcnn.engine.checkpoint import save_checkpoint
+    from frcnn.tracking.training import CHECKPOINT_KIND
+
+    cfg = compose_config("siamrpn", ["experiment=siamrpn_demo", f"run_dir={tmp_path / 'run'}"])
+    model = instantiate(cfg.model)
+    checkpoint = save_checkpoint({"kind": CHECKPOINT_KIND, "model": model.state_dict(),
+                                  "config": OmegaConf.to_container(cfg, resolve=True)}, tmp_path / "last.pt")
+    monkeypatch.setenv("FRCNN_SIAMRPN_CHECKPOINT", str(checkpoint))
+    path = REPO / "notebooks" / "1_anchors_and_the_rpn.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", shutdown_kernel="immediate",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "response from SiamRPN of last.pt ; peak at cell" in outputs
