@@ -515,6 +515,10 @@ def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp
     result = json.loads((out / "track.json").read_text())
     assert len(result["boxes_xywh"]) == 10 and result["boxes_xywh"][0] == pytest.approx(list(load_sequence(tiny_sequences / "seq_000").boxes[0]))
     assert (out / "track.gif").is_file() and len(list((out / "frames").glob("*.jpg"))) == 10
+    # the sequence has a groundtruth.txt: the track is scored against it, in the file and in one printed line
+    scored = result["groundtruth"]
+    assert scored["frames_scored"] == 9 and 0.0 <= scored["success_auc"] <= 1.0 and 0.0 <= scored["mean_iou"] <= 1.0
+    assert f"mean IoU {scored['mean_iou']:.3f}, success AUC {scored['success_auc']:.3f}" in tracked.stdout
     bench = run_script("track_benchmark.py", ["--checkpoint", str(tmp_path / "run2" / "last.pt"), "--sequences", str(tiny_sequences),
                                               "--peers", "--out", str(tmp_path / "bench")])
     assert bench.returncode == 0, bench.stderr
@@ -695,3 +699,13 @@ def test_tune_cli_writes_a_checkpoint_the_tracker_reads(run_script, tiny_sequenc
     assert f"-> {tuned}" in result.stdout
     missing = run_script("tune_tracker.py", ["--checkpoint", str(checkpoint), "--sequences", str(tmp_path / "nowhere")])
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0 and "nowhere" in missing.stderr
+
+
+def test_make_sequences_writes_what_track_reads(run_script, tmp_path):
+    done = run_script("make_sequences.py", ["--out", str(tmp_path / "seqs"), "--num-sequences", "2", "--length", "6", "--seed", "4"])
+    assert done.returncode == 0, done.stderr
+    assert f"sequence={tmp_path / 'seqs' / 'seq_000'}" in done.stdout
+    sequence = load_sequence(tmp_path / "seqs" / "seq_001")
+    assert len(sequence.frames) == 6 and sequence.boxes.shape == (6, 4)
+    bad = run_script("make_sequences.py", ["--out", str(tmp_path / "x"), "--length", "1"])
+    assert bad.returncode == 2 and "--length=1 is too small" in bad.stderr

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from frcnn.config import resolve_device
 from frcnn.errors import ConfigError
+from frcnn.tracking.evaluate import iou_xywh, ope_scores
 from frcnn.tracking.sequences import GROUNDTRUTH_NAMES, read_frames, read_groundtruth
 from frcnn.tracking.training import load_tracker
 
@@ -77,8 +78,12 @@ def track(cfg: DictConfig) -> Path:
     if not boxes:
         raise ConfigError(f"sequence={cfg.sequence} has no frames")
     result = out / "track.json"
-    result.write_text(json.dumps({"sequence": str(cfg.sequence), "init": [float(v) for v in box0], "boxes_xywh": boxes,
-                                  "scores": scores, "fps": len(boxes) / seconds}, indent=1))
+    record = {"sequence": str(cfg.sequence), "init": [float(v) for v in box0], "boxes_xywh": boxes, "scores": scores,
+              "fps": len(boxes) / seconds}
+    scored = _against_groundtruth(cfg.sequence, np.asarray(boxes, dtype=np.float64))
+    if scored is not None:
+        record["groundtruth"] = scored
+    result.write_text(json.dumps(record, indent=1))
     if cfg.animation == "gif":
         drawn[0].save(out / "track.gif", save_all=True, append_images=drawn[1:], duration=int(1000 / cfg.fps), loop=0)
     elif cfg.animation == "mp4":
@@ -90,4 +95,25 @@ def track(cfg: DictConfig) -> Path:
             writer.write(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
         writer.release()
     print(f"{cfg.sequence}: {len(boxes)} frames tracked at {len(boxes) / seconds:.1f} fps -> {result}")
+    if scored is not None:
+        print(f"against {scored['file']}: mean IoU {scored['mean_iou']:.3f}, success AUC {scored['success_auc']:.3f}, "
+              f"precision@20px {scored['precision']:.3f} over {scored['frames_scored']} frames (the first, given, not scored)")
     return result
+
+
+def _against_groundtruth(sequence: str, boxes: np.ndarray) -> dict | None:
+    """The OPE scores of ``boxes`` ``[T, 4]`` (x, y, w, h) against the sequence folder's ground truth, if it has
+    one with a box for every frame; None otherwise."""
+    folder = Path(sequence)
+    gt_path = next((folder / n for n in GROUNDTRUTH_NAMES if folder.is_dir() and (folder / n).is_file()), None)
+    if gt_path is None:
+        return None
+    gt = read_groundtruth(gt_path)
+    if len(gt) != len(boxes):
+        print(f"{gt_path} has {len(gt)} boxes for {len(boxes)} frames: not scored")
+        return None
+    scores = ope_scores([(boxes, gt)], seconds=1.0)
+    valid = (gt[1:, 2] > 0) & (gt[1:, 3] > 0)
+    iou = iou_xywh(boxes[1:][valid], gt[1:][valid])
+    return {"file": str(gt_path), "mean_iou": float(iou.mean()) if len(iou) else 0.0, "success_auc": scores.success_auc,
+            "precision": scores.precision, "frames_scored": int(valid.sum())}
