@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from frcnn.data.formats import FORMATS
 from frcnn.errors import ConfigError
@@ -89,7 +90,7 @@ def parse_duration(value: Any, key: str = "trainer.max_time") -> float | None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Check a composed ``conf/train.yaml`` (what ``train(cfg)`` reads); raise :class:`ConfigError`."""
-    _no_missing_values(cfg)
+    _no_missing_values(cfg, skip=_unreferenced_data_root(cfg))
     amp_dtype(_get(cfg, "trainer.amp", "none"), "trainer.amp")
     max_time = _get(cfg, "trainer.max_time")
     if max_time is not _ABSENT:
@@ -244,14 +245,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _no_missing_values(node: DictConfig | ListConfig, key: str = "") -> None:
-    """The first ``???`` value (depth first), without resolving interpolations (they may point at it)."""
+def _no_missing_values(node: DictConfig | ListConfig, key: str = "", skip: frozenset[str] = frozenset()) -> None:
+    """The first ``???`` value (depth first) not in ``skip``, without resolving interpolations (they may point at it)."""
     for k in node.keys() if isinstance(node, DictConfig) else range(len(node)):
         full = (f"{key}.{k}" if key else str(k)) if isinstance(node, DictConfig) else f"{key}[{k}]"
         if OmegaConf.is_missing(node, k):
+            if full in skip:
+                continue
             raise ConfigError(f"{full} has no value (??? in the config); set it on the command line: {full}=...")
         if not OmegaConf.is_interpolation(node, k) and isinstance(node[k], (DictConfig, ListConfig)):
-            _no_missing_values(node[k], full)
+            _no_missing_values(node[k], full, skip)
+
+
+def _unreferenced_data_root(cfg: DictConfig) -> frozenset[str]:
+    """``{"data.root"}`` when it has no value and nothing in ``data`` points at it (both splits were given their
+    own paths), so that it need not be set; else empty."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or not OmegaConf.is_missing(data, "root"):  # ("in" is False for ???)
+        return frozenset()
+    try:
+        OmegaConf.to_container(data, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return frozenset()  # something interpolates ${data.root}: the usual message
+    return frozenset({"data.root"})
 
 
 def _choice(cfg: DictConfig, key: str, allowed: Iterable[Any]) -> None:

@@ -180,3 +180,14 @@ def test_frozen_batchnorm_loads_a_state_dict_saved_with_trainable_bn():
     frozen.load_state_dict(old.state_dict(), strict=True)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(frozen.eval()(x), old.eval()(x))
+
+
+def test_data_root_is_not_needed_when_both_splits_have_their_paths(tmp_path):
+    from frcnn.cli import compose_train
+    from frcnn.config import validate_train_config
+    from frcnn.errors import ConfigError
+
+    splits = [f"data.{s}.{k}={tmp_path / s / k}" for s in ("train", "val") for k in ("images", "annotations")]
+    validate_train_config(compose_train(["data=coco", "data.num_classes=3", f"run_dir={tmp_path}", *splits]))
+    with pytest.raises(ConfigError, match=r"data.root has no value \(\?\?\? in the config\); set it on the command line"):
+        validate_train_config(compose_train(["data=coco", f"run_dir={tmp_path}", *splits[:2]]))  # val still uses it
