@@ -725,8 +725,10 @@ print(path.name, [(categories.name(d.label), round(d.score, 3), [round(v) for v 
 
 NMS may keep another RoI once the input is perturbed, so the score of detection `d` on an image `x` is
 D-RISE's similarity, maximised over all RoIs before NMS:
-`s(d; x) = max_r IoU(box_d, box_r[c_d]) · cos(p_d, p_r)`. On the image `d` came from it is 1: its own
-RoI reproduces it. On noisy copies it degrades smoothly, where the final detection list may simply lose it.
+`s(d; x) = max_r IoU(box_d, box_r[c_d]) · cos(e_c, p_r)`, with `e_c` the one-hot vector of `d`'s class
+over the K+1 classes, so the class term is `p_r[c] / ||p_r||` and falls as an RoI turns background-like.
+On the image `d` came from, its own RoI reproduces the box (IoU 1) and scores `p_d[c] / ||p_d||`.
+On noisy copies it degrades smoothly, where the final detection list may simply lose it.
 """),
     code("""
 score = DetectionScore(model, detections, max_rois=4)  # the 4 RoIs nearest the detection (see below)
@@ -736,7 +738,8 @@ with torch.no_grad():
     for sigma in (0.05, 0.1, 0.2, 0.4):
         noisy = (image + sigma * torch.randn(image.shape, generator=generator)).clamp(0, 1)
         print(f"noise sigma {sigma}: s(d) = {[round(v, 3) for v in score(noisy[None])[0].tolist()]}")
-    assert torch.allclose(score(image[None])[0], torch.ones(len(detections)), atol=1e-4)
+    own = torch.stack([d.probs[d.label] / d.probs.norm() for d in detections])
+    assert torch.allclose(score(image[None])[0], own, atol=1e-4)
 """),
     md("""
 ## Every method on the same detections

@@ -2,8 +2,9 @@
 
     python scripts/explain_benchmark.py --checkpoint outputs/demo/best.pt --images 4 --out outputs/explain_benchmark.json
 
-Faithfulness (deletion / insertion AUC on four substrates), pointing game, sanity check and seconds per
-detection for each method on the first validation images of the checkpoint's data set. The work is
+Faithfulness (deletion / insertion AUC on four substrates; grey is the mean colour of the checkpoint's
+training images, ImageNet's when they are not here), pointing game (15 px and 0 px), sanity check and
+seconds per detection for each method on the first validation images of the checkpoint's data set. The work is
 :func:`frcnn.explain.benchmark.benchmark`.
 """
 
@@ -34,6 +35,7 @@ def main() -> None:
     import torch
 
     from frcnn.explain.benchmark import benchmark, markdown_table
+    from frcnn.explain.substrates import training_mean
     from frcnn.inference import load_model
 
     model, categories, cfg = load_model(args.checkpoint, torch.device("cpu"))
@@ -47,18 +49,21 @@ def main() -> None:
     # The sanity check recomputes each map under the randomized model: the black-box methods at a
     # tenth of their samples there (a correlation needs the map's layout, not its last digit).
     sanity = {"drise": {"masks": max(100, args.drise_masks // 10)}, "kernel_shap": {"samples": 100, "patch": 32}}
+    grey = training_mean(cfg)
+    print(f"grey substrate: RGB {', '.join(f'{v:.3f}' for v in grey.rgb)}, {grey.source}")
     start = time.time()
     result = benchmark(
         model, categories, Path(cfg.data.val.annotations), Path(cfg.data.val.images), methods=methods,
         num_images=args.images, top=args.top, score_thresh=args.score_thresh, steps=args.steps,
         sanity_detections=args.sanity_detections, sanity_options=sanity, max_rois=args.max_rois or None,
         agreement={"gradcam": {}, "integrated_gradients": {"steps": 16}, "drise": {"masks": args.agreement_masks}},
+        mean=grey.tensor(),
     )
     result["setup"] = {
         "checkpoint": args.checkpoint, "images": args.images, "top": args.top, "score_thresh": args.score_thresh,
         "steps": args.steps, "methods": methods, "max_rois": args.max_rois, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "wall_s": round(time.time() - start, 1),
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "grey_mean": grey.record(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

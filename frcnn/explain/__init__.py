@@ -7,6 +7,7 @@ Read in order:
 * :mod:`~frcnn.explain.methods` — the attribution methods (captum where it has them; Grad-CAM put back
   through the preprocessing, Grad-CAM on the RoI head and D-RISE written here).
 * :mod:`~frcnn.explain.api` — ``explain(model, image, detections, method=...)``.
+* :mod:`~frcnn.explain.substrates` — what removed pixels become (black, the training data's grey, blur, noise).
 * :mod:`~frcnn.explain.faithfulness` — deletion / insertion, pointing game, sanity check.
 * :mod:`~frcnn.explain.roar` — RemOve And Retrain on the synthetic data.
 * :mod:`~frcnn.explain.run` — the task behind ``scripts/explain.py``: panels, maps and scores.

@@ -28,8 +28,8 @@ class Explanation:
         detection: what was explained.
         saliency: ``[H, W]`` float map in the original image's pixels (higher = more important).
         attribution: ``[3, H, W]`` per-channel attribution, or None for Grad-CAM and D-RISE.
-        score: the target score of the detection on the unperturbed image (1 for the similarity
-            target on the image it came from).
+        score: the target score of the detection on the unperturbed image (for the similarity target on
+            the image it came from, ``p[c] / ||p||`` of its own RoI: near 1 for a confident detection).
         seconds: wall time of the call divided by the detections explained together.
         info: method-specific facts (IG's completeness error, D-RISE's mask count, ...).
     """
@@ -84,8 +84,9 @@ def explain(
         target: ``"similarity"`` (D-RISE's, robust to NMS picking another RoI) or ``"roi_score"``.
         objectness: multiply the similarity by the RoI's objectness.
         max_rois: follow each detection through only the ``max_rois`` proposals per image that overlap
-            the detections most (None: all; see :class:`DetectionScore`).
-        **options: passed to the method (e.g. ``steps=32, baseline="blur"`` for IG, ``masks=1000`` for D-RISE).
+            it most (None: all; see :class:`DetectionScore`).
+        **options: passed to the method (e.g. ``steps=32, baseline="blur"`` for IG, ``masks=1000`` for D-RISE;
+            ``mean=`` the grey baseline's / fill's colour, :func:`frcnn.explain.substrates.training_mean`).
     """
     model.eval()
     device = next(model.parameters()).device

@@ -255,8 +255,8 @@ def integrated_gradients(
     """Integrated Gradients (Sundararajan et al. 2017) via captum, with its completeness check.
 
     The path integral ``(x − x') · ∫ ∂s/∂x(x' + α(x − x')) dα`` is taken by ``rule`` over ``steps``
-    points: Gauss-Legendre by default (captum's default; exact for a polynomial path of degree below
-    ``2 · steps``), or a Riemann sum (``riemann_trapezoid``, ``_middle``, ``_left``, ``_right``).
+    points: Gauss-Legendre by default (captum's default; exact for an integrand polynomial in ``α`` of
+    degree below ``2 · steps``), or a Riemann sum (``riemann_trapezoid``, ``_middle``, ``_left``, ``_right``).
     Completeness, ``Σ attributions = s(x) − s(x')``, holds up to that rule's error: ``info`` reports
     the rule, ``score_gap`` ``s(x) − s(x')``, ``completeness_error`` ``|Σ attributions − score_gap|``
     and ``completeness_relative`` (the error over ``|score_gap|``). ``mean``: the grey baseline's colour.

@@ -103,17 +103,6 @@ def _split(annotations: Path) -> tuple[dict[str, Any], dict[int, tuple[Tensor, T
     return data, tensors
 
 
-def channel_mean(images_dir: Path, annotations: Path) -> list[float]:
-    """Per-channel mean (0-255) over a split's images."""
-    data = json.loads(annotations.read_text())
-    total, count = np.zeros(3), 0
-    for info in data["images"]:
-        pixels = read_rgb(images_dir / info["file_name"]).reshape(-1, 3)
-        total += pixels.sum(axis=0)
-        count += len(pixels)
-    return (total / count).tolist()
-
-
 def saliency_maps(method: str, model: nn.Module | None, root: Path, split: str, *, seed: int = 0) -> dict[int, Tensor]:
     """Every image's map for ``method``, by image id (computed once, reused for each fraction)."""
     data, objects = _split(root / "annotations" / f"{split}.json")

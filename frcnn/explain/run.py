@@ -7,7 +7,11 @@ Outputs in ``cfg.output_dir``:
   titled with its deletion / insertion AUC (lower / higher is better) on ``faithfulness.substrate``;
 * ``explanations.npz`` — ``<detection>/<method>`` → ``[H, W]`` float32 map;
 * ``explanations.json`` — per detection: box, class, score, and per method the target score, seconds,
-  the two AUCs and the method's own facts (e.g. IG's completeness error).
+  the two AUCs and the method's own facts (e.g. IG's rule and completeness error); ``grey_mean``, the
+  grey substrate's colour and its source, where grey is used.
+
+Grey is the mean colour of the checkpoint's training images (ROAR's fill), ImageNet's mean when they are
+not on this machine (:func:`frcnn.explain.substrates.training_mean`, printed either way).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb  # noqa: E402
 from frcnn.errors import ConfigError, MissingFileError  # noqa: E402
 from frcnn.explain.api import Explanation, as_image_tensor, explain, method_name  # noqa: E402
 from frcnn.explain.faithfulness import Curves, deletion_insertion  # noqa: E402
+from frcnn.explain.substrates import GreyMean, training_mean
 from frcnn.explain.target import Detection, DetectionScore, find_detections  # noqa: E402
 
 SUBSTRATES = ("black", "grey", "blur", "noise")
@@ -66,6 +71,9 @@ def validate_explain_config(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"faithfulness.substrate={cfg.faithfulness.substrate!r}: one of {', '.join(SUBSTRATES)}")
     if cfg.explain not in ("detections", "proposals"):
         raise ConfigError(f"explain={cfg.explain!r}: detections or proposals")
+    if cfg.explain == "proposals" and "gradcam_head" in names:
+        raise ConfigError("methods: gradcam_head explains the box head, which proposals never reach; "
+                          "drop it for explain=proposals (gradcam reads the feature map the RPN sees)")
     if cfg.target not in ("similarity", "roi_score"):
         raise ConfigError(f"target={cfg.target!r}: similarity or roi_score")
     resolve_device(cfg.device, "device")
@@ -78,7 +86,7 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
 
     names = validate_explain_config(cfg)
     device = resolve_device(cfg.device, "device")
-    model, categories, _ = load_model(cfg.checkpoint, device)
+    model, categories, train_cfg = load_model(cfg.checkpoint, device)
     path = Path(cfg.image)
     if not path.is_file():
         raise MissingFileError(f"image {path} not found")
@@ -95,15 +103,19 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
         return report
     common = {"target": cfg.target, "objectness": bool(cfg.objectness), "max_rois": cfg.max_rois}
     score = DetectionScore(model, chosen, **common).to(device)
+    options = {name: dict(cfg.options.get(name) or {}) for name in names}
+    grey = grey_fill(cfg.faithfulness.substrate, options, train_cfg)
+    mean = None if grey is None else grey.tensor()
+    if grey is not None:
+        report["grey_mean"] = grey.record()
     per_method: dict[str, list[Explanation]] = {}
     curves: dict[str, list[Curves]] = {}
     for name in names:
-        options = dict(cfg.options.get(name) or {})
-        per_method[name] = explain(model, image, chosen, method=name, **common, **options)
+        per_method[name] = explain(model, image, chosen, method=name, **common, **options[name])
         curves[name] = [
             deletion_insertion(
-                lambda x, m=m: score(x)[:, m], image, e.saliency,
-                substrate=cfg.faithfulness.substrate, steps=int(cfg.faithfulness.steps), seed=int(cfg.seed),
+                lambda x, m=m: score(x)[:, m], image, e.saliency, substrate=cfg.faithfulness.substrate,
+                steps=int(cfg.faithfulness.steps), seed=int(cfg.seed), mean=mean,
             )
             for m, e in enumerate(per_method[name])
         ]
@@ -126,6 +138,19 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     (out / "explanations.json").write_text(json.dumps(report, indent=1))
     print(f"{path}: {len(chosen)} {cfg.explain} explained with {', '.join(names)} -> {out}")
     return report
+
+
+def grey_fill(substrate: str, options: dict[str, dict[str, Any]], train_cfg: DictConfig) -> GreyMean | None:
+    """The grey substrate's colour if the run uses grey (as the faithfulness substrate or a method's
+    ``baseline`` / ``fill``), else None; each method filling with grey gets it as its ``mean`` option."""
+    users = [o for o in options.values() if "grey" in (o.get("baseline"), o.get("fill"))]
+    if substrate != "grey" and not users:
+        return None
+    grey = training_mean(train_cfg)
+    print(f"grey substrate: RGB {', '.join(f'{v:.3f}' for v in grey.rgb)}, {grey.source}")
+    for o in users:
+        o["mean"] = grey.tensor()
+    return grey
 
 
 def _detection_record(det: Detection, categories: CategoryMap) -> dict[str, Any]:

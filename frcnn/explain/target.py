@@ -165,9 +165,8 @@ class DetectionScore(nn.Module):
         self.max_rois = max_rois
         self.register_buffer("boxes", torch.stack([d.box.float() for d in detections]), persistent=False)
         self.register_buffer("labels", torch.tensor([d.label for d in detections]), persistent=False)
-        if self.kind == "detection":
-            if target == "roi_score" and any(d.roi is None for d in detections):
-                raise ValueError("the roi_score target needs each detection's producing RoI (Detection.roi)")
+        if self.kind == "detection" and target == "roi_score" and any(d.roi is None for d in detections):
+            raise ValueError("the roi_score target needs each detection's producing RoI (Detection.roi)")
         if all(d.roi is not None for d in detections):  # the roi_score target's, and Grad-CAM's level on a pyramid
             self.register_buffer("rois", torch.stack([d.roi.float() for d in detections]), persistent=False)
 
