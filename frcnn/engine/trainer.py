@@ -22,7 +22,7 @@ from frcnn.config import parse_duration, resolve_device, validate_train_config
 from frcnn.data.coco import collate
 from frcnn.engine import builders
 from frcnn.engine.builders import build_model
-from frcnn.engine.checkpoint import load_matching, load_checkpoint, rng_state, set_rng_state
+from frcnn.engine.checkpoint import load_checkpoint, load_matching, rng_state, set_rng_state
 from frcnn.engine.distributed import (
     DistInfo, agree_across_ranks, cleanup, ddp_broadcasts_buffers, gather_objects, init_distributed,
 )
@@ -173,7 +173,7 @@ class Trainer:
         if cfg.data.get("val"):
             self.val_set = builders.build_dataset(cfg, "val", train=False, categories=self.categories)
         for split in (self.train_set, self.val_set):  # image headers against the annotations, before any step
-            if split is not None and hasattr(split, "check_sizes"):
+            if split is not None:
                 split.check_sizes()
         self.num_inputs = len(self.train_set)  # what the skipped ids count: one per image
         self.max_bad_images = float(cfg.data.get("max_bad_image_fraction", 0.01)) * self.num_inputs

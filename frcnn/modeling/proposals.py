@@ -62,7 +62,6 @@ def generate_proposals(
         min_box_size: ``[B]`` minimum side in network-input pixels.
         anchor_valid: optional per level ``[B, A_l]`` bool; anchors marked False (on an image's padding)
             make no proposal.
-
         score_thresh: boxes whose objectness probability is below this are dropped (0: none; torchvision's
             320 px MobileNetV3 detector: 0.05).
         filter_after_topk: drop small and low-scoring boxes after each level's top-k (torchvision,
@@ -92,12 +91,12 @@ def generate_proposals(
         boxes = clip_boxes(decode_boxes(level_deltas, level_anchors[None], (1.0, 1.0, 1.0, 1.0)), image_sizes)  # [B, A_l, 4]
         logits = level_logits.float()
         # A diverging model's NaN / inf: never a proposal (topk ranks NaN first; roi_align crashes on it).
-        finite = torch.isfinite(logits) & torch.isfinite(boxes).all(dim=-1)
-        logits = logits.masked_fill(~finite, float("-inf"))
+        keep = torch.isfinite(logits) & torch.isfinite(boxes).all(dim=-1)  # [B, A_l]
         if anchor_valid is not None:
-            logits = logits.masked_fill(~anchor_valid[level], float("-inf"))
+            keep &= anchor_valid[level]
         if not filter_after_topk:
-            logits = logits.masked_fill(~_usable(boxes, logits, min_box_size, score_thresh), float("-inf"))
+            keep &= _usable(boxes, logits, min_box_size, score_thresh)
+        logits = logits.masked_fill(~keep, float("-inf"))
         num_top = at_most(pre_nms_topk, logits.shape[1])
         level_top, index = logits.topk(num_top, dim=1)  # [B, num_top], sorted
         boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, num_top, 4]

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from frcnn.config import resolve_device
 from frcnn.errors import ConfigError
 from frcnn.tracking.evaluate import iou_xywh, ope_scores
-from frcnn.tracking.sequences import GROUNDTRUTH_NAMES, read_frames, read_groundtruth
+from frcnn.tracking.sequences import GROUNDTRUTH_NAMES, groundtruth_file, read_frames, read_groundtruth
 from frcnn.tracking.training import load_tracker
 
 ANIMATIONS = ("gif", "mp4", "none")
@@ -31,8 +31,7 @@ def initial_box(cfg: DictConfig) -> np.ndarray:
         if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
             raise ConfigError(f"init={box} must be [x, y, w, h] with w > 0 and h > 0 (the target in the first frame)")
         return np.asarray(box, dtype=np.float64)
-    folder = Path(cfg.sequence)
-    gt = next((folder / n for n in GROUNDTRUTH_NAMES if folder.is_dir() and (folder / n).is_file()), None)
+    gt = groundtruth_file(cfg.sequence)
     if gt is None:
         raise ConfigError(f"init=[x,y,w,h] is needed: {cfg.sequence} has no {GROUNDTRUTH_NAMES[0]} to take the first box from")
     return read_groundtruth(gt)[0]
@@ -104,8 +103,7 @@ def track(cfg: DictConfig) -> Path:
 def _against_groundtruth(sequence: str, boxes: np.ndarray) -> dict | None:
     """The OPE scores of ``boxes`` ``[T, 4]`` (x, y, w, h) against the sequence folder's ground truth, if it has
     one with a box for every frame; None otherwise."""
-    folder = Path(sequence)
-    gt_path = next((folder / n for n in GROUNDTRUTH_NAMES if folder.is_dir() and (folder / n).is_file()), None)
+    gt_path = groundtruth_file(sequence)
     if gt_path is None:
         return None
     gt = read_groundtruth(gt_path)

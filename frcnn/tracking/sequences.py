@@ -78,12 +78,18 @@ def list_frames(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
 
 
+def groundtruth_file(folder: str | Path) -> Path | None:
+    """The ground-truth file of a sequence folder (:data:`GROUNDTRUTH_NAMES`), or None (also for a video file)."""
+    folder = Path(folder)
+    return next((folder / n for n in GROUNDTRUTH_NAMES if folder.is_dir() and (folder / n).is_file()), None)
+
+
 def load_sequence(folder: str | Path) -> Sequence:
     """A sequence folder: its frames and its ground truth, checked against each other."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"sequence folder {folder} does not exist")
-    gt = next((folder / n for n in GROUNDTRUTH_NAMES if (folder / n).is_file()), None)
+    gt = groundtruth_file(folder)
     if gt is None:
         raise MissingFileError(f"{folder} has no {' or '.join(GROUNDTRUTH_NAMES)}; write one 'x,y,w,h' line per frame")
     boxes = read_groundtruth(gt)
@@ -100,7 +106,7 @@ def load_sequences(root: str | Path) -> list[Sequence]:
     root = Path(root)
     if not root.is_dir():
         raise MissingFileError(f"sequence root {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and any((p / n).is_file() for n in GROUNDTRUTH_NAMES))
+    folders = sorted(p for p in root.iterdir() if groundtruth_file(p) is not None)
     if not folders:
         raise InputError(f"{root} holds no sequence folders (a folder of frames with {GROUNDTRUTH_NAMES[0]})")
     return [load_sequence(f) for f in folders]
