@@ -93,9 +93,9 @@ def generate_proposals(
         # A diverging model's NaN / inf: never a proposal (topk ranks NaN first; roi_align crashes on it).
         keep = torch.isfinite(logits) & torch.isfinite(boxes).all(dim=-1)  # [B, A_l]
         if anchor_valid is not None:
-            keep &= anchor_valid[level]
+            keep = keep & anchor_valid[level]
         if not filter_after_topk:
-            keep &= _usable(boxes, logits, min_box_size, score_thresh)
+            keep = keep & _usable(boxes, logits, min_box_size, score_thresh)  # (no in-place &=: ONNX export)
         logits = logits.masked_fill(~keep, float("-inf"))
         num_top = at_most(pre_nms_topk, logits.shape[1])
         level_top, index = logits.topk(num_top, dim=1)  # [B, num_top], sorted
