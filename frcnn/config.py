@@ -190,6 +190,15 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     _number(cfg, "max_pixels", integer=True, low=1, nullable=True)
     _choice(cfg, "backend", ("pycocotools", "faster_coco_eval"))
     _number(cfg, "proposals", integer=True, low=1, nullable=True)
+    if not isinstance(_get(cfg, "analyze", False), bool):
+        raise ConfigError(f"analyze={_show(cfg.analyze)} is not valid; allowed: true | false")
+    _number(cfg, "analysis.score_thresh", low=0, high=1)
+    _number(cfg, "analysis.worst_images", integer=True, low=0)
+    _number(cfg, "analysis.calibration_bins", integer=True, low=1)
+    predictions = _get(cfg, "predictions", None)
+    if predictions is not None and not isinstance(predictions, str):
+        if not (OmegaConf.is_list(predictions) and len(predictions) > 0 and all(isinstance(p, str) for p in predictions)):
+            raise ConfigError(f"predictions={_show(predictions)} is not valid; give one results file or a list: predictions=[a.json,b.json]")
     if _get(cfg, "predictions", None) and not _get(cfg, "annotations", None):
         raise ConfigError("predictions=... needs annotations=/path/to/ground_truth.json")
     if not _get(cfg, "predictions", None) and not _get(cfg, "checkpoint", None):

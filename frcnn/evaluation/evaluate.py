@@ -1,10 +1,12 @@
 """The evaluation task behind ``scripts/evaluate.py``: a config in, a folder of scores out.
 
 Two modes (``conf/evaluate.yaml``): score a checkpoint on a COCO-format split (its own validation
-split by default, in the ``data.format`` it was trained on), or score a COCO results file of any model
-against ground truth. Writes into ``cfg.output_dir``: ``detections.json`` (COCO results, checkpoint
-mode only), ``metrics.json`` (the 12 stats, per-class AP and the number of detections),
-``per_class_ap.md`` and ``pr_curves.png`` (when there is at least one detection to draw curves from).
+split by default, in the ``data.format`` it was trained on), or score COCO results files of any model
+against ground truth (several side by side: ``predictions=[a.json,b.json]``). Writes into
+``cfg.output_dir``: ``detections.json`` (COCO results, checkpoint mode only), ``metrics.json`` (the 12
+stats, per-class AP, the number of detections, and with ``analyze=true`` the error analysis of
+:mod:`frcnn.evaluation.analysis`), ``per_class_ap.md``, ``pr_curves.png`` (when there is at least one
+detection), the analysis figures, and ``report.html`` (:mod:`frcnn.evaluation.report`), one page with all of it.
 """
 
 from __future__ import annotations
@@ -24,19 +26,23 @@ from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.engine.builders import split_annotations
 from frcnn.errors import InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, check_backend, evaluate_results, per_class_table, predict
+from frcnn.evaluation.analysis import analyze
 from frcnn.evaluation.plots import plot_pr_curves
+from frcnn.evaluation.report import ModelResult, file_suffix, write_report
+from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
 from frcnn.inference import load_model, proposal_overrides
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.checkpoint`` or ``cfg.predictions``, write the report files, print the scores.
+    """Score ``cfg.checkpoint`` or ``cfg.predictions`` (one results file or several), write the report files, print the scores.
 
-    Prints the 12 stats on one line (``AP=0.1234 AP50=...``), the per-class table, and
-    ``COCO AP@[.5:.95] = ...; results in <output_dir>``.
+    Prints the 12 stats on one line (``AP=0.1234 AP50=...``), the per-class table, with ``analyze=true``
+    TIDE's dAP line, and ``COCO AP@[.5:.95] = ...; results in <output_dir>``.
 
     Returns:
-        ``{"stats": {name: value}, "per_class_ap": {class name: AP}, "num_detections": int}``, as
-        written to ``metrics.json``.
+        ``{"stats": {name: value}, "per_class_ap": {class name: AP}, "num_detections": int}`` (and
+        ``"analysis"`` with ``analyze=true``), as written to ``metrics.json``; for several results files
+        ``{"models": {name: that}}``.
 
     Raises:
         UserError: a bad config value, a missing or malformed predictions, annotations or checkpoint
@@ -48,36 +54,81 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.predictions:
-        results, gt = _read_results(cfg)
+        runs, gt = _read_results(cfg)
+        image_root = cfg.images
     else:
-        results, gt = _predict_split(cfg)
+        results, gt, image_root = _predict_split(cfg)
         (out / "detections.json").write_text(json.dumps(results))
-    ev = evaluate_results(gt, results, backend=backend)
-    metrics = {"stats": ev["stats"], "per_class_ap": ev["per_class_ap"], "num_detections": len(results)}
+        runs = [(Path(cfg.checkpoint).stem, str(cfg.checkpoint), results)]
+    multi = len(runs) > 1
+    models = [_score(name, source, results, gt, out, backend, cfg, multi) for name, source, results in runs]
+    metrics = {m.name: m.metrics for m in models}
+    metrics = {"models": metrics} if multi else metrics[models[0].name]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    table = per_class_table(ev["per_class_ap"])
-    (out / "per_class_ap.md").write_text(table + "\n")
-    if ev["precision"] is not None:
-        plot_pr_curves(ev["precision"], list(ev["per_class_ap"]), out / "pr_curves.png")
-    print(" ".join(f"{n}={ev['stats'][n]:.4f}" for n in STAT_NAMES))
-    print(table)
-    print(f"COCO AP@[.5:.95] = {ev['stats']['AP']:.4f}; results in {out}")
+    analysis = cfg.get("analysis") or {}
+    report = write_report(out, models, ground_truth=str(cfg.annotations or "the checkpoint's validation split"),
+                          image_root=Path(image_root) if image_root else None, worst=int(analysis.get("worst_images", 20)))
+    for m in models:
+        prefix = f"{m.name}: " if multi else ""
+        print(prefix + " ".join(f"{n}={m.metrics['stats'][n]:.4f}" for n in STAT_NAMES))
+        print(per_class_table(m.metrics["per_class_ap"]))
+        if m.analysis is not None:
+            t = m.analysis.tide
+            print(f"{prefix}TIDE dAP (AP50 points, AP50 {t.ap:.2f}): " + " ".join(f"{e} {t.dap[e]:.2f}" for e in (*MAIN_ERRORS, *SPECIAL_ERRORS)))
+    scores = "; ".join(f"{m.name + ': ' if multi else ''}COCO AP@[.5:.95] = {m.metrics['stats']['AP']:.4f}" for m in models)
+    print(f"{scores}; results in {out}; report: {report}")
     return metrics
 
 
-def _read_results(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
-    """The COCO results list of ``cfg.predictions`` and the ground truth of ``cfg.annotations`` (no image is read)."""
-    path = Path(cfg.predictions)
+def _score(name: str, source: str, results: list[dict[str, Any]], gt: COCO, out: Path, backend: str, cfg: DictConfig, multi: bool) -> ModelResult:
+    """One results file's COCO scores, PR curves, per-class table and (``cfg.analyze``) error analysis."""
+    suffix = file_suffix(name, multi)
+    ev = evaluate_results(gt, results, backend=backend)
+    metrics: dict[str, Any] = {"stats": ev["stats"], "per_class_ap": ev["per_class_ap"], "num_detections": len(results)}
+    (out / f"per_class_ap{suffix}.md").write_text(per_class_table(ev["per_class_ap"]) + "\n")
+    pr = None
+    if ev["precision"] is not None:
+        pr = plot_pr_curves(ev["precision"], list(ev["per_class_ap"]), out / f"pr_curves{suffix}.png")
+    found = None
+    if cfg.get("analyze", False):
+        opts = cfg.get("analysis") or {}
+        found = analyze(gt, results, score_thresh=float(opts.get("score_thresh", 0.5)), calibration_bins=int(opts.get("calibration_bins", 10)))
+        metrics["analysis"] = found.to_json()
+    return ModelResult(name, source, metrics, pr, found)
+
+
+def _read_results(cfg: DictConfig) -> tuple[list[tuple[str, str, list[dict[str, Any]]]], COCO]:
+    """``(name, path, COCO results list)`` of each of ``cfg.predictions``, and the ground truth of ``cfg.annotations`` (no image is read)."""
+    paths = [cfg.predictions] if isinstance(cfg.predictions, str) else list(cfg.predictions)
+    return [(name, str(p), _read_results_file(str(p))) for name, p in zip(model_names(paths), paths)], load_coco(cfg.annotations)
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """Short distinct names of results files: what their paths do not share (``[x/det.json, y/det.json]`` → ``[x, y]``)."""
+    parts = [list(Path(p).with_suffix("").parts) for p in paths]
+    if len(parts) == 1:
+        return [parts[0][-1]]
+    while all(len(q) > 1 for q in parts) and len({q[0] for q in parts}) == 1:
+        parts = [q[1:] for q in parts]
+    while all(len(q) > 1 for q in parts) and len({q[-1] for q in parts}) == 1:
+        parts = [q[:-1] for q in parts]
+    names = ["/".join(q) for q in parts]
+    return names if len(set(names)) == len(names) else [f"{i + 1}:{n}" for i, n in enumerate(names)]
+
+
+def _read_results_file(source: str) -> list[dict[str, Any]]:
+    """The checked COCO results list of one predictions file."""
+    path = Path(source)
     if not path.is_file():
-        raise MissingFileError(f"predictions file {cfg.predictions} not found; pass predictions=/path/to/results.json")
+        raise MissingFileError(f"predictions file {source} not found; pass predictions=/path/to/results.json")
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise InputError(f"predictions file {cfg.predictions} is not valid JSON ({err}); pass a COCO results list") from err
-    results, degenerate = check_results(results, cfg.predictions)
+        raise InputError(f"predictions file {source} is not valid JSON ({err}); pass a COCO results list") from err
+    results, degenerate = check_results(results, source)
     if degenerate:
-        print(f"left out {degenerate} detections of {cfg.predictions} with a zero or negative width or height")
-    return results, load_coco(cfg.annotations)
+        print(f"left out {degenerate} detections of {source} with a zero or negative width or height")
+    return results
 
 
 def check_results(results: Any, source: str) -> tuple[list[dict[str, Any]], int]:
@@ -121,8 +172,9 @@ def check_results(results: Any, source: str) -> tuple[list[dict[str, Any]], int]
     return kept, degenerate
 
 
-def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
-    """The checkpoint's COCO results on ``cfg.images`` / ``cfg.annotations`` (default: its validation split), and that split's ground truth."""
+def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO, str]:
+    """The checkpoint's COCO results on ``cfg.images`` / ``cfg.annotations`` (default: its validation split),
+    that split's ground truth and its image folder."""
     device = resolve_device(cfg.device, "device")
     model, categories, train_cfg = load_model(cfg.checkpoint, device, proposal_overrides(cfg.get("proposals")))
     images = cfg.images or train_cfg.data.val.images
@@ -137,4 +189,4 @@ def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO]:
     if len(scored) < len(results):
         extra = sorted({categories.name(categories.label(r["category_id"])) for r in results if r["category_id"] not in known})
         print(f"left out {len(results) - len(scored)} detections of categories the ground truth lacks: {', '.join(extra)}")
-    return scored, dataset.coco
+    return scored, dataset.coco, str(images)

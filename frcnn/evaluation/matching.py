@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
+from frcnn.errors import InputError
+
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = 100
 
@@ -37,7 +39,7 @@ class EvalData:
     Attributes:
         category_ids: ``[K]`` the ground truth's category ids, sorted (index k ↔ ``category_ids[k]``).
         category_names, supercategories: ``[K]`` names; a category without a supercategory is its own.
-        image_ids: ``[I]`` the ground truth's image ids, sorted.
+        image_ids: ``[I]`` the ground truth's image ids, sorted; ``file_names``: ``[I]`` their files.
         gt_image, gt_category: ``[G]`` int indices; ``gt_box``: ``[G, 4]`` float64 ``[x, y, w, h]``;
             ``gt_crowd``: ``[G]`` bool; ``gt_id``: ``[G]`` annotation ids. In the annotation file's order.
         dt_image, dt_category: ``[D]`` int indices; ``dt_box``: ``[D, 4]`` ``[x, y, w, h]``;
@@ -50,6 +52,7 @@ class EvalData:
     category_names: list[str]
     supercategories: list[str]
     image_ids: np.ndarray
+    file_names: list[str]
     gt_image: np.ndarray
     gt_category: np.ndarray
     gt_box: np.ndarray
@@ -73,10 +76,20 @@ class EvalData:
 
 
 def eval_data(coco_gt: COCO, results: list[dict[str, Any]], *, max_dets: int = MAX_DETS) -> EvalData:
-    """Flatten ``coco_gt`` and a COCO results list (checked: every id known) into :class:`EvalData`."""
+    """Flatten ``coco_gt`` and a COCO results list into :class:`EvalData`.
+
+    Raises:
+        InputError: a result names an image or category the ground truth lacks.
+    """
     cats = sorted(coco_gt.dataset.get("categories", []), key=lambda c: c["id"])
     category_ids = np.array([c["id"] for c in cats], dtype=np.int64)
     image_ids = np.array(sorted(coco_gt.getImgIds()), dtype=np.int64)
+    for key, known in (("image_id", image_ids), ("category_id", category_ids)):
+        values = np.array([r[key] for r in results], dtype=np.int64)
+        unknown = values[~np.isin(values, known)]
+        if unknown.size:
+            raise InputError(f"{unknown.size} detections have a {key} the ground truth lacks (first: {unknown[0]}); "
+                             "results and ground truth must come from the same data set")
     anns = coco_gt.dataset.get("annotations", [])
 
     def index(ids: np.ndarray, values: list[int]) -> np.ndarray:
@@ -97,6 +110,7 @@ def eval_data(coco_gt: COCO, results: list[dict[str, Any]], *, max_dets: int = M
         category_names=[str(c["name"]) for c in cats],
         supercategories=[str(c.get("supercategory") or c["name"]) for c in cats],
         image_ids=image_ids,
+        file_names=[str(coco_gt.imgs[int(i)].get("file_name", "")) for i in image_ids],
         gt_image=index(image_ids, [a["image_id"] for a in anns]),
         gt_category=index(category_ids, [a["category_id"] for a in anns]),
         gt_box=gt_box,
