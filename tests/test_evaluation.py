@@ -174,7 +174,7 @@ def test_evaluate_script_scores_a_results_file(tmp_path, run_script):
     lines = res.stdout.splitlines()
     assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
     assert "\n".join(lines[1:-1]) + "\n" == table
-    assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
+    assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}; report: {out / 'report.html'}"
 
 
 def test_evaluate_without_detections_writes_zeros_and_no_curves(tmp_path, capsys):
@@ -185,7 +185,7 @@ def test_evaluate_without_detections_writes_zeros_and_no_curves(tmp_path, capsys
                                                    f"output_dir={out}"]))
     assert metrics == {"stats": {n: 0.0 for n in STAT_NAMES}, "per_class_ap": {"cat": 0.0, "dog": 0.0}, "num_detections": 0}
     assert json.loads((out / "metrics.json").read_text()) == metrics and not (out / "pr_curves.png").exists()
-    assert capsys.readouterr().out.splitlines()[-1] == f"COCO AP@[.5:.95] = 0.0000; results in {out}"
+    assert capsys.readouterr().out.splitlines()[-1] == f"COCO AP@[.5:.95] = 0.0000; results in {out}; report: {out / 'report.html'}"
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     lines = said.out.splitlines()
     assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
     assert "\n".join(lines[1:-1]) + "\n" == table
-    assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}"
+    assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}; report: {out / 'report.html'}"
 
 
 def test_a_test_time_proposal_budget_reaches_the_model(tiny_checkpoint, tmp_path):

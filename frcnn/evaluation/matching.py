@@ -237,13 +237,14 @@ def match(data: EvalData, thresholds: tuple[float, ...], ious: list | None = Non
     return Matches(tuple(thresholds), dt_gt, dt_ignored, gt_dt)
 
 
-def precision_at_recalls(correct: np.ndarray, num_gt: int) -> np.ndarray:
+def precision_at_recalls(correct: np.ndarray, num_gt: int, points: np.ndarray = RECALL_POINTS) -> np.ndarray:
     """``[R]`` precision at COCO's 101 recall points of one category's scored detections.
 
     Args:
         correct: ``[N]`` bool, the category's counted detections (ignored ones left out), highest
             score first: true positive or not.
         num_gt: the recall denominator (> 0).
+        points: ``[R]`` the recall points (COCO's ``np.linspace(0, 1, 101)``).
 
     Precision is made non-increasing in recall (p(r) = max over r' ≥ r), then read at the first
     detection whose recall reaches each point; 0 beyond the last recall reached.
@@ -253,8 +254,8 @@ def precision_at_recalls(correct: np.ndarray, num_gt: int) -> np.ndarray:
     recall = tp / num_gt
     precision = tp / (tp + fp + np.spacing(1))
     precision = np.maximum.accumulate(precision[::-1])[::-1]
-    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
-    out = np.zeros(len(RECALL_POINTS))
+    idx = np.searchsorted(recall, points, side="left")
+    out = np.zeros(len(points))
     ok = idx < len(precision)
     out[ok] = precision[idx[ok]]
     return out

@@ -22,7 +22,7 @@ highest-scored Cls / Loc error on that box; otherwise the fix removes it (one ob
 Each main dAP fixes one type alone against the original AP (clamped at 0, as tidecv does); ``FP``
 removes every false positive, ``FN`` takes every unmatched box out of the recall denominator.
 
-AP here is TIDE's AP50: COCO's 101-point AP at IoU 0.5, averaged over the categories with ground truth
+AP here is TIDE's AP50: COCO's 101-point AP at IoU 0.5 (at tidecv's recall points), averaged over the categories with ground truth
 or detections (a category with detections and no ground truth counts 0). Values are AP points (0-100),
 as TIDE reports them. tests/test_tide.py compares every dAP with the original ``tidecv``.
 """
@@ -35,6 +35,9 @@ import numpy as np
 
 from frcnn.evaluation.matching import EvalData, Matches, precision_at_recalls
 
+# tidecv's recall points are i / 100; COCO's np.linspace(0, 1, 101) differs from them in the last bit, which
+# moves the point where a recall lands exactly on one (7 of 20 objects found: 0.35 vs 0.35000000000000003).
+TIDE_RECALL_POINTS = np.arange(101) / 100
 MAIN_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 SPECIAL_ERRORS = ("FP", "FN")
 # Per-detection codes (Tide.dt_type): a true positive, then the five types of the others.
@@ -183,7 +186,8 @@ def _ap(
     for k in range(K):
         n_det = bounds[k + 1] - bounds[k]
         if num_gt[k] > 0:
-            per_class[k] = 100 * precision_at_recalls(correct[rows[bounds[k] : bounds[k + 1]]], int(num_gt[k])).mean()
+            found = correct[rows[bounds[k] : bounds[k + 1]]]
+            per_class[k] = 100 * precision_at_recalls(found, int(num_gt[k]), TIDE_RECALL_POINTS).mean()
         elif n_det > 0:
             per_class[k] = 0.0  # detections of a category without ground truth: all false, as in tidecv
     counted = per_class[~np.isnan(per_class)]
