@@ -147,7 +147,9 @@ def plot_calibration(models: dict[str, dict], path: str | Path) -> Path:
         ax_hist.stairs(c["count"], edges, label=name)
     ax.set(xlabel="mean score in the bin", ylabel="precision at IoU 0.5", title="reliability", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize="small")
-    ax_hist.set(xlabel="score", ylabel="detections", title="scores", yscale="log")
+    ax_hist.set(xlabel="score", ylabel="detections", title="scores")
+    if any(sum(c["count"]) for c in models.values()):
+        ax_hist.set_yscale("log")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ def write_report(out: Path, models: list[ModelResult], *, ground_truth: str, ima
         sections += [_tide(analysed, out), _coco_analyze(analysed, out), _confusion(analysed, out), _calibration(analysed, out)]
         sections += [_gallery(m, out, image_root, worst, multi) for m in analysed]
     else:
-        sections.append("<section><p>Run with <code>analyze=true</code> for TIDE's error types, COCO's analyze breakdown, "
-                        "the confusion matrix, calibration and the images with the most errors.</p></section>")
+        sections.append("<p class='note'>Run with <code>analyze=true</code> for TIDE's error types, COCO's analyze breakdown, "
+                        "the confusion matrix, calibration and the images with the most errors.</p>")
     title = "evaluation: " + " vs ".join(m.name for m in models)
     sources = "".join(f"<li><b>{_e(m.name)}</b>: {_e(m.source)} ({m.metrics['num_detections']} detections)</li>" for m in models)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
@@ -238,7 +239,7 @@ def draw_errors(image: Image.Image, a: Analysis, i: int) -> Image.Image:
 
 def _section(title: str, text: str, body: str) -> str:
     """A titled section; ``text`` and ``body`` are HTML already (their callers escape what they insert)."""
-    anchor = "".join(c if c.isalnum() else "-" for c in title.lower())
+    anchor = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
     return f"<section id='{anchor}'><h2>{_e(title)}</h2><p>{text}</p>{body}</section>"
 
 
