@@ -601,6 +601,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
@@ -671,6 +672,32 @@ for ax, (recall, img, tgt, det) in zip(axes, picks):
     ax.set(title=f"recall@0.5 = {recall:.2f}", xlabel="x (pixels)", ylabel="y (pixels)")
 plt.show()
 assert len(rows) == len(data)
+"""),
+    md("""
+## Why the AP is what it is: the error analysis
+
+TIDE (Bolya et al., 2020) puts every false positive and every missed object into one error type and
+says how much AP50 an oracle fixing only that type would add (dAP); COCO's analyze breakdown reads the
+PR curve under ever more forgiving judges. `scripts/evaluate.py checkpoint=... analyze=true` writes this
+and more (confusion matrix, calibration, the worst images drawn) into one `report.html`.
+"""),
+    code("""
+from IPython.display import Image, display
+
+from frcnn.data.coco import collate
+from frcnn.evaluation.analysis import analyze
+from frcnn.evaluation.coco_eval import evaluate_results, predict
+from frcnn.evaluation.plots import plot_coco_analyze, plot_tide
+
+loader = torch.utils.data.DataLoader(data, batch_size=8, collate_fn=collate)
+results = predict(model, loader, categories, torch.device("cpu"))
+a = analyze(data.coco, results)
+print(f"TIDE AP50 {a.tide.ap:.1f};", ", ".join(f"{e} {v:.1f}" for e, v in a.tide.dap.items()))
+figures = Path(tempfile.mkdtemp())
+display(Image(plot_tide({"quick run": a.to_json()["tide"]}, figures / "tide.png")))
+display(Image(plot_coco_analyze(np.nanmean(a.curves, axis=1), a.curve_ap, "all classes", figures / "analyze.png")))
+# The analysis's own matching gives COCOeval's AP50 exactly.
+assert abs(a.curve_ap["C50"] - evaluate_results(data.coco, results)["stats"]["AP50"]) < 1e-9
 """),
 ]
 

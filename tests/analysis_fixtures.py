@@ -1,5 +1,6 @@
 """Ground truth and detections for the error-analysis tests: random ones (crowd regions, category ids with
-gaps, two supercategories, images without objects or without detections, tied scores) and helpers."""
+gaps, two supercategories, images without objects or without detections, tied scores); tidecv's answer
+on them is :func:`frcnn.benchmarks.analysis.tidecv_dap`."""
 
 from __future__ import annotations
 
@@ -45,27 +46,3 @@ def random_case(seed: int, num_images: int = 30, category_ids: tuple[int, ...] =
                          "bbox": [rng.uniform(0, 150), rng.uniform(0, 100), rng.uniform(5, 50), rng.uniform(5, 50)],
                          "score": round(float(rng.random()), decimals - 1)})
     return {"images": images, "categories": categories, "annotations": anns}, dets
-
-
-def tidecv_reference(gt: dict, dets: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-    """The original tidecv's AP50 and dAP (main and special types, as frcnn names them) of a COCO data set and results."""
-    from tidecv import TIDE, Data
-
-    truth, found = Data("gt"), Data("dt")
-    for im in gt["images"]:
-        truth.add_image(im["id"], im["file_name"])
-    for c in gt["categories"]:
-        truth.add_class(c["id"], c["name"])
-    for a in gt["annotations"]:
-        if a.get("iscrowd", 0):
-            truth.add_ignore_region(a["image_id"], a["category_id"], a["bbox"], None)
-        else:
-            truth.add_ground_truth(a["image_id"], a["category_id"], a["bbox"], None)
-    for d in dets:
-        found.add_detection(d["image_id"], d["category_id"], d["score"], d["bbox"], None)
-    tide = TIDE()
-    run = tide.evaluate(truth, found, mode=TIDE.BOX)
-    errors = tide.get_all_errors()
-    dap = dict(errors["main"]["dt"])
-    dap["FP"], dap["FN"] = errors["special"]["dt"]["FalsePos"], errors["special"]["dt"]["FalseNeg"]
-    return run.ap, dap

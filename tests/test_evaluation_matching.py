@@ -10,7 +10,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from frcnn.errors import InputError
-from frcnn.evaluation.matching import box_iou_xywh, eval_data, match, per_image_iou, precision_table
+from frcnn.evaluation.matching import (
+    box_iou_xywh,
+    eval_data,
+    match,
+    per_image_iou,
+    precision_table,
+)
 from tests.analysis_fixtures import coco_from, random_case
 
 

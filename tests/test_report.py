@@ -5,17 +5,16 @@ import base64
 import io
 import json
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from frcnn.benchmarks.analysis import tidecv_dap
 from frcnn.cli import compose_config
-from frcnn.errors import InputError
 from frcnn.evaluation.evaluate import evaluate, model_names
 from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
-from tests.analysis_fixtures import random_case, tidecv_reference
+from tests.analysis_fixtures import random_case
 from tests.test_cli import exits_with_one_line
 
 SECTIONS = ["coco-stats", "per-class-ap", "pr-curves", "tide-error-types", "coco-analyze", "confusion-matrix", "calibration",
@@ -76,7 +75,7 @@ def test_the_report_of_a_results_file(case, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert set(a) == {"tide", "coco_analyze", "confusion_matrix", "calibration", "per_image", "detections_over_cap"}
     assert len(a["per_image"]) == len(gt["images"]) and set(a["tide"]["per_class"]) == {c["name"] for c in gt["categories"]}
-    ap, dap = tidecv_reference(gt, dets)
+    ap, dap = tidecv_dap(gt, dets)
     assert a["tide"]["ap50"] == pytest.approx(ap, abs=1e-6)
     assert max(abs(a["tide"]["dap"][n] - dap[n]) for n in dap) < 1.0  # scores of 2-3 decimals tie: see tests/test_tide.py
     said = capsys.readouterr().out.splitlines()
@@ -101,7 +100,7 @@ def test_without_analyze_the_report_has_the_scores(case, tmp_path):
 
 
 def test_two_results_files_side_by_side(case, tmp_path, capsys):
-    root, gt, dets = case
+    root, _, dets = case
     (root / "worse").mkdir(exist_ok=True)
     (root / "worse" / "res.json").write_text(json.dumps([{**d, "score": d["score"] / 2} for d in dets[::2]]))
     out = tmp_path / "out"
@@ -169,7 +168,7 @@ def test_the_trained_models_analysis(tiny_checkpoint, trained_run, tmp_path):
     assert page.sections == SECTIONS and page.figures >= 1
     gt = json.loads((trained_run.parent / "data" / "annotations" / "val.json").read_text())
     dets = json.loads((out / "detections.json").read_text())
-    ap, dap = tidecv_reference(gt, dets)
+    ap, dap = tidecv_dap(gt, dets)
     tide = metrics["analysis"]["tide"]
     assert tide["ap50"] == pytest.approx(ap, abs=1e-6)
     for name in dap:

@@ -40,7 +40,14 @@ from frcnn.evaluation.matching import (
     precision_at_recalls,
     precision_table,
 )
-from frcnn.evaluation.tide import DETECTION_TYPES, MAIN_ERRORS, SPECIAL_ERRORS, TP, Tide, tide
+from frcnn.evaluation.tide import (
+    DETECTION_TYPES,
+    MAIN_ERRORS,
+    SPECIAL_ERRORS,
+    TP,
+    Tide,
+    tide,
+)
 
 CURVES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
 IMAGE_COLUMNS = (*DETECTION_TYPES, "FN")  # per image: detections by type at the score threshold, then missed boxes

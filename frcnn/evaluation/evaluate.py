@@ -25,8 +25,14 @@ from frcnn.data.coco import CocoDetection, collate, load_coco
 from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.engine.builders import split_annotations
 from frcnn.errors import InputError, MissingFileError
-from frcnn.evaluation.coco_eval import STAT_NAMES, check_backend, evaluate_results, per_class_table, predict
 from frcnn.evaluation.analysis import analyze
+from frcnn.evaluation.coco_eval import (
+    STAT_NAMES,
+    check_backend,
+    evaluate_results,
+    per_class_table,
+    predict,
+)
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.evaluation.report import ModelResult, file_suffix, write_report
 from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS

@@ -1,4 +1,5 @@
-"""Precision-recall curves from COCOeval's accumulated precision table."""
+"""The evaluation's figures: PR curves from COCOeval's precision table, and the error analysis's (TIDE bars, COCO
+analyze, confusion matrix, reliability diagram)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+
+from frcnn.evaluation.analysis import CURVES
+from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
 
 
 def plot_pr_curves(precision: np.ndarray, class_names: list[str], path: str | Path) -> Path:
@@ -59,8 +63,6 @@ CURVE_COLOURS = ("#1f3b73", "#2f6fb0", "#5fa2d9", "#8dd3c7", "#f0c05a", "#f28e6b
 
 def plot_tide(models: dict[str, dict], path: str | Path) -> Path:
     """TIDE's bars: dAP of each main error type and of FP / FN, one bar per model (``{name: metrics["analysis"]["tide"]}``)."""
-    from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
-
     fig, (ax_main, ax_special) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / len(models)
     for m, (name, t) in enumerate(models.items()):
@@ -82,11 +84,9 @@ def plot_tide(models: dict[str, dict], path: str | Path) -> Path:
 
 def plot_coco_analyze(curves: np.ndarray, curve_ap: dict[str, float], title: str, path: str | Path, ax: plt.Axes | None = None) -> Path | None:
     """COCO's analyze figure: the seven PR curves of ``CURVES`` (``[7, R]``) stacked, each area filled, the AP in the legend."""
-    from frcnn.evaluation.analysis import CURVES
-
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        _, ax = plt.subplots(figsize=(5.5, 4.2))
     recall = np.linspace(0, 1, curves.shape[-1])
     for i in range(len(CURVES) - 1, -1, -1):  # the most forgiving judge first, so the stricter ones fill over it
         ax.fill_between(recall, np.nan_to_num(curves[i]), color=CURVE_COLOURS[i], label=f"[{curve_ap[CURVES[i]]:.3f}] {CURVES[i]}")
@@ -98,8 +98,6 @@ def plot_coco_analyze(curves: np.ndarray, curve_ap: dict[str, float], title: str
 
 def plot_coco_analyze_grid(curves: np.ndarray, names: list[str], path: str | Path) -> Path:
     """Per-category analyze figures, up to 16 (``curves`` ``[7, K, R]``; categories without ground truth left out)."""
-    from frcnn.evaluation.analysis import CURVES
-
     ks = [k for k in range(curves.shape[1]) if not np.isnan(curves[0, k]).all()][:16]
     cols = min(4, max(1, len(ks)))
     rows = max(1, -(-len(ks) // cols))
