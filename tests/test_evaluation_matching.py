@@ -65,3 +65,19 @@ def test_unknown_ids_are_refused(key, value):
     dets[3] = {**dets[3], key: value}
     with pytest.raises(InputError, match=f"1 detections have a {key} the ground truth lacks \\(first: {value}\\)"):
         eval_data(coco_from(gt), dets)
+
+
+def test_ties_and_thresholds_follow_cocoeval():
+    # Two objects of equal IoU with the detection: COCOeval takes the later annotation. IoU exactly 0.5 matches at
+    # 0.5; crowd-IoU exactly 0.5 with a crowd region makes a detection ignored.
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 400}], "categories": [{"id": 1, "name": "x"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 20], "area": 200, "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 0, 10, 20], "area": 200, "iscrowd": 0},
+                          {"id": 3, "image_id": 1, "category_id": 1, "bbox": [100, 100, 100, 100], "area": 1e4, "iscrowd": 1}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [5, 0, 10, 20], "score": 0.9},  # IoU 1/3 with both objects
+            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},  # IoU 0.5 with object 1
+            {"image_id": 1, "category_id": 1, "bbox": [190, 100, 20, 10], "score": 0.7}]  # half inside the crowd region
+    data = eval_data(coco_from(gt), dets)
+    m = match(data, (1 / 3, 0.5), per_image_iou(data))
+    assert m.dt_gt[0].tolist() == [1, 0, -1]  # at 1/3: the first detection takes the later object
+    assert m.dt_gt[1].tolist() == [-1, 0, -1] and m.dt_ignored[1].tolist() == [False, False, True]

@@ -78,16 +78,17 @@ def time_analysis(data: dict[str, Any], results: list[dict[str, Any]], *, with_t
                            "objects": len(data["annotations"]), "images": len(data["images"])}
     if with_tidecv:
         start = time.perf_counter()
-        ap, dap = tidecv_dap(data, results)
+        ap, dap, _ = tidecv_dap(data, results)
         row["tidecv"] = time.perf_counter() - start
         row["max_abs_dap_difference"] = max(abs(t.dap[n] - dap[n]) for n in dap)
         row["ap50_difference"] = abs(t.ap - ap)
     return row
 
 
-def tidecv_dap(data: dict[str, Any], results: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
-    """The original tidecv's AP50 and dAP of a COCO annotation dict and results list, keyed as frcnn names them
-    (its main types, then ``FP`` / ``FN``). tidecv (a dev dependency) reads boxes; crowd boxes are its ignore regions."""
+def tidecv_dap(data: dict[str, Any], results: list[dict[str, Any]]) -> tuple[float, dict[str, float], dict[str, int]]:
+    """The original tidecv's AP50, dAP and error counts of a COCO annotation dict and results list, keyed as frcnn
+    names them (its main types, then ``FP`` / ``FN``). tidecv (a dev dependency) reads boxes; crowd boxes are its
+    ignore regions."""
     from tidecv import TIDE, Data
 
     truth, found = Data("gt"), Data("dt")
@@ -105,4 +106,4 @@ def tidecv_dap(data: dict[str, Any], results: list[dict[str, Any]]) -> tuple[flo
     errors = tide.get_all_errors()
     dap = dict(errors["main"]["dt"])
     dap["FP"], dap["FN"] = errors["special"]["dt"]["FalsePos"], errors["special"]["dt"]["FalseNeg"]
-    return run.ap, dap
+    return run.ap, dap, {kind.short_name: len(found) for kind, found in run.error_dict.items()}

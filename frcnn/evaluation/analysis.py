@@ -4,7 +4,7 @@ calibration and each image's errors, from one matching of a results file to its 
 :func:`analyze` is the entry point (``scripts/evaluate.py analyze=true``); :mod:`frcnn.evaluation.report`
 draws what it returns. Shape shorthand: K categories, R = 101 recall points, I images, D detections.
 
-COCO's analyze breakdown (Hoiem et al., ECCV 2012, as in the COCO API's ``analyze``) reads one
+COCO's analyze breakdown (Hoiem et al., ECCV 2012; the COCO API's ``analyze``) reads one
 precision-recall curve per category under seven ever more forgiving judges, each removing one more
 kind of error, so the area between two curves is what that kind costs:
 
@@ -18,7 +18,10 @@ BG     all false positives removed (precision 1 up to the recall Oth reaches)
 FN     all errors removed (precision 1 at every recall)
 =====  ==================================================================================
 
-"On an object" means IoU ≥ 0.1 with it; a category without a supercategory is its own (then Sim = Loc).
+"On an object" means IoU ≥ 0.1 with a non-crowd box; a category without a supercategory is its own (then
+Sim = Loc). (mmdetection's port of analyze relabels those objects as crowd regions, so it measures overlap
+against the detection's area instead: a small detection inside a large object of another class counts as
+confused there, and as a false positive here.)
 """
 
 from __future__ import annotations

@@ -119,7 +119,9 @@ def model_names(paths: list[str]) -> list[str]:
     while all(len(q) > 1 for q in parts) and len({q[-1] for q in parts}) == 1:
         parts = [q[:-1] for q in parts]
     names = ["/".join(q) for q in parts]
-    return names if len(set(names)) == len(names) else [f"{i + 1}:{n}" for i, n in enumerate(names)]
+    if len({file_suffix(n, True) for n in names}) < len(names):  # a_b and a/b would share their figures' files
+        names = [f"{i + 1}:{n}" for i, n in enumerate(names)]
+    return names
 
 
 def _read_results_file(source: str) -> list[dict[str, Any]]:

@@ -277,11 +277,17 @@ def precision_table(
         order: :func:`category_order` of ``data``, when the caller has it.
     """
     order = category_order(data) if order is None else order
-    order = order[counted[order]]
-    cats = data.dt_category[order]
-    bounds = np.searchsorted(cats, np.arange(data.num_categories + 1))
-    table = np.full((data.num_categories, len(RECALL_POINTS)), np.nan)
-    for k in range(data.num_categories):
+    return category_curves(data.dt_category, correct, order[counted[order]], num_gt)
+
+
+def category_curves(category: np.ndarray, correct: np.ndarray, rows: np.ndarray, num_gt: np.ndarray,
+                    points: np.ndarray = RECALL_POINTS) -> np.ndarray:
+    """``[K, R]`` precision per category of the detections ``rows`` (sorted by category, then score, highest
+    first); NaN rows for categories without ground truth (``num_gt[k] == 0``)."""
+    K = len(num_gt)
+    bounds = np.searchsorted(category[rows], np.arange(K + 1))
+    table = np.full((K, len(points)), np.nan)
+    for k in range(K):
         if num_gt[k] > 0:
-            table[k] = precision_at_recalls(correct[order[bounds[k] : bounds[k + 1]]], int(num_gt[k]))
+            table[k] = precision_at_recalls(correct[rows[bounds[k] : bounds[k + 1]]], int(num_gt[k]), points)
     return table

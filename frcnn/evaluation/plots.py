@@ -69,7 +69,8 @@ def plot_tide(models: dict[str, dict], path: str | Path) -> Path:
         for ax, types in ((ax_main, MAIN_ERRORS), (ax_special, SPECIAL_ERRORS)):
             x = np.arange(len(types)) + (m - (len(models) - 1) / 2) * width
             values = [t["dap"][e] for e in types]
-            bars = ax.bar(x, values, width, color=[TYPE_COLOURS[e] for e in types], alpha=1.0 - 0.35 * m, edgecolor="black", linewidth=0.5,
+            alpha = 1.0 - 0.6 * m / max(1, len(models) - 1)  # the first model solid, the last faded
+            bars = ax.bar(x, values, width, color=[TYPE_COLOURS[e] for e in types], alpha=alpha, edgecolor="black", linewidth=0.5,
                           label=name)
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax_main.set_xticks(range(len(MAIN_ERRORS)), [f"{e}\n({' / '.join(str(t['counts'][e]) for t in models.values())})" for e in MAIN_ERRORS])

@@ -46,7 +46,8 @@ TYPE_MEANING = {
 @dataclass(frozen=True)
 class ModelResult:
     """One model's evaluation: ``name`` (a column heading), ``source`` (checkpoint or results file),
-    ``metrics`` (``stats``, ``per_class_ap``, ``num_detections``), its PR-curve PNG, and its analysis."""
+    ``metrics`` (``stats``, ``per_class_ap``, ``num_detections``, and ``analysis``: the analysis's
+    :meth:`~frcnn.evaluation.analysis.Analysis.to_json`), its PR-curve PNG, and its analysis."""
 
     name: str
     source: str
@@ -81,7 +82,7 @@ def write_report(out: Path, models: list[ModelResult], *, ground_truth: str, ima
             f"<h1>{_e(title)}</h1><p>ground truth: {_e(ground_truth)}</p><ul>{sources}</ul>"
             + _contents(sections) + "".join(sections) + f"<script>{_SORT_JS}</script></body></html>")
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(page, encoding="utf-8")
     return path
 
 
@@ -106,7 +107,7 @@ def _per_class_ap(models: list[ModelResult]) -> str:
 
 
 def _tide(models: list[ModelResult], out: Path) -> str:
-    data = {m.name: m.analysis.to_json()["tide"] for m in models}
+    data = {m.name: m.metrics["analysis"]["tide"] for m in models}
     png = plot_tide(data, out / "tide.png")
     overall = _table(["", *(f"{e}" for e in (*MAIN_ERRORS, *SPECIAL_ERRORS)), "AP50"],
                      [[f"dAP {n}", *(t["dap"][e] for e in (*MAIN_ERRORS, *SPECIAL_ERRORS)), t["ap50"]] for n, t in data.items()]
@@ -115,7 +116,7 @@ def _tide(models: list[ModelResult], out: Path) -> str:
     per_class = ""
     for m in models:
         t = m.analysis.tide
-        rows = [[n, _pts(t.per_class_ap[k]), *(t.per_class_dap[e][k] for e in (*MAIN_ERRORS, *SPECIAL_ERRORS)),
+        rows = [[n, t.per_class_ap[k], *(t.per_class_dap[e][k] for e in (*MAIN_ERRORS, *SPECIAL_ERRORS)),
                  *(int(t.per_class_counts[e][k]) for e in MAIN_ERRORS)] for k, n in enumerate(m.analysis.data.category_names)]
         head = ["class", "AP50", *(f"dAP {e}" for e in (*MAIN_ERRORS, *SPECIAL_ERRORS)), *(f"# {e}" for e in MAIN_ERRORS)]
         per_class += f"<h3>per class — {_e(m.name)}</h3>" + _table(head, rows)
@@ -152,7 +153,7 @@ def _coco_analyze(models: list[ModelResult], out: Path) -> str:
 def _confusion(models: list[ModelResult], out: Path) -> str:
     body = ""
     for m in models:
-        cm = m.analysis.to_json()["confusion_matrix"]
+        cm = m.metrics["analysis"]["confusion_matrix"]
         png = plot_confusion(np.array(cm["counts"]), cm["rows"], cm["columns"], f"{m.name}: IoU 0.5, score ≥ {cm['score_thresh']:g}",
                              out / f"confusion_matrix{file_suffix(m.name, len(models) > 1)}.png")
         body += _img(png) + _table(["ground truth ↓ / detected as →", *cm["columns"]], [[r, *c] for r, c in zip(cm["rows"], cm["counts"])],
@@ -165,7 +166,7 @@ def _confusion(models: list[ModelResult], out: Path) -> str:
 
 
 def _calibration(models: list[ModelResult], out: Path) -> str:
-    data = {m.name: m.analysis.to_json()["calibration"] for m in models}
+    data = {m.name: m.metrics["analysis"]["calibration"] for m in models}
     png = plot_calibration(data, out / "calibration.png")
     rows = []
     for name, c in data.items():
@@ -288,10 +289,6 @@ def _swatch(kind: str) -> str:
 def file_suffix(name: str, multi: bool) -> str:
     """The file-name suffix of a model's figures: none for a single model."""
     return "_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name) if multi else ""
-
-
-def _pts(v: float) -> float | None:
-    return None if np.isnan(v) else float(v)
 
 
 def _e(s: str) -> str:

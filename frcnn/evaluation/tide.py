@@ -24,7 +24,11 @@ removes every false positive, ``FN`` takes every unmatched box out of the recall
 
 AP here is TIDE's AP50: COCO's 101-point AP at IoU 0.5 (at tidecv's recall points), averaged over the categories with ground truth
 or detections (a category with detections and no ground truth counts 0). Values are AP points (0-100),
-as TIDE reports them. tests/test_tide.py compares every dAP with the original ``tidecv``.
+as TIDE reports them. tests/test_tide.py compares every dAP with the original ``tidecv``; they agree to 1e-13
+except where tidecv differs from COCO's matching, which is kept here: tidecv keeps 100 detections per image
+(here: per image and category, as COCO), ignores a detection on a crowd region above crowd-IoU 0.5 (here: at
+0.5 too), takes the first of two boxes of equal IoU (here: the last), and on tied scores lets a fix reorder
+the ties (here one order throughout; measured up to 0.9 points on scores of two decimals).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from frcnn.evaluation.matching import EvalData, Matches, precision_at_recalls
+from frcnn.evaluation.matching import EvalData, Matches, category_curves
 
 # tidecv's recall points are i / 100; COCO's np.linspace(0, 1, 101) differs from them in the last bit, which
 # moves the point where a recall lands exactly on one (7 of 20 objects found: 0.35 vs 0.35000000000000003).
@@ -145,7 +149,8 @@ def tide(data: EvalData, matches: Matches, ious: list, *, pos: float = 0.5, bg: 
             keep |= promote
             ok |= promote
             if kind == CLS:
-                cat = np.where(promote, data.gt_category[np.maximum(dt_target, 0)], category)
+                cat = category.copy()
+                cat[promote] = data.gt_category[dt_target[promote]]
         return _ap(data.dt_score, cat, ok, keep, num_gt, K)
 
     results = {
@@ -155,14 +160,16 @@ def tide(data: EvalData, matches: Matches, ious: list, *, pos: float = 0.5, bg: 
         "Dupe": fixed(DUPE),
         "Bkg": fixed(BKG),
         "Miss": _ap(data.dt_score, category, correct, counted, num_gt - _count(data.gt_category[gt_missed], K), K),
-        "FP": _ap(data.dt_score, category, correct, correct, num_gt, K),
+        # Every false positive scored below every true positive (tidecv scores them 0): gone from the curves of
+        # categories with ground truth, still a 0 for a category that has detections and no ground truth.
+        "FP": _ap(correct.astype(np.float64), category, correct, counted, num_gt, K),
         "FN": _ap(data.dt_score, category, correct, counted, num_gt - _count(data.gt_category[unmatched], K), K),
     }
     dap, per_class_dap = {}, {}
     for name, (ap, pc) in results.items():
-        delta = ap - base_ap
-        dap[name] = max(delta, 0.0) if name in MAIN_ERRORS else delta  # tidecv clamps the main types only
-        per_class_dap[name] = np.maximum(np.nan_to_num(pc - base_pc), 0.0) if name in MAIN_ERRORS else np.nan_to_num(pc - base_pc)
+        low = 0.0 if name in MAIN_ERRORS else -np.inf  # tidecv clamps the main types only
+        dap[name] = max(ap - base_ap, low)
+        per_class_dap[name] = np.maximum(np.nan_to_num(pc - base_pc), low)
     codes = {"Cls": CLS, "Loc": LOC, "Both": BOTH, "Dupe": DUPE, "Bkg": BKG}
     per_class_counts = {name: _count(category[dt_type == code], K) for name, code in codes.items()}
     per_class_counts["Miss"] = _count(data.gt_category[gt_missed], K)
@@ -181,14 +188,8 @@ def _ap(
     """TIDE's mean AP50 (points) of the kept detections, and ``[K]`` per-category AP (NaN: category not counted)."""
     rows = np.flatnonzero(keep)
     rows = rows[np.lexsort((rows, -score[rows], category[rows]))]
-    bounds = np.searchsorted(category[rows], np.arange(K + 1))
-    per_class = np.full(K, np.nan)
-    for k in range(K):
-        n_det = bounds[k + 1] - bounds[k]
-        if num_gt[k] > 0:
-            found = correct[rows[bounds[k] : bounds[k + 1]]]
-            per_class[k] = 100 * precision_at_recalls(found, int(num_gt[k]), TIDE_RECALL_POINTS).mean()
-        elif n_det > 0:
-            per_class[k] = 0.0  # detections of a category without ground truth: all false, as in tidecv
+    per_class = 100 * category_curves(category, correct, rows, num_gt, TIDE_RECALL_POINTS).mean(axis=1)
+    has_detections = np.bincount(category[rows], minlength=K) > 0
+    per_class[(num_gt == 0) & has_detections] = 0.0  # detections of a category without ground truth: all false, as in tidecv
     counted = per_class[~np.isnan(per_class)]
     return (float(counted.mean()) if counted.size else 0.0), per_class
