@@ -75,6 +75,7 @@ def test_confusion_matrix_by_hand():
     np.testing.assert_array_equal(a.confusion, expected)
     cm = a.to_json()["confusion_matrix"]
     assert cm["rows"] == ["a", "b", "c", "background"] and cm["columns"] == ["a", "b", "c", "missed"]
+    assert cm["row_normalized"][0] == [0.5, 0.0, 0.0, 0.5] and cm["row_normalized"][2] == [None] * 4  # c: no object
     counts = dict(zip(IMAGE_COLUMNS, a.per_image[0]))
     assert counts["TP"] == 1 and counts["FN"] == 2  # the b object (not found by its class) and the low-scored a
     assert counts["Cls"] == 2 and counts["Bkg"] == 1  # a on b and c on a are TIDE's Cls; b on nothing is Bkg

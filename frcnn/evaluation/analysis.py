@@ -118,6 +118,7 @@ class Analysis:
                 "rows": [*names, "background"],
                 "columns": [*names, "missed"],
                 "counts": self.confusion.tolist(),
+                "row_normalized": [[_num(v) for v in row] for row in _row_shares(self.confusion)],
             },
             "calibration": {k: ([_num(x) for x in v] if isinstance(v, np.ndarray) else v) for k, v in self.calibration.items()},
             "per_image": [
@@ -261,6 +262,12 @@ def per_image_counts(data: EvalData, errors: Tide, gt_found: np.ndarray, score_t
     missed = ~data.gt_crowd & ~gt_found
     np.add.at(counts, (data.gt_image[missed], n_types), 1)
     return counts
+
+
+def _row_shares(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (NaN for an empty row)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts / counts.sum(axis=1, keepdims=True)
 
 
 def _nanmean(x: np.ndarray) -> float:

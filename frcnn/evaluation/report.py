@@ -156,8 +156,9 @@ def _confusion(models: list[ModelResult], out: Path) -> str:
         cm = m.metrics["analysis"]["confusion_matrix"]
         png = plot_confusion(np.array(cm["counts"]), cm["rows"], cm["columns"], f"{m.name}: IoU 0.5, score ≥ {cm['score_thresh']:g}",
                              out / f"confusion_matrix{file_suffix(m.name, len(models) > 1)}.png")
-        body += _img(png) + _table(["ground truth ↓ / detected as →", *cm["columns"]], [[r, *c] for r, c in zip(cm["rows"], cm["counts"])],
-                                   sortable=False)
+        head = ["ground truth ↓ / detected as →", *cm["columns"]]
+        body += _img(png) + "<h3>counts</h3>" + _table(head, [[r, *c] for r, c in zip(cm["rows"], cm["counts"])], sortable=False)
+        body += "<h3>share of each row</h3>" + _table(head, [[r, *c] for r, c in zip(cm["rows"], cm["row_normalized"])], sortable=False)
     score = models[0].analysis.score_thresh
     text = (f"Detections scored ≥ {score:g} against the objects, each object counted once: first COCO's matching (the diagonal), "
             "then each left-over detection takes the left-over object it overlaps most (IoU ≥ 0.5). "
