@@ -180,3 +180,16 @@ def test_a_bug_under_hydra_app_keeps_its_traceback(tmp_path):
     assert res.returncode == 1
     assert "Traceback" in res.stderr and "reshape" in res.stderr and "ValueError" in res.stderr
     assert not res.stderr.startswith("error:")
+
+
+def test_each_trainer_helps_with_its_own_config_groups(run_script):
+    # The detector's --help lists the detector's groups; the tracker's (on conf/siamrpn.yaml's search path) are
+    # listed by train_tracker.py's help, from a template that must name every option it has.
+    detector = run_script("train.py", ["--help"])
+    assert detector.returncode == 0 and "model/backbone: " in detector.stdout and "siamrpn" not in detector.stdout
+    tracker = run_script("train_tracker.py", ["--help"])
+    assert tracker.returncode == 0
+    groups = Path(__file__).resolve().parents[1] / "frcnn" / "tracking" / "conf"
+    for group in ("siamrpn/backbone", "siamrpn/head", "experiment"):
+        options = ", ".join(sorted(p.stem for p in (groups / group).glob("*.yaml")))
+        assert f"\n{group}: {options}\n" in tracker.stdout
