@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -419,12 +420,22 @@ def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_r
     cfg = OmegaConf.load(trained_run / "config.yaml")
     image = sorted(Path(cfg.data.val.images).glob("*.png"))[0]
     out = tmp_path / "explain"
+    annotations = Path(cfg.data.val.annotations)
     proc = run_script("explain.py", [f"checkpoint={tiny_checkpoint}", f"image={image}", "methods=[gradcam,drise]",
                                      "detections=top2", "score_thresh=0.05", "options.drise.masks=32", "max_rois=4",
-                                     "faithfulness.steps=8", f"hydra.run.dir={out}"])
+                                     "faithfulness.steps=8", f"annotations={annotations}", f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "explanations.json").read_text())
     assert 1 <= len(report["detections"]) <= 2
+    # The first line: each method's expected time on this machine, before any is run.
+    first = proc.stdout.splitlines()[0]
+    assert re.fullmatch(rf"{re.escape(str(image))}: explaining [12] detections?; one forward pass takes [0-9.]+ s here "
+                        r"\([0-9.]+ s per image in a batch\), so expect about: gradcam ≈ [0-9.]+ (s|min), drise ≈ [0-9.]+ (s|min)", first)
+    # The ground truth of the image, drawn on the panels, is the annotation file's.
+    gt = json.loads(annotations.read_text())
+    image_id = next(im["id"] for im in gt["images"] if Path(im["file_name"]).name == image.name)
+    boxes = [a["bbox"] for a in gt["annotations"] if a["image_id"] == image_id]
+    assert [b["box_xyxy"] for b in report["ground_truth"]] == [[x, y, x + w, y + h] for x, y, w, h in boxes]
     maps = np.load(out / "explanations.npz")
     for entry in report["detections"]:
         assert Path(entry["panel"]).is_file()
@@ -432,6 +443,31 @@ def test_explain_script_writes_panels_maps_and_scores(tiny_checkpoint, trained_r
             scores = entry["methods"][method]
             assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
             assert maps[f"{entry['name']}/{method}"].shape == read_rgb(image).shape[:2]
+
+
+def test_expected_passes_follow_each_methods_options():
+    from frcnn.explain.methods import METHODS, expected_passes
+
+    assert expected_passes("gradcam", {}, 2) == 6  # a forward and a backward (two) per detection
+    assert expected_passes("integrated_gradients", {}, 1) == 3 * 32  # its default steps
+    assert expected_passes("integrated_gradients", {"steps": 8}, 3) == 3 * 8 * 3
+    assert expected_passes("drise", {"masks": 500}, 4) == 500  # masks shared by the image's detections
+    assert expected_passes("kernel_shap", {}, 2) == 400
+    assert all(expected_passes(name, {}, 1) > 0 for name in METHODS)
+
+
+def test_ground_truth_of_an_image_not_in_the_annotations_is_one_line(tmp_path):
+    from frcnn.errors import InputError
+    from frcnn.explain.run import ground_truth
+
+    gt = {"images": [{"id": 1, "file_name": "a/x.png", "width": 10, "height": 10}, {"id": 2, "file_name": "b/x.png", "width": 10, "height": 10}],
+          "categories": [{"id": 1, "name": "cat"}],
+          "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert ground_truth(str(tmp_path / "gt.json"), Path("/data/b/x.png")) == [("cat", [1, 2, 4, 6])]  # the one in b/
+    assert ground_truth(None, Path("x.png")) is None
+    with pytest.raises(InputError, match="have no image named y.png"):
+        ground_truth(str(tmp_path / "gt.json"), Path("y.png"))
 
 
 def test_benchmark_table_lists_every_method_the_substrate_ranks_and_the_max_rois_agreement():

@@ -22,6 +22,7 @@ Shape shorthand: ``M`` detections, ``H x W`` the image, ``Hf x Wf`` the trunk's 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -403,4 +404,32 @@ METHODS: dict[str, Callable[..., MethodResult]] = {
     "drise": drise,
     "kernel_shap": kernel_shap,
 }
+
+
+def expected_passes(name: str, options: dict[str, Any], num_detections: int) -> float:
+    """About how much work ``name`` is for ``num_detections`` detections of one image, in forward passes of the
+    model (a backward pass counts as two). ``scripts/explain.py`` turns it into seconds in its first line.
+
+    Per detection: 3 for the single-gradient methods (gradient, guided backprop, Grad-CAM on the trunk or
+    the head), 6 for guided Grad-CAM, 3 x ``steps`` for Integrated Gradients, 3 x ``samples`` for SmoothGrad
+    and VarGrad, ``samples`` for KernelSHAP. D-RISE: ``masks`` per image, shared by all its detections.
+    """
+    def option(key: str) -> float:
+        return float(options.get(key, inspect.signature(METHODS[name]).parameters[key].default))
+
+    if name == "drise":
+        return option("masks")
+    if name == "integrated_gradients":
+        per_detection = 3 * option("steps")
+    elif name in ("smoothgrad", "vargrad"):
+        per_detection = 3 * option("samples")
+    elif name == "kernel_shap":
+        per_detection = option("samples")
+    elif name == "guided_gradcam":
+        per_detection = 6.0
+    else:
+        per_detection = 3.0
+    return per_detection * num_detections
+
+
 ALIASES = {"ig": "integrated_gradients", "shap": "kernel_shap", "kernelshap": "kernel_shap", "saliency": "gradient"}

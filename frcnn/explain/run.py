@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from frcnn.config import resolve_device  # noqa: E402
-from frcnn.data.coco import CategoryMap  # noqa: E402
+from frcnn.data.coco import CategoryMap, load_coco  # noqa: E402
 from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb  # noqa: E402
-from frcnn.errors import ConfigError, MissingFileError  # noqa: E402
+from frcnn.errors import ConfigError, InputError, MissingFileError  # noqa: E402
 from frcnn.explain.api import Explanation, as_image_tensor, explain, method_name  # noqa: E402
 from frcnn.explain.faithfulness import Curves, deletion_insertion  # noqa: E402
+from frcnn.explain.methods import expected_passes  # noqa: E402
 from frcnn.explain.substrates import GreyMean, training_mean
 from frcnn.explain.target import Detection, DetectionScore, find_detections  # noqa: E402
 
@@ -96,14 +98,18 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     chosen = select(found, cfg.detections)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    truth = ground_truth(cfg.get("annotations"), path)
     report: dict[str, Any] = {"image": str(path), "checkpoint": str(cfg.checkpoint), "target": cfg.target, "detections": []}
+    if truth is not None:
+        report["ground_truth"] = [{"category": name, "box_xyxy": box} for name, box in truth]
     if not chosen:
         print(f"{path}: no {cfg.explain} scoring >= {cfg.score_thresh}; lower score_thresh=... to explain weaker ones")
         (out / "explanations.json").write_text(json.dumps(report, indent=1))
         return report
+    options = {name: dict(cfg.options.get(name) or {}) for name in names}
     common = {"target": cfg.target, "objectness": bool(cfg.objectness), "max_rois": cfg.max_rois}
     score = DetectionScore(model, chosen, **common).to(device)
-    options = {name: dict(cfg.options.get(name) or {}) for name in names}
+    print(cost_line(path, chosen, kind, names, options, pass_seconds(score, image)))
     grey = grey_fill(cfg.faithfulness.substrate, options, train_cfg)
     mean = None if grey is None else grey.tensor()
     if grey is not None:
@@ -132,7 +138,8 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
                 "deletion_auc": round(c.deletion_auc, 4), "insertion_auc": round(c.insertion_auc, 4), **e.info,
             }
         entry["panel"] = str(draw_panel(image, det, [per_method[n][m] for n in names], [curves[n][m] for n in names],
-                                        out / f"{path.stem}_{det.name}.png", title=entry["category"]))
+                                        out / f"{path.stem}_{det.name}.png", title=entry["category"],
+                                        substrate=cfg.faithfulness.substrate, truth=truth))
         report["detections"].append(entry)
     np.savez_compressed(out / "explanations.npz", **maps)
     (out / "explanations.json").write_text(json.dumps(report, indent=1))
@@ -162,25 +169,85 @@ def _detection_record(det: Detection, categories: CategoryMap) -> dict[str, Any]
     return record
 
 
+@torch.no_grad()
+def pass_seconds(score: DetectionScore, image: torch.Tensor) -> tuple[float, float]:
+    """Seconds of one forward pass of the explained target: alone, and per image in a batch of 4 (the methods
+    that batch their samples: Integrated Gradients, SmoothGrad, VarGrad, D-RISE, KernelSHAP). Measured warm."""
+    score(image[None])
+    start = time.perf_counter()
+    score(image[None])
+    single = time.perf_counter() - start
+    start = time.perf_counter()
+    score(image[None].expand(4, -1, -1, -1))
+    return single, (time.perf_counter() - start) / 4
+
+
+def cost_line(path: Path, chosen: list[Detection], kind: str, names: list[str], options: dict[str, dict[str, Any]],
+              seconds: tuple[float, float]) -> str:
+    """The run's first line: each method's expected time here, its forward passes
+    (:func:`frcnn.explain.methods.expected_passes`) times :func:`pass_seconds`."""
+    batched = {"integrated_gradients", "smoothgrad", "vargrad", "drise", "kernel_shap"}
+    costs = ", ".join(f"{name} ≈ {_duration(seconds[name in batched] * expected_passes(name, options[name], len(chosen)))}"
+                      for name in names)
+    return (f"{path}: explaining {len(chosen)} {kind}{'s' if len(chosen) != 1 else ''}; one forward pass takes "
+            f"{seconds[0]:.3f} s here ({seconds[1]:.3f} s per image in a batch), so expect about: {costs}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def ground_truth(annotations: str | None, image: Path) -> list[tuple[str, list[float]]] | None:
+    """``(category name, [x1, y1, x2, y2])`` of every object of ``image`` in a COCO annotation file, found by the
+    image's file name; None without ``annotations``.
+
+    Raises:
+        InputError: the file has no image of that name.
+    """
+    if not annotations:
+        return None
+    coco = load_coco(annotations)
+    entries = [im for im in coco.dataset["images"] if Path(im["file_name"]).name == image.name]
+    if len(entries) > 1:  # the same name in two folders: the one whose path the image's path ends with
+        entries = [im for im in entries if image.as_posix().endswith(Path(im["file_name"]).as_posix())] or entries[:1]
+    if not entries:
+        raise InputError(f"annotations {annotations} have no image named {image.name} (matched by file name); "
+                         "pass the annotation file of the image's split, or drop annotations=")
+    names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+    anns = coco.imgToAnns.get(entries[0]["id"], [])
+    return [(names[a["category_id"]], [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]])
+            for a in anns]
+
+
 def draw_panel(
-    image: torch.Tensor, det: Detection, explanations: list[Explanation], curves: list[Curves], path: Path, *, title: str = ""
+    image: torch.Tensor, det: Detection, explanations: list[Explanation], curves: list[Curves], path: Path, *, title: str = "",
+    substrate: str = "blur", truth: list[tuple[str, list[float]]] | None = None,
 ) -> Path:
-    """One row: the image with the detection's box, then each method's map over the image, titled with its AUCs."""
+    """One row: the image with the detection's box (red) and the ground truth (green, dashed, when known), then each
+    method's map over the image with a colour bar, titled with its deletion / insertion AUC; a line below says
+    what those numbers mean."""
     rgb = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
     grey = rgb.mean(axis=2)
     columns = 1 + len(explanations)
-    fig, axes = plt.subplots(1, columns, figsize=(3.2 * columns, 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, columns, figsize=(3.6 * columns, 3.4), squeeze=False)
     x1, y1, x2, y2 = det.box.tolist()
     for ax in axes[0]:
+        for _, (g1, h1, g2, h2) in truth or []:
+            ax.add_patch(plt.Rectangle((g1, h1), g2 - g1, h2 - h1, fill=False, edgecolor="lime", linewidth=1.2, linestyle="--"))
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=1.5))
         ax.set_axis_off()
     axes[0, 0].imshow(rgb)
-    axes[0, 0].set_title(f"{title} {det.score:.2f}", fontsize=9)
+    axes[0, 0].set_title(f"{title} {det.score:.2f}" + ("\n(ground truth: green, dashed)" if truth else ""), fontsize=9)
     for ax, e, c in zip(axes[0, 1:], explanations, curves):
         ax.imshow(grey, cmap="gray")
-        ax.imshow(e.saliency.numpy(), cmap="jet", alpha=0.5)
-        ax.set_title(f"{e.method}\ndel {c.deletion_auc:.3f}  ins {c.insertion_auc:.3f}", fontsize=8)
-    fig.tight_layout()
+        shown = ax.imshow(e.saliency.numpy(), cmap="jet", alpha=0.5)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, format="%.2g").ax.tick_params(labelsize=6)
+        ax.set_title(f"{e.method}\ndel {c.deletion_auc:.3f} ↓   ins {c.insertion_auc:.3f} ↑", fontsize=8)
+    fig.text(0.5, 0.01, f"del: area under the detection's score as its most important pixels are replaced by the {substrate} "
+             f"substrate, most important first: lower = more faithful.  ins: the same, putting them back into the {substrate} "
+             "substrate: higher = more faithful.  Colour: the method's relevance, in its own units.",
+             ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
