@@ -4,8 +4,10 @@ the primary config as it is), the anchors fit the images and the schedule fits t
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -15,8 +17,10 @@ from frcnn.cli import compose_train
 
 OPTIM_FILES = sorted((Path(__file__).resolve().parents[1] / "conf" / "optim").glob("*.yaml"))
 
-DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"], "voc": ["data.root=/datasets/VOC2012"],
-        "yolo": ["data.root=/datasets/mine", "data.num_classes=3"], "labelme": ["data.root=/datasets/mine", "data.num_classes=3"]}
+DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"], "voc": ["data.root=/datasets/VOC2012"]}
+# One's own data: what fits it is derived from its annotations when training starts (tests/test_derive.py).
+DERIVED = {"yolo": ["data.root=/datasets/mine", "data.num_classes=3"], "labelme": ["data.root=/datasets/mine", "data.num_classes=3"],
+           "custom": ["data.num_classes=3", *(f"data.{s}.{k}=/datasets/mine/{s}" for s in ("train", "val") for k in ("images", "annotations"))]}
 BACKBONES = ["r18_c4", "r50_c4", "vgg16", "r18_fpn", "r50_fpn", "mobilenet_v3_fpn"]
 SCHEDULES = ["step", "cosine"]
 
@@ -101,3 +105,28 @@ def test_each_optimizer_config_instantiates_as_it_stands(path):
     weight.sum().backward()
     optimizer.step()
     assert (weight < 1).all()  # it steps against the gradient
+
+
+@pytest.mark.parametrize("data,backbone", list(itertools.product(DERIVED, BACKBONES)))
+def test_each_derived_composition_builds_from_its_data(data, backbone):
+    from frcnn.data.derive import AUTO_KEYS, ObjectSizes, derive
+
+    cfg = compose_train([f"data={data}", f"model/backbone={backbone}", *DERIVED[data], "run_dir=/tmp/x"])
+    assert all(cfg.data[k] == "auto" for k in AUTO_KEYS)
+    # Objects of 16-320 px (a photo set at the training scale), as resolve_auto measures them.
+    rng = np.random.default_rng(0)
+    scaled = np.exp(rng.uniform(np.log(16), np.log(320), 2000))
+    derived = derive(ObjectSizes(1000, 2000, scaled, scaled / 1.5), epochs=float(cfg.data.epochs),
+                     reference_batch=int(cfg.trainer.reference_batch_size))
+    for k in AUTO_KEYS:
+        cfg.data[k] = derived[k][0]
+    OmegaConf.resolve(cfg)
+    gen = instantiate(cfg.model.rpn.anchor_generator)
+    model = instantiate(cfg.model)
+    assert model.backbone.strides == gen.strides
+    ladder = sorted({s for level in gen.level_sizes for s in level})
+    assert all(b / a == pytest.approx(2, rel=0.02) for a, b in zip(ladder, ladder[1:])), ladder
+    q5, q95 = np.percentile(scaled, [5, 95])
+    assert math.sqrt(ladder[0] * ladder[-1]) == pytest.approx(math.sqrt(q5 * q95), rel=0.02)  # octaves around the objects' middle
+    assert cfg.trainer.max_iters * cfg.trainer.reference_batch_size / cfg.data.num_train_images == pytest.approx(12, rel=0.01)
+    assert cfg.schedule.warmup_iters <= 0.2 * cfg.trainer.max_iters

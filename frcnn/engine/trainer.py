@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from frcnn.config import amp_dtype as amp_dtype_of
 from frcnn.config import parse_duration, resolve_device, validate_train_config
 from frcnn.data.coco import collate
+from frcnn.data.derive import resolve_auto
 from frcnn.engine import builders
 from frcnn.engine.builders import build_model
 from frcnn.engine.checkpoint import load_checkpoint, load_matching, rng_state, set_rng_state
@@ -55,6 +56,7 @@ def seed_everything(seed: int) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a detector as ``cfg`` says, writing into ``cfg.run_dir``; return the final metrics: ``iteration``,
     ``best_ap``, ``stopped_by_signal`` (the signal number, or None) and the last evaluation's ``val/*``."""
+    resolve_auto(cfg)  # data.<key>: auto (anchor sizes, schedule, ...) from the training annotations
     validate_train_config(cfg)
     return Trainer.run(cfg)
 
