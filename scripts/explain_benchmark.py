@@ -42,7 +42,7 @@ def main() -> None:
     if args.data_root:
         cfg.data.root = args.data_root
     methods = {
-        "gradient": {}, "guided_backprop": {}, "gradcam": {}, "gradcam_head": {}, "guided_gradcam": {},
+        "gradient": {}, "guided_backprop": {}, "gradcam": {}, "gradcam_head": {}, "odam": {}, "guided_gradcam": {},
         "integrated_gradients": {"steps": 32}, "smoothgrad": {"samples": 32}, "vargrad": {"samples": 32},
         "drise": {"masks": args.drise_masks}, "kernel_shap": {"samples": 200, "patch": 32},
     }

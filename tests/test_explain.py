@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 from torchvision.ops import box_iou
@@ -271,6 +272,44 @@ def test_gradcam_map_is_put_back_through_resize_and_padding():
     mapped = _feature_map_to_image(cam, model, height, width)
     y, x = divmod(int(mapped[0].argmax()), width)
     assert y < 12 and x < 12
+
+
+def test_odam_is_gradient_times_activation_summed_over_channels(trained_model):
+    # By hand with autograd: y = the detection's class logit at the RoI it follows; A = the trunk's output.
+    from frcnn.explain.methods import odam
+    from frcnn.explain.target import DetectionOutput
+
+    model, image, _ = trained_model
+    detections = find_detections(model, image, top=2, score_thresh=0.05)
+    score = DetectionScore(model, detections, max_rois=8)
+    output = DetectionOutput(score, "logit")
+    for m in range(len(detections)):
+        captured = {}
+        layer = model.backbone.cam_layer(0)
+        handle = layer.register_forward_hook(lambda mod, inp, out: captured.update(a=out))
+        y = output(image[None].clone())[0, m]
+        handle.remove()
+        (grad,) = torch.autograd.grad(y, captured["a"])
+        by_hand = _feature_map_to_image(F.relu((grad * captured["a"]).sum(dim=1)).detach(), model, *image.shape[-2:])
+        torch.testing.assert_close(odam(score, image).maps[m], by_hand[0], rtol=1e-4, atol=1e-6)
+
+
+def test_detection_output_is_the_detection_on_its_own_image(trained_model):
+    from frcnn.explain.target import DetectionOutput
+
+    model, image, _ = trained_model
+    detections = find_detections(model, image, top=2, score_thresh=0.05)
+    score = DetectionScore(model, detections)
+    with torch.no_grad():
+        box = torch.stack([DetectionOutput(score, c)(image[None])[0] for c in ("x1", "y1", "x2", "y2")], dim=1)
+        logit = DetectionOutput(score, "logit")(image[None])[0]
+    torch.testing.assert_close(box, torch.stack([d.box for d in detections]).float(), atol=0.05, rtol=0)  # the box it predicted
+    for d, z in zip(detections, logit):
+        assert z > d.probs.log().max() - 50 and torch.isfinite(z)  # a logit, not a probability
+    with pytest.raises(ValueError, match="attribute must be one of logit, x1, y1, x2, y2"):
+        DetectionOutput(score, "width")
+    with pytest.raises(ValueError, match="similarity target"):
+        DetectionOutput(DetectionScore(model, detections, target="roi_score"), "x1")
 
 
 def test_every_method_explains_detections_of_a_real_model(trained_model):

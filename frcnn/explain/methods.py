@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from frcnn.errors import ConfigError
 from frcnn.explain.substrates import baseline_image
-from frcnn.explain.target import DetectionScore
+from frcnn.explain.target import DetectionOutput, DetectionScore
 from frcnn.modeling.poolers import roi_levels
 
 
@@ -164,6 +164,33 @@ def gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
 
     cam = torch.cat([_feature_map_to_image(one(m)[:, 0], model, height, width) for m in range(score.num_targets)])
     return MethodResult(maps=cam)
+
+
+def odam(score: DetectionScore, image: Tensor, *, attribute: str = "logit") -> MethodResult:
+    """ODAM (Zhao and Chan, ICLR 2023): ``ReLU(Σ_c ∂y/∂A_c ⊙ A_c)``, the gradient times the feature map element by
+    element, summed over channels: Grad-CAM without its spatial average of the gradient, so the map stays on
+    the one instance instead of spreading over every object of its class. captum's ``LayerGradientXActivation``
+    on the map the detection's RoI is pooled from (:func:`cam_level`: the trunk for C4 / VGG16, the assigned
+    pyramid level for FPN). The other levels of a pyramid get no gradient at all: proposals are fixed inputs
+    to the box head, so the paper's sum over levels is this one map.
+
+    Args:
+        attribute: what ``y`` is, of the RoI the detection follows (:class:`~frcnn.explain.target.DetectionOutput`):
+            ``"logit"``, its class logit (the paper's class score before the softmax, whose gradient vanishes for
+            a confident detection), or one coordinate of its predicted box, ``"x1"``, ``"y1"``, ``"x2"``, ``"y2"``;
+            ``"score"``: the run's target (the similarity) as the other methods explain it.
+    """
+    target = score if attribute == "score" else DetectionOutput(score, attribute)
+    model = score.model
+    height, width = image.shape[-2:]
+    boxes = getattr(score, "rois", getattr(score, "boxes", None))
+
+    def one(m: int) -> Tensor:
+        layer = model.backbone.cam_layer(cam_level(model, None if boxes is None else boxes[m], height, width))
+        maps = _captum().LayerGradientXActivation(target, layer).attribute(_input(image), target=m).detach()
+        return _feature_map_to_image(F.relu(maps.sum(dim=1)), model, height, width)
+
+    return MethodResult(maps=torch.cat([one(m) for m in range(score.num_targets)]), info=[{"attribute": attribute}] * score.num_targets)
 
 
 def guided_gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
@@ -397,6 +424,7 @@ METHODS: dict[str, Callable[..., MethodResult]] = {
     "guided_backprop": guided_backprop,
     "gradcam": gradcam,
     "gradcam_head": gradcam_head,
+    "odam": odam,
     "guided_gradcam": guided_gradcam,
     "integrated_gradients": integrated_gradients,
     "smoothgrad": smoothgrad,
@@ -411,7 +439,7 @@ def expected_passes(name: str, options: dict[str, Any], num_detections: int) -> 
     model (a backward pass counts as two). ``scripts/explain.py`` turns it into seconds in its first line.
 
     Per detection: 3 for the single-gradient methods (gradient, guided backprop, Grad-CAM on the trunk or
-    the head), 6 for guided Grad-CAM, 3 x ``steps`` for Integrated Gradients, 3 x ``samples`` for SmoothGrad
+    the head, ODAM), 6 for guided Grad-CAM, 3 x ``steps`` for Integrated Gradients, 3 x ``samples`` for SmoothGrad
     and VarGrad, ``samples`` for KernelSHAP. D-RISE: ``masks`` per image, shared by all its detections.
     """
     def option(key: str) -> float:

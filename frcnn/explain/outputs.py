@@ -33,7 +33,7 @@ class RoIOutputs:
     Attributes:
         proposals: ``[B, P, 4]`` the RoIs (RPN proposals), fixed inputs to the box head: no gradient.
         boxes: ``[B, P, K, 4]`` each RoI decoded with each class's deltas, clipped to the image.
-        probs: ``[B, P, K+1]`` softmax class vector, index 0 background.
+        probs: ``[B, P, K+1]`` softmax class vector, index 0 background; logits: ``[B, P, K+1]`` before the softmax.
         objectness: ``[B, P]`` the RPN's objectness probability of each proposal (no gradient).
         valid: ``[B, P]`` bool; False for padding.
         owner: ``[B, P]`` long, with a ``near`` cut: the index of the ``near`` box each RoI was kept for
@@ -43,6 +43,7 @@ class RoIOutputs:
     proposals: Tensor
     boxes: Tensor
     probs: Tensor
+    logits: Tensor
     objectness: Tensor
     valid: Tensor
     owner: Tensor | None = None
@@ -99,6 +100,7 @@ def roi_outputs(
         proposals=boxes_to_original(proposals.boxes, batch),
         boxes=boxes,
         probs=F.softmax(logits, dim=-1),
+        logits=logits,
         objectness=proposals.scores,
         valid=proposals.valid,
         owner=owner,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from frcnn.explain.outputs import anchor_outputs, roi_outputs
+from frcnn.explain.outputs import RoIOutputs, anchor_outputs, roi_outputs
 from frcnn.modeling.model import FasterRCNN
 from frcnn.modeling.preprocess import box_scale
 
@@ -98,6 +98,8 @@ def similarity(
     roi_probs: Tensor,
     roi_valid: Tensor,
     roi_objectness: Tensor | None = None,
+    *,
+    per_roi: bool = False,
 ) -> Tensor:
     """D-RISE's similarity of each detection to its best-matching RoI, per image, with a one-hot class vector.
 
@@ -110,6 +112,7 @@ def similarity(
     Returns:
         ``[N, M]``: ``max_r IoU(det_m, roi_r[c_m]) · p_r[c_m] / ||p_r|| [· o_r]`` (the cosine of ``p_r`` with the
         one-hot vector of ``c_m`` over all ``K+1`` classes, so background mass lowers it); 0 where no RoI is valid.
+        ``per_roi``: ``[N, P, M]``, before the maximum over RoIs.
     """
     boxes = roi_boxes[:, :, det_labels - 1]  # [N, P, M, 4]: each RoI decoded with each detection's class
     iou = elementwise_iou(boxes, det_boxes[None, None])  # [N, P, M]
@@ -119,7 +122,7 @@ def similarity(
         score = score * roi_objectness[..., None]
     valid = roi_valid if roi_valid.dim() == 3 else roi_valid[..., None]
     score = score.masked_fill(~valid, 0.0)
-    return score.amax(dim=1)
+    return score if per_roi else score.amax(dim=1)
 
 
 class DetectionScore(nn.Module):
@@ -186,11 +189,17 @@ class DetectionScore(nn.Module):
             return score.amax(dim=2).T
         if self.target == "roi_score":
             return self._roi_score(images)
-        out = roi_outputs(self.model, list(images), near=self.boxes, max_rois=self.max_rois)
+        return self.roi_similarity(images)[0].amax(dim=1)
+
+    def roi_similarity(self, images: Tensor) -> tuple[Tensor, RoIOutputs]:
+        """``([N, P, M] similarity of every RoI to every detection, the RoI outputs)``: the ``similarity`` target
+        before its maximum over RoIs (0 for RoIs a detection does not follow)."""
+        out = roi_outputs(self.model, list(images.to(self.boxes.device)), near=self.boxes, max_rois=self.max_rois)
         valid = out.valid
         if out.owner is not None:  # cut to each detection's nearest RoIs: [N, P, M], a detection sees its own
-            valid = valid[..., None] & (out.owner[..., None] == torch.arange(self.num_targets, device=device))
-        return similarity(self.boxes, self.labels, out.boxes, out.probs, valid, out.objectness if self.objectness else None)
+            valid = valid[..., None] & (out.owner[..., None] == torch.arange(self.num_targets, device=self.boxes.device))
+        objectness = out.objectness if self.objectness else None
+        return similarity(self.boxes, self.labels, out.boxes, out.probs, valid, objectness, per_roi=True), out
 
     def _roi_score(self, images: Tensor) -> Tensor:
         """Class probability of each detection's label at its producing RoI, held fixed."""
@@ -200,6 +209,56 @@ class DetectionScore(nn.Module):
         logits, _ = self.model.predict_rois(features, rois)  # [N, M, K+1]
         probs = F.softmax(logits, dim=-1)
         return probs.gather(2, self.labels[None, :, None].expand(len(images), -1, 1)).squeeze(2)
+
+
+ATTRIBUTES = ("logit", "x1", "y1", "x2", "y2")
+
+
+class DetectionOutput(nn.Module):
+    """``images [N, 3, H, W] → [N, M]``: one raw output of the RoI each detection follows on each image.
+
+    The RoI is the one that matches the detection best (the ``similarity`` target's maximum; which RoI wins
+    is not differentiated). ``"logit"``: its class logit for the detection's class; ``"x1"`` ... ``"y2"``:
+    one coordinate of its class-specific box, in original-image pixels. ODAM explains each with this: a
+    confident detection's probability (and so the similarity) is saturated at the input, its gradient ≈ 0,
+    where the logit's is not.
+
+    Args:
+        score: the :class:`DetectionScore` of the detections (its RoI cut and options are kept).
+        attribute: one of ``ATTRIBUTES``.
+    """
+
+    def __init__(self, score: DetectionScore, attribute: str) -> None:
+        super().__init__()
+        if attribute not in ATTRIBUTES:
+            raise ValueError(f"attribute must be one of {', '.join(ATTRIBUTES)}, got {attribute!r}")
+        if score.kind != "detection" or score.target != "similarity":
+            raise ValueError(f"attribute={attribute!r} is explained for detections with the similarity target")
+        self.score, self.attribute = score, attribute
+        self.model = score.model
+
+    @property
+    def num_targets(self) -> int:
+        return self.score.num_targets
+
+    @property
+    def boxes(self) -> Tensor:
+        return self.score.boxes
+
+    @property
+    def rois(self) -> Tensor:
+        return self.score.rois  # AttributeError (no producing RoIs) as on the score itself
+
+    def forward(self, images: Tensor) -> Tensor:
+        per_roi, out = self.score.roi_similarity(images)
+        best = per_roi.argmax(dim=1)  # [N, M]: the RoI each detection follows on each image
+        labels = self.score.labels
+        if self.attribute == "logit":
+            logits = out.logits[:, :, labels]  # [N, P, M]
+            return logits.gather(1, best[:, None, :])[:, 0]
+        boxes = out.boxes[:, :, labels - 1]  # [N, P, M, 4]: each RoI decoded with each detection's class
+        picked = boxes.gather(1, best[:, None, :, None].expand(-1, 1, -1, 4))[:, 0]  # [N, M, 4]
+        return picked[..., ATTRIBUTES.index(self.attribute) - 1]
 
 
 @torch.no_grad()
