@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from frcnn.cli import compose_train, friendly_errors
+from frcnn.data.derive import resolve_auto
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,6 +53,7 @@ def main() -> None:
     a = parse_args()
     experiment = [] if a.experiment == "none" else [f"experiment={a.experiment}"]
     cfg = compose_train(experiment + ["run_dir=outputs/benchmark"] + a.overrides)
+    resolve_auto(cfg)  # data.<key>: auto, as training derives it
 
     # Imported once the config has composed: a mistaken override ends in a second, before torch loads.
     import torch

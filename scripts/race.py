@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from frcnn.cli import compose_train, friendly_errors
+from frcnn.data.derive import resolve_auto
 
 
 @friendly_errors
@@ -30,6 +31,7 @@ def main() -> None:
     a = p.parse_args()
     overrides = ([] if a.experiment == "none" else [f"experiment={a.experiment}"]) + ["run_dir=outputs/race"] + a.overrides
     cfg = compose_train(overrides)
+    resolve_auto(cfg)  # data.<key>: auto, as training derives it
 
     # Imported once the config has composed: a mistaken override ends in a second, before torch loads.
     import torch

@@ -189,7 +189,9 @@ def test_each_trainer_helps_with_its_own_config_groups(run_script):
     assert detector.returncode == 0 and "model/backbone: " in detector.stdout and "siamrpn" not in detector.stdout
     tracker = run_script("train_tracker.py", ["--help"])
     assert tracker.returncode == 0
-    groups = Path(__file__).resolve().parents[1] / "frcnn" / "tracking" / "conf"
-    for group in ("siamrpn/backbone", "siamrpn/head", "experiment"):
-        options = ", ".join(sorted(p.stem for p in (groups / group).glob("*.yaml")))
-        assert f"\n{group}: {options}\n" in tracker.stdout
+    root = Path(__file__).resolve().parents[1]
+    for folder, group in [("frcnn/tracking/conf", g) for g in ("siamrpn/backbone", "siamrpn/head", "experiment")] + [
+            ("conf", g) for g in ("optim", "schedule", "trainer")]:
+        options = ", ".join(sorted(p.stem for p in (root / folder / group).glob("*.yaml")))
+        assert f"\n{group}: {options}\n" in tracker.stdout, group
+    assert "model/backbone" not in tracker.stdout and "demo_fpn" not in tracker.stdout  # the detector's groups: not the tracker's

@@ -60,10 +60,31 @@ def test_resolve_auto_says_what_it_chose_and_overrides_win(tiny_data, capsys):
     assert list(cfg.data.anchor_sizes) == [16, 32, 64] and cfg.data.num_train_images == 8
     assert cfg.data.max_iters == 6 and cfg.trainer.max_iters == 6  # 12 epochs x 8 images / 16, read through
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"data settings derived from {tiny_data / 'annotations' / 'train.json'} (8 images, " + lines[0].split("(8 images, ")[1]
+    objects = sum(not a.get("iscrowd", 0) for a in json.loads((tiny_data / "annotations" / "train.json").read_text())["annotations"])
+    assert lines[0] == (f"data settings derived from {tiny_data / 'annotations' / 'train.json'} ({8} images, {objects} objects); "
+                        "a value given as data.<key>=... wins:")
     assert [line.split("=")[0].strip() for line in lines[1:]] == [f"data.{k}" for k in AUTO_KEYS if k != "anchor_sizes"]
     assert resolve_auto(cfg) == {}  # nothing left to derive
     OmegaConf.resolve(cfg)
+
+
+def test_one_training_size_and_a_given_schedule_length(tiny_data):
+    # data.min_size_train may be one number; the warm-up is a tenth of the steps the run will take.
+    cfg = custom(tiny_data, "data.min_size_train=128", "data.max_size=192", "trainer.max_iters=300")
+    resolve_auto(cfg)
+    assert cfg.data.warmup_iters == 30 and cfg.trainer.max_iters == 300 and cfg.data.max_iters == 6
+
+
+def test_a_resumed_run_keeps_the_values_it_derived(tiny_data, tmp_path, capsys):
+    import torch
+
+    saved = {"config": {"data": {"anchor_sizes": [8, 16, 32], "fpn_anchor_sizes": [4, 8, 16, 32, 64], "rpn_min_size": 3,
+                                 "num_train_images": 7, "max_iters": 99, "warmup_iters": 9}}}
+    torch.save(saved, tmp_path / "last.pt")
+    cfg = custom(tiny_data, f"train.resume={tmp_path / 'last.pt'}")
+    assert resolve_auto(cfg) == saved["config"]["data"]  # not re-derived from the (maybe changed) annotations
+    assert cfg.trainer.max_iters == 99
+    assert capsys.readouterr().out.startswith(f"data settings of the run being resumed ({tmp_path / 'last.pt'}): data.anchor_sizes=[8,16,32]")
 
 
 @pytest.mark.slow

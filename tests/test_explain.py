@@ -304,12 +304,29 @@ def test_detection_output_is_the_detection_on_its_own_image(trained_model):
         box = torch.stack([DetectionOutput(score, c)(image[None])[0] for c in ("x1", "y1", "x2", "y2")], dim=1)
         logit = DetectionOutput(score, "logit")(image[None])[0]
     torch.testing.assert_close(box, torch.stack([d.box for d in detections]).float(), atol=0.05, rtol=0)  # the box it predicted
-    for d, z in zip(detections, logit):
-        assert z > d.probs.log().max() - 50 and torch.isfinite(z)  # a logit, not a probability
+    with torch.no_grad():
+        per_roi, out = score.roi_similarity(image[None])
+    for m, d in enumerate(detections):  # the followed RoI's logit of the detection's class: its softmax is the detection's score
+        roi_logits = out.logits[0, per_roi[0, :, m].argmax()]
+        assert logit[m] == roi_logits[d.label]
+        assert torch.log_softmax(roi_logits, dim=0)[d.label].exp() == pytest.approx(d.score, abs=1e-4)
     with pytest.raises(ValueError, match="attribute must be one of logit, x1, y1, x2, y2"):
         DetectionOutput(score, "width")
     with pytest.raises(ValueError, match="similarity target"):
         DetectionOutput(DetectionScore(model, detections, target="roi_score"), "x1")
+
+
+def test_odam_options_are_checked_before_the_model_loads():
+    from frcnn.cli import compose_config
+    from frcnn.explain.run import run_explain
+
+    base = ["checkpoint=none.pt", "image=none.png", "methods=[odam]"]
+    cases = {"options.odam.attribute=width": "options.odam.attribute='width' is not valid; allowed: score | logit | x1",
+             "target=roi_score": "needs explain=detections and target=similarity",
+             "explain=proposals": "needs explain=detections and target=similarity"}
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            run_explain(compose_config("explain", [*base, override]))
 
 
 def test_every_method_explains_detections_of_a_real_model(trained_model):
@@ -504,6 +521,8 @@ def test_ground_truth_of_an_image_not_in_the_annotations_is_one_line(tmp_path):
           "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0}]}
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     assert ground_truth(str(tmp_path / "gt.json"), Path("/data/b/x.png")) == [("cat", [1, 2, 4, 6])]  # the one in b/
+    with pytest.raises(InputError, match="several images named x.png"):
+        ground_truth(str(tmp_path / "gt.json"), Path("/data/ab/x.png"))  # ab/x.png is neither a/x.png nor b/x.png
     assert ground_truth(None, Path("x.png")) is None
     with pytest.raises(InputError, match="have no image named y.png"):
         ground_truth(str(tmp_path / "gt.json"), Path("y.png"))

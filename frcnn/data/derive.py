@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from frcnn.errors import InputError
 
@@ -74,13 +74,19 @@ def object_sizes(dataset: dict[str, Any], min_size: float, max_size: float, sour
     return ObjectSizes(len(images), len(boxes), np.sqrt(wh[:, 0] * wh[:, 1]) * scale, wh.min(axis=1))
 
 
-def derive(sizes: ObjectSizes, *, epochs: float, reference_batch: int) -> dict[str, tuple[Any, str]]:
-    """Every key of ``AUTO_KEYS``: ``(value, why)`` by the rules of the module docstring."""
+def derive(sizes: ObjectSizes, *, epochs: float, reference_batch: int, schedule_iters: int | None = None) -> dict[str, tuple[Any, str]]:
+    """Every key of ``AUTO_KEYS``: ``(value, why)`` by the rules of the module docstring.
+
+    Args:
+        schedule_iters: the steps the run will take when ``trainer.max_iters`` is given (the warm-up is a
+            tenth of those); None: the derived ``max_iters``.
+    """
     q1_short = float(np.percentile(sizes.shorter, 1))
     q5, q50, q95 = (float(v) for v in np.percentile(sizes.scaled, [5, 50, 95]))
     centre = math.sqrt(q5 * q95)
     spread = f"the objects' 5/50/95 % sizes are {q5:.0f}/{q50:.0f}/{q95:.0f} px at the training scale"
     max_iters = max(1, math.ceil(epochs * sizes.num_images / reference_batch))
+    steps = max_iters if schedule_iters is None else schedule_iters
     return {
         "anchor_sizes": (_octaves(centre / 2, 3, smallest=1),
                          f"three sizes an octave apart, centred on the 5-95 % range ({spread})"),
@@ -90,7 +96,7 @@ def derive(sizes: ObjectSizes, *, epochs: float, reference_batch: int) -> dict[s
                          f"half the 1st percentile of the objects' shorter side ({q1_short:.0f} px in the images), at most the paper's 16"),
         "num_train_images": (sizes.num_images, "the training split's images"),
         "max_iters": (max_iters, f"{epochs:g} epochs (data.epochs) at the reference batch of {reference_batch}"),
-        "warmup_iters": (min(1000, max(1, round(max_iters / 10))), "a tenth of the schedule, at most 1000"),
+        "warmup_iters": (min(1000, max(1, round(steps / 10))), f"a tenth of the {steps}-step schedule, at most 1000"),
     }
 
 
@@ -107,14 +113,21 @@ def resolve_auto(cfg: DictConfig) -> dict[str, Any]:
     wanted = [k for k in AUTO_KEYS if data.get(k) == "auto"]
     if not wanted:
         return {}
+    resume = cfg.get("train", {}).get("resume")
+    if resume:  # a resumed run keeps what its first start derived, even if the annotations changed since
+        return _from_checkpoint(cfg, wanted, resume)
     from frcnn.data.coco import load_coco
     from frcnn.engine.builders import split_annotations
 
     source = split_annotations(cfg, "train")
     dataset = load_coco(source).dataset
     where = source if isinstance(source, str) else source.source
-    sizes_ = object_sizes(dataset, float(np.mean(list(data.min_size_train))), float(data.max_size), str(where))
-    chosen = derive(sizes_, epochs=float(data.get("epochs", 12)), reference_batch=int(cfg.trainer.reference_batch_size))
+    scales = data.min_size_train  # a list (multi-scale training) or one size
+    min_size = float(np.mean(list(scales) if OmegaConf.is_list(scales) else [scales]))
+    sizes_ = object_sizes(dataset, min_size, float(data.max_size), str(where))
+    given = cfg.trainer.get("max_iters") if not _interpolates(cfg.trainer, "max_iters") else None
+    chosen = derive(sizes_, epochs=float(data.get("epochs", 12)), reference_batch=int(cfg.trainer.reference_batch_size),
+                    schedule_iters=None if given in (None, "auto") else int(given))
     derived = {k: chosen[k][0] for k in wanted}
     with open_dict(data):
         for k, v in derived.items():
@@ -124,4 +137,27 @@ def resolve_auto(cfg: DictConfig) -> dict[str, Any]:
               "a value given as data.<key>=... wins:")
         for k in wanted:
             print(f"  data.{k}={str(chosen[k][0]).replace(' ', '')}: {chosen[k][1]}")
+    return derived
+
+
+def _interpolates(node: DictConfig, key: str) -> bool:
+    """``node.key`` is an interpolation (``${data.max_iters}``): not a value of its own."""
+    return key in node and OmegaConf.is_interpolation(node, key)
+
+
+def _from_checkpoint(cfg: DictConfig, wanted: list[str], resume: str) -> dict[str, Any]:
+    """The values of ``wanted`` that the run being resumed derived (its checkpoint's config)."""
+    from frcnn.engine.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(resume, map_location="cpu").get("config", {}).get("data", {})
+    missing = [k for k in wanted if k not in saved or saved[k] == "auto"]
+    if missing:
+        raise InputError(f"train.resume={resume} holds no derived data.{missing[0]}; give it: data.{missing[0]}=...")
+    derived = {k: saved[k] for k in wanted}
+    with open_dict(cfg.data):
+        for k, v in derived.items():
+            cfg.data[k] = v
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"data settings of the run being resumed ({resume}): "
+              + ", ".join(f"data.{k}={str(v).replace(' ', '')}" for k, v in derived.items()))
     return derived

@@ -79,7 +79,7 @@ def explain(
         image: ``[3, H, W]`` tensor (uint8 or float in ``[0, 1]``) or ``[H, W, 3]`` uint8 array.
         detections: one :class:`Detection` (→ one :class:`Explanation`), a list (→ a list), or None for
             the top three detections scoring ≥ 0.5 (see :func:`frcnn.explain.target.find_detections`).
-        method: ``gradient``, ``guided_backprop``, ``gradcam``, ``gradcam_head``, ``guided_gradcam``,
+        method: ``gradient``, ``guided_backprop``, ``gradcam``, ``gradcam_head``, ``odam``, ``guided_gradcam``,
             ``integrated_gradients`` (``ig``), ``smoothgrad``, ``vargrad``, ``drise``, ``kernel_shap``.
         target: ``"similarity"`` (D-RISE's, robust to NMS picking another RoI) or ``"roi_score"``.
         objectness: multiply the similarity by the RoI's objectness.

@@ -152,6 +152,15 @@ def gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
     of the pyramid level the detection's box is assigned to (:func:`cam_level`; proposals: the same rule
     on the proposal's box). The ``[Hf, Wf]`` map is put back through the preprocessing.
     """
+    def grad_cam(target: nn.Module, layer: nn.Module, inp: Tensor, m: int) -> Tensor:
+        return _captum().LayerGradCam(target, layer).attribute(inp, target=m, relu_attributions=True)[:, 0]
+
+    return MethodResult(maps=_layer_maps(score, score, image, grad_cam))
+
+
+def _layer_maps(score: DetectionScore, target: nn.Module, image: Tensor, attribute: Callable[..., Tensor]) -> Tensor:
+    """``[M, H, W]``: for each detection, ``attribute(target, layer, input, m)`` → ``[1, Hf, Wf]`` on the feature map
+    its RoI is pooled from (:func:`cam_level`), put back through the preprocessing onto the image."""
     model = score.model
     height, width = image.shape[-2:]
     # the producing RoIs (what the box head pooled), else the detections' boxes; None: a summed target (ROAR)
@@ -159,11 +168,9 @@ def gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
 
     def one(m: int) -> Tensor:
         layer = model.backbone.cam_layer(cam_level(model, None if boxes is None else boxes[m], height, width))
-        layer_cam = _captum().LayerGradCam(score, layer)
-        return layer_cam.attribute(_input(image), target=m, relu_attributions=True).detach()
+        return _feature_map_to_image(attribute(target, layer, _input(image), m).detach(), model, height, width)
 
-    cam = torch.cat([_feature_map_to_image(one(m)[:, 0], model, height, width) for m in range(score.num_targets)])
-    return MethodResult(maps=cam)
+    return torch.cat([one(m) for m in range(score.num_targets)])
 
 
 def odam(score: DetectionScore, image: Tensor, *, attribute: str = "logit") -> MethodResult:
@@ -181,16 +188,12 @@ def odam(score: DetectionScore, image: Tensor, *, attribute: str = "logit") -> M
             ``"score"``: the run's target (the similarity) as the other methods explain it.
     """
     target = score if attribute == "score" else DetectionOutput(score, attribute)
-    model = score.model
-    height, width = image.shape[-2:]
-    boxes = getattr(score, "rois", getattr(score, "boxes", None))
 
-    def one(m: int) -> Tensor:
-        layer = model.backbone.cam_layer(cam_level(model, None if boxes is None else boxes[m], height, width))
-        maps = _captum().LayerGradientXActivation(target, layer).attribute(_input(image), target=m).detach()
-        return _feature_map_to_image(F.relu(maps.sum(dim=1)), model, height, width)
+    def gradient_x_activation(target: nn.Module, layer: nn.Module, inp: Tensor, m: int) -> Tensor:
+        return F.relu(_captum().LayerGradientXActivation(target, layer).attribute(inp, target=m).sum(dim=1))
 
-    return MethodResult(maps=torch.cat([one(m) for m in range(score.num_targets)]), info=[{"attribute": attribute}] * score.num_targets)
+    return MethodResult(maps=_layer_maps(score, target, image, gradient_x_activation),
+                        info=[{"attribute": attribute}] * score.num_targets)
 
 
 def guided_gradcam(score: DetectionScore, image: Tensor) -> MethodResult:
@@ -432,6 +435,10 @@ METHODS: dict[str, Callable[..., MethodResult]] = {
     "drise": drise,
     "kernel_shap": kernel_shap,
 }
+
+
+# The methods that evaluate their samples in batches (their cost is counted at a batched pass's price).
+BATCHED = frozenset({"integrated_gradients", "smoothgrad", "vargrad", "drise", "kernel_shap"})
 
 
 def expected_passes(name: str, options: dict[str, Any], num_detections: int) -> float:

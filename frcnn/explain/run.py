@@ -36,9 +36,9 @@ from frcnn.data.images import DEFAULT_MAX_PIXELS, read_rgb  # noqa: E402
 from frcnn.errors import ConfigError, InputError, MissingFileError  # noqa: E402
 from frcnn.explain.api import Explanation, as_image_tensor, explain, method_name  # noqa: E402
 from frcnn.explain.faithfulness import Curves, deletion_insertion  # noqa: E402
-from frcnn.explain.methods import expected_passes  # noqa: E402
+from frcnn.explain.methods import BATCHED, expected_passes  # noqa: E402
 from frcnn.explain.substrates import GreyMean, training_mean
-from frcnn.explain.target import Detection, DetectionScore, find_detections  # noqa: E402
+from frcnn.explain.target import ATTRIBUTES, Detection, DetectionScore, find_detections  # noqa: E402
 
 SUBSTRATES = ("black", "grey", "blur", "noise")
 
@@ -79,6 +79,13 @@ def validate_explain_config(cfg: DictConfig) -> list[str]:
     if cfg.target not in ("similarity", "roi_score"):
         raise ConfigError(f"target={cfg.target!r}: similarity or roi_score")
     resolve_device(cfg.device, "device")
+    attribute = ((cfg.get("options") or {}).get("odam") or {}).get("attribute", "logit")
+    if "odam" in names and attribute != "score":
+        if attribute not in ATTRIBUTES:
+            raise ConfigError(f"options.odam.attribute={attribute!r} is not valid; allowed: {' | '.join(('score', *ATTRIBUTES))}")
+        if cfg.get("explain") == "proposals" or cfg.get("target") == "roi_score":
+            raise ConfigError(f"options.odam.attribute={attribute} follows a detection through its best-matching RoI: it needs "
+                              "explain=detections and target=similarity (or options.odam.attribute=score)")
     return names
 
 
@@ -173,21 +180,22 @@ def _detection_record(det: Detection, categories: CategoryMap) -> dict[str, Any]
 def pass_seconds(score: DetectionScore, image: torch.Tensor) -> tuple[float, float]:
     """Seconds of one forward pass of the explained target: alone, and per image in a batch of 4 (the methods
     that batch their samples: Integrated Gradients, SmoothGrad, VarGrad, D-RISE, KernelSHAP). Measured warm."""
-    score(image[None])
-    start = time.perf_counter()
-    score(image[None])
-    single = time.perf_counter() - start
-    start = time.perf_counter()
-    score(image[None].expand(4, -1, -1, -1))
-    return single, (time.perf_counter() - start) / 4
+    def timed(batch: torch.Tensor) -> float:
+        start = time.perf_counter()
+        score(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()  # the kernels, not their launches
+        return time.perf_counter() - start
+
+    timed(image[None])  # warm-up
+    return timed(image[None]), timed(image[None].expand(4, -1, -1, -1)) / 4
 
 
 def cost_line(path: Path, chosen: list[Detection], kind: str, names: list[str], options: dict[str, dict[str, Any]],
               seconds: tuple[float, float]) -> str:
     """The run's first line: each method's expected time here, its forward passes
     (:func:`frcnn.explain.methods.expected_passes`) times :func:`pass_seconds`."""
-    batched = {"integrated_gradients", "smoothgrad", "vargrad", "drise", "kernel_shap"}
-    costs = ", ".join(f"{name} ≈ {_duration(seconds[name in batched] * expected_passes(name, options[name], len(chosen)))}"
+    costs = ", ".join(f"{name} ≈ {_duration(seconds[name in BATCHED] * expected_passes(name, options[name], len(chosen)))}"
                       for name in names)
     return (f"{path}: explaining {len(chosen)} {kind}{'s' if len(chosen) != 1 else ''}; one forward pass takes "
             f"{seconds[0]:.3f} s here ({seconds[1]:.3f} s per image in a batch), so expect about: {costs}")
@@ -208,8 +216,13 @@ def ground_truth(annotations: str | None, image: Path) -> list[tuple[str, list[f
         return None
     coco = load_coco(annotations)
     entries = [im for im in coco.dataset["images"] if Path(im["file_name"]).name == image.name]
-    if len(entries) > 1:  # the same name in two folders: the one whose path the image's path ends with
-        entries = [im for im in entries if image.as_posix().endswith(Path(im["file_name"]).as_posix())] or entries[:1]
+    if len(entries) > 1:  # the same name in several folders: the entry whose path the image's path ends with
+        parts = Path(image).resolve().parts
+        entries = [im for im in entries if parts[-len(Path(im["file_name"]).parts):] == Path(im["file_name"]).parts]
+        if len(entries) != 1:
+            names = ", ".join(im["file_name"] for im in coco.dataset["images"] if Path(im["file_name"]).name == image.name)
+            raise InputError(f"annotations {annotations} have several images named {image.name} ({names}) and {image} "
+                             "ends with none or several of them; pass the image by the path its entry names")
     if not entries:
         raise InputError(f"annotations {annotations} have no image named {image.name} (matched by file name); "
                          "pass the annotation file of the image's split, or drop annotations=")

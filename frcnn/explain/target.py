@@ -237,28 +237,19 @@ class DetectionOutput(nn.Module):
         self.score, self.attribute = score, attribute
         self.model = score.model
 
-    @property
-    def num_targets(self) -> int:
-        return self.score.num_targets
-
-    @property
-    def boxes(self) -> Tensor:
-        return self.score.boxes
-
-    @property
-    def rois(self) -> Tensor:
-        return self.score.rois  # AttributeError (no producing RoIs) as on the score itself
-
     def forward(self, images: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` → ``[N, M]``; 0 where a detection has no RoI to follow (every similarity 0)."""
         per_roi, out = self.score.roi_similarity(images)
         best = per_roi.argmax(dim=1)  # [N, M]: the RoI each detection follows on each image
+        found = per_roi.amax(dim=1) > 0
         labels = self.score.labels
         if self.attribute == "logit":
-            logits = out.logits[:, :, labels]  # [N, P, M]
-            return logits.gather(1, best[:, None, :])[:, 0]
-        boxes = out.boxes[:, :, labels - 1]  # [N, P, M, 4]: each RoI decoded with each detection's class
-        picked = boxes.gather(1, best[:, None, :, None].expand(-1, 1, -1, 4))[:, 0]  # [N, M, 4]
-        return picked[..., ATTRIBUTES.index(self.attribute) - 1]
+            value = out.logits[:, :, labels].gather(1, best[:, None, :])[:, 0]  # [N, M]
+        else:
+            boxes = out.boxes[:, :, labels - 1]  # [N, P, M, 4]: each RoI decoded with each detection's class
+            picked = boxes.gather(1, best[:, None, :, None].expand(-1, 1, -1, 4))[:, 0]  # [N, M, 4]
+            value = picked[..., ATTRIBUTES.index(self.attribute) - 1]
+        return value.masked_fill(~found, 0.0)
 
 
 @torch.no_grad()
