@@ -14,7 +14,10 @@ import argparse
 import json
 import time
 
+from frcnn.cli import friendly_errors
 
+
+@friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)

@@ -14,7 +14,10 @@ import json
 import tempfile
 import time
 
+from frcnn.cli import friendly_errors
 
+
+@friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500)

@@ -16,7 +16,10 @@ import platform
 import time
 from pathlib import Path
 
+from frcnn.cli import friendly_errors
 
+
+@friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)

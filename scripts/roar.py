@@ -16,7 +16,10 @@ import json
 import time
 from pathlib import Path
 
+from frcnn.cli import friendly_errors
 
+
+@friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/roar")
@@ -70,7 +73,7 @@ def main() -> None:
     results["wall_s"] = round(time.time() - start)
     (out / "roar.json").write_text(json.dumps(results, indent=1))
     base = results["ap"]["original"]
-    print(f"\n| method | " + " | ".join(f"ΔAP at k={int(k * 100)} %" for k in args.fractions) + " |")
+    print("\n| method | " + " | ".join(f"ΔAP at k={int(k * 100)} %" for k in args.fractions) + " |")
     print("|---|" + "---|" * len(args.fractions))
     for method in [*args.methods, *REFERENCES]:
         cells = [f"{base - results['ap'][f'{method}_{int(k * 100)}']:+.3f}" for k in args.fractions]

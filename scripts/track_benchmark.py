@@ -16,7 +16,10 @@ import platform
 import time
 from pathlib import Path
 
+from frcnn.cli import friendly_errors
 
+
+@friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -31,7 +34,13 @@ def main() -> None:
 
     import torch
 
-    from frcnn.tracking.evaluate import OpenCVTracker, evaluate_trackers, opencv_tracker_factory, plot_success, size_response
+    from frcnn.tracking.evaluate import (
+        OpenCVTracker,
+        evaluate_trackers,
+        opencv_tracker_factory,
+        plot_success,
+        size_response,
+    )
     from frcnn.tracking.sequences import generate_sequences, load_sequences
     from frcnn.tracking.training import load_tracker
 

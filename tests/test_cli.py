@@ -195,3 +195,10 @@ def test_each_trainer_helps_with_its_own_config_groups(run_script):
         options = ", ".join(sorted(p.stem for p in (root / folder / group).glob("*.yaml")))
         assert f"\n{group}: {options}\n" in tracker.stdout, group
     assert "model/backbone" not in tracker.stdout and "demo_fpn" not in tracker.stdout  # the detector's groups: not the tracker's
+
+
+def test_every_script_ends_a_user_mistake_in_one_line():
+    # A task script is a Hydra app (frcnn.cli.hydra_app), a benchmark an argparse main under friendly_errors.
+    for script in sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py")):
+        text = script.read_text()
+        assert "@hydra_app(" in text or "@friendly_errors\ndef main(" in text, script.name
