@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer
 from frcnn.data.coco import CategoryMap
 from frcnn.data.images import read_rgb
-from frcnn.evaluation.coco_eval import evaluate_results
+from frcnn.evaluation.coco_eval import coco_records, evaluate_results
 from frcnn.inference import prepare_for_inference
 
 Detect = Callable[[list[Tensor]], list[dict[str, Tensor]]]
@@ -129,11 +129,7 @@ def coco_ap(detect: Detect, coco: COCO, ids: list[int], images: list[Tensor], ca
     """COCO AP@[.5:.95] of ``detect`` run one image at a time over the split."""
     results = []
     for image_id, image in zip(ids, images):
-        det = detect([image])[0]
-        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-            x1, y1, x2, y2 = box
-            results.append({"image_id": image_id, "category_id": categories.category_id(int(label)),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+        results.extend(coco_records(detect([image])[0], image_id, categories))
     with contextlib.redirect_stdout(None):
         return float(evaluate_results(coco, results, ids)["stats"]["AP"])
 

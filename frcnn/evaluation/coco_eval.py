@@ -56,22 +56,27 @@ def predict(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 dets = model(images).detections
             for det, tgt in zip(dets, targets):
-                image_id = int(tgt["image_id"])
-                boxes = det["boxes"].float().cpu().numpy()
-                scores = det["scores"].float().cpu().numpy()
-                labels = det["labels"].cpu().numpy()
-                for (x1, y1, x2, y2), s, lab in zip(boxes, scores, labels):
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": categories.category_id(int(lab)),
-                            "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
-                            "score": round(float(s), 5),
-                        }
-                    )
+                results.extend(coco_records(det, int(tgt["image_id"]), categories))
     finally:
         model.train(was_training)
     return results
+
+
+def coco_records(det: dict[str, torch.Tensor], image_id: int, categories: CategoryMap) -> list[dict[str, Any]]:
+    """One image's detections (``boxes`` ``[D, 4]`` XYXY, ``scores`` ``[D]``, ``labels`` ``[D]`` in 1..K) as COCO
+    result dicts: ``bbox`` ``[x, y, w, h]`` rounded to 0.01 px, ``score`` to 1e-5, the data set's ``category_id``."""
+    boxes = det["boxes"].float().cpu().numpy()
+    scores = det["scores"].float().cpu().numpy()
+    labels = det["labels"].cpu().numpy()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": categories.category_id(int(lab)),
+            "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
+            "score": round(float(s), 5),
+        }
+        for (x1, y1, x2, y2), s, lab in zip(boxes, scores, labels)
+    ]
 
 
 def evaluate_results(
