@@ -26,8 +26,8 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from frcnn.data.images import ImageReadError, read_rgb
+from frcnn.modeling.preprocess import IMAGENET_MEAN  # RGB in [0, 1]: the grey substrate's fallback
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]: the grey substrate's fallback
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 

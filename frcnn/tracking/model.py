@@ -29,11 +29,9 @@ from torchvision.ops import box_iou
 from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.modeling.box_coder import decode_boxes, encode_boxes
 from frcnn.modeling.matching import BACKGROUND, FOREGROUND, match
+from frcnn.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from frcnn.modeling.sampling import sample_mask
 
-# ImageNet statistics: the inputs are uint8 RGB crops, normalized inside the model (as the detector does).
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
 # SiamRPN regresses plain normalized deltas: dx = (gx - ax) / aw, dw = log(gw / aw) (paper, eq. 3).
 DELTA_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
@@ -290,8 +288,9 @@ class SiamRPN(nn.Module):
         # Cell (i, j) looks at the search crop's centre shifted by ((j - R // 2) * stride, (i - R // 2) * stride).
         shift = search_size / 2 - (response_size // 2 + anchor_generator.offset) * anchor_generator.stride
         self.register_buffer("anchors", anchors + shift, persistent=False)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        # ImageNet statistics: the inputs are uint8 RGB crops, normalized inside the model (as the detector does).
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
     def normalize(self, images: Tensor) -> Tensor:
         """``[B, 3, S, S]`` uint8 (or float in 0..255) RGB -> normalized float."""
