@@ -1,7 +1,13 @@
+import pytest
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from frcnn.modeling.box_ops import batched_pairwise_iou, clip_boxes, pack_per_image
+from frcnn.modeling.box_ops import (
+    batched_pairwise_iou,
+    clip_boxes,
+    elementwise_iou,
+    pack_per_image,
+)
 from frcnn.modeling.structures import pad_targets
 
 
@@ -44,3 +50,14 @@ def test_pack_per_image():
 def test_pad_targets_keeps_one_slot_for_empty_batch():
     t = pad_targets([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}], torch.device("cpu"))
     assert t.boxes.shape == (1, 1, 4) and not t.valid.any()
+
+
+def test_elementwise_iou_by_hand_and_against_torchvision():
+    a = torch.tensor([0.0, 0.0, 2.0, 2.0])
+    b = torch.tensor([1.0, 0.0, 3.0, 2.0])
+    assert elementwise_iou(a, b).item() == pytest.approx(1 / 3)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(50, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 1 + torch.rand(50, 2, generator=g) * 50], dim=1)
+    other = boxes.roll(1, dims=0)
+    torch.testing.assert_close(elementwise_iou(boxes, other), box_iou(boxes, other).diagonal())

@@ -32,22 +32,11 @@ from frcnn.explain.methods import (
     integrated_gradients,
     random_masks,
 )
-from frcnn.explain.target import elementwise_iou, similarity
+from frcnn.explain.target import similarity
 from tests.conftest import small_model
 
 
 # --- the target -----------------------------------------------------------------------------------
-
-
-def test_elementwise_iou_by_hand_and_against_torchvision():
-    a = torch.tensor([0.0, 0.0, 2.0, 2.0])
-    b = torch.tensor([1.0, 0.0, 3.0, 2.0])
-    assert elementwise_iou(a, b).item() == pytest.approx(1 / 3)
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(50, 2, generator=g) * 100
-    boxes = torch.cat([xy, xy + 1 + torch.rand(50, 2, generator=g) * 50], dim=1)
-    other = boxes.roll(1, dims=0)
-    torch.testing.assert_close(elementwise_iou(boxes, other), box_iou(boxes, other).diagonal())
 
 
 def test_similarity_is_iou_times_cosine_maximised_over_rois():

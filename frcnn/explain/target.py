@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from frcnn.explain.outputs import RoIOutputs, anchor_outputs, roi_outputs
+from frcnn.modeling.box_ops import elementwise_iou
 from frcnn.modeling.model import FasterRCNN
 from frcnn.modeling.preprocess import box_scale
 
@@ -74,21 +75,6 @@ class Detection:
     @property
     def name(self) -> str:
         return f"{self.kind}{self.index}"
-
-
-def elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of ``a[..., 4]`` and ``b[..., 4]`` paired element by element (broadcast), differentiable.
-
-    Example: ``elementwise_iou([0, 0, 2, 2], [1, 0, 3, 2])`` = overlap 2 / union 6 = 1/3.
-    """
-    x1 = torch.maximum(a[..., 0], b[..., 0])
-    y1 = torch.maximum(a[..., 1], b[..., 1])
-    x2 = torch.minimum(a[..., 2], b[..., 2])
-    y2 = torch.minimum(a[..., 3], b[..., 3])
-    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    return inter / (area_a + area_b - inter).clamp(min=1e-6)
 
 
 def similarity(

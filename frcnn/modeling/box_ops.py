@@ -34,6 +34,21 @@ def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
 
 
+def elementwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a[..., 4]`` and ``b[..., 4]`` paired element by element (broadcast), differentiable.
+
+    Example: ``elementwise_iou([0, 0, 2, 2], [1, 0, 3, 2])`` = overlap 2 / union 6 = 1/3.
+    """
+    x1 = torch.maximum(a[..., 0], b[..., 0])
+    y1 = torch.maximum(a[..., 1], b[..., 1])
+    x2 = torch.minimum(a[..., 2], b[..., 2])
+    y2 = torch.minimum(a[..., 3], b[..., 3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    return inter / (area_a + area_b - inter).clamp(min=1e-6)
+
+
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     """Clip ``[B, N, 4]`` boxes to each image's ``(height, width)`` from ``[B, 2]``.
 

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from frcnn.data.images import read_rgb
+from frcnn.modeling.box_ops import elementwise_iou
 from frcnn.tracking.sequences import Sequence
 
 IOU_THRESHOLDS = np.linspace(0, 1, 21)
@@ -35,14 +37,13 @@ PRECISION_PIXELS = 20.0
 
 
 def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of matching rows of two ``[T, 4]`` ``(x, y, w, h)`` arrays -> ``[T]``."""
-    x1 = np.maximum(a[:, 0], b[:, 0])
-    y1 = np.maximum(a[:, 1], b[:, 1])
-    x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
-    y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    """IoU of matching rows of two ``[T, 4]`` ``(x, y, w, h)`` arrays -> ``[T]`` (:func:`~frcnn.modeling.box_ops.elementwise_iou`)."""
+
+    def xyxy(r: np.ndarray) -> torch.Tensor:
+        r = np.asarray(r, dtype=np.float64)
+        return torch.from_numpy(np.concatenate([r[:, :2], r[:, :2] + r[:, 2:]], axis=1))
+
+    return elementwise_iou(xyxy(a), xyxy(b)).numpy()
 
 
 def centre_errors(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
