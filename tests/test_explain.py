@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
-from torchvision.ops import box_iou
 
 from frcnn.errors import ConfigError
 from frcnn.explain import Detection, DetectionScore, explain, find_detections
