@@ -95,12 +95,12 @@ def _score(name: str, source: str, results: list[dict[str, Any]], gt: COCO, out:
     pr = None
     if ev["precision"] is not None:
         pr = plot_pr_curves(ev["precision"], list(ev["per_class_ap"]), out / f"pr_curves{suffix}.png")
-    found = None
+    analysis = None
     if cfg.get("analyze", False):
         opts = cfg.get("analysis") or {}
-        found = analyze(gt, results, score_thresh=float(opts.get("score_thresh", 0.5)), calibration_bins=int(opts.get("calibration_bins", 10)))
-        metrics["analysis"] = found.to_json()
-    return ModelResult(name, source, metrics, pr, found)
+        analysis = analyze(gt, results, score_thresh=float(opts.get("score_thresh", 0.5)), calibration_bins=int(opts.get("calibration_bins", 10)))
+        metrics["analysis"] = analysis.to_json()
+    return ModelResult(name, source, metrics, pr, analysis)
 
 
 def _read_results(cfg: DictConfig) -> tuple[list[tuple[str, str, list[dict[str, Any]]]], COCO]:
