@@ -1,8 +1,9 @@
 # Two commands on a fresh machine with python3 and make:
 #   make demo   install everything, then train ResNet-18-FPN -> evaluate -> infer on the built-in synthetic data
 #   make test   install everything, then run the test suite
-#   make track-demo   SiamRPN: generate sequences, train, evaluate against OpenCV's trackers on held-out
-#                     sequences, track one sequence
+#   make track-demo   SiamRPN: generate sequences, train 8 minutes, evaluate it and the shipped tracker against
+#                     OpenCV's trackers on held-out sequences of two families, track one sequence
+#   make shipped-tracker   rebuild the shipped tracker (frcnn/tracking/weights/) from its recipe (about an hour)
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools
@@ -13,7 +14,7 @@ DEMO_DIR ?= outputs/demo
 DEMO_EXPERIMENT ?= demo_fpn
 TRACK_DIR ?= outputs/siamrpn_demo
 
-.PHONY: install demo track-demo test clean
+.PHONY: install demo track-demo shipped-tracker test clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -35,9 +36,13 @@ demo: install
 
 track-demo: install
 	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_demo hydra.run.dir=$(TRACK_DIR)
-	$(VENV_PY) scripts/track_benchmark.py --checkpoint $(TRACK_DIR)/last.pt --out $(TRACK_DIR)/benchmark
-	$(VENV_PY) scripts/track.py checkpoint=$(TRACK_DIR)/last.pt sequence=$(TRACK_DIR)/benchmark/sequences/seq_000 hydra.run.dir=$(TRACK_DIR)/track
-	@echo "success plot: $(TRACK_DIR)/benchmark/success.png; track: $(TRACK_DIR)/track/track.gif"
+	$(VENV_PY) scripts/track_benchmark.py --checkpoint demo=$(TRACK_DIR)/last.pt shipped --out $(TRACK_DIR)/benchmark
+	$(VENV_PY) scripts/track.py checkpoint=shipped sequence=$(TRACK_DIR)/benchmark/sequences_other/seq_000 hydra.run.dir=$(TRACK_DIR)/track
+	@echo "success plots: $(TRACK_DIR)/benchmark/success_train.png, success_other.png; track: $(TRACK_DIR)/track/track.gif"
+
+shipped-tracker: install
+	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_shipped hydra.run.dir=outputs/siamrpn_shipped
+	$(VENV_PY) -c "from frcnn.tracking.training import SHIPPED_TRACKER, slim_checkpoint; print(slim_checkpoint('outputs/siamrpn_shipped/last.pt', SHIPPED_TRACKER, recipe='make shipped-tracker (experiment=siamrpn_shipped)'))"
 
 test: install
 	$(VENV_PY) -m pytest -q -n 2 --dist loadfile --durations=20

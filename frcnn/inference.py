@@ -22,7 +22,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from frcnn.config import resolve_device, validate_infer_config
 from frcnn.data.coco import CategoryMap
-from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb
+from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb, to_chw
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
 from frcnn.errors import ConfigError, MissingFileError
 from frcnn.modeling.fold import fold_batchnorm
@@ -83,7 +83,7 @@ def prepare_for_inference(model: torch.nn.Module, *, fold_bn: bool = True, chann
 @torch.inference_mode()
 def detect(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     """Detections for one ``[H, W, 3]`` uint8 RGB image, boxes in its pixels (on the CPU)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device)
+    tensor = to_chw(image).to(device)
     det = model([tensor]).detections[0]
     return {k: v.cpu() for k, v in det.items()}
 
@@ -203,7 +203,7 @@ def draw(image: np.ndarray, boxes: torch.Tensor, names: list[str]) -> torch.Tens
     """``image`` (``[H, W, 3]`` uint8) with ``boxes`` (``[N, 4]`` XYXY pixels) drawn in red and labelled
     ``names``, as a ``[3, H, W]`` uint8 tensor; the line width grows with the image (1 px per 300)."""
     h, w = image.shape[:2]
-    canvas = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    canvas = to_chw(image).contiguous()
     if len(boxes) == 0:  # nothing to draw (torchvision would warn that there is no box)
         return canvas
     return draw_bounding_boxes(canvas, boxes, labels=names, colors="red", width=max(1, round(max(h, w) / 300)))

@@ -34,7 +34,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 import frcnn
-from frcnn.data.images import read_rgb
+from frcnn.data.images import read_rgb, to_chw
 from frcnn.explain import METHODS, DetectionScore, explain, find_detections
 from frcnn.explain.faithfulness import deletion_insertion, sanity_check
 from frcnn.inference import load_model
@@ -47,7 +47,7 @@ model, categories, cfg = load_model(checkpoint, torch.device("cpu"))
 # The validation image whose best detection scores highest, among the first three.
 candidates = []
 for path in sorted(Path(cfg.data.val.images).glob("*.png"))[:3]:
-    image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float() / 255
+    image = to_chw(read_rgb(path)).float() / 255
     with torch.no_grad():
         best = model([image]).detections[0]["scores"][:1].tolist()
     candidates.append((best[0] if best else 0.0, path, image))

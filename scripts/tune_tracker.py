@@ -1,6 +1,6 @@
 """Tune a trained SiamRPN's proposal selection (penalty_k, window_influence, lr) on training sequences.
 
-    python scripts/tune_tracker.py --checkpoint outputs/siamrpn_demo/last.pt --sequences data/tracking/train
+    python scripts/tune_tracker.py --checkpoint outputs/siamrpn_demo/last.pt --sequences data/tracking/randomized
 
 Coordinate ascent on mean success AUC (:mod:`frcnn.tracking.tune`) over the first ``--num-sequences``
 sequences; writes ``--out`` (default: ``tuned.pt`` beside the checkpoint), a copy of the checkpoint whose

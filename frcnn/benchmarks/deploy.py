@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer
 from frcnn.data.coco import CategoryMap
-from frcnn.data.images import read_rgb
+from frcnn.data.images import read_rgb, to_chw
 from frcnn.evaluation.coco_eval import coco_records, evaluate_results
 from frcnn.inference import prepare_for_inference
 
@@ -104,7 +104,7 @@ def load_split(root: Path, split: str = "val", max_images: int | None = None) ->
     with contextlib.redirect_stdout(None):
         coco = COCO(str(root / "annotations" / f"{split}.json"))
     ids = sorted(coco.getImgIds())[:max_images]
-    images = [torch.from_numpy(read_rgb(root / split / coco.imgs[i]["file_name"])).permute(2, 0, 1).contiguous() for i in ids]
+    images = [to_chw(read_rgb(root / split / coco.imgs[i]["file_name"])).contiguous() for i in ids]
     return coco, ids, images
 
 

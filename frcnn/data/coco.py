@@ -23,7 +23,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, display_size, read_rgb
+from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, display_size, read_rgb, to_chw
 from frcnn.errors import MissingFileError, UserError
 
 
@@ -359,7 +359,7 @@ class CocoDetection(Dataset):
             "image_id": torch.tensor(rec["image_id"]),
             "skipped": torch.tensor(skipped, dtype=torch.long),
         }
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), target
+        return to_chw(image), target
 
 
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

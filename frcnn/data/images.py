@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from frcnn.errors import UserError
@@ -48,6 +49,12 @@ def read_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         raise ImageReadError(f"{path}: {err}; {MAX_PIXELS_FIX}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: cannot decode image ({err}); re-export or remove it") from err
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` array (uint8 RGB as :func:`read_rgb` gives) -> ``[3, H, W]`` tensor of the same dtype, sharing
+    memory with a C-contiguous input (a channels-first view: call ``.contiguous()`` for a packed copy)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
 
 def _read(path: Path, max_pixels: int | None) -> np.ndarray:

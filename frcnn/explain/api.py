@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from frcnn.data.images import to_chw
 from frcnn.explain.methods import ALIASES, METHODS
 from frcnn.explain.target import Detection, DetectionScore, TargetKind, find_detections
 from frcnn.modeling.model import FasterRCNN
@@ -46,7 +47,7 @@ class Explanation:
 def as_image_tensor(image: Tensor | np.ndarray, device: torch.device | str = "cpu") -> Tensor:
     """``[3, H, W]`` float in ``[0, 1]`` from a ``[3, H, W]`` tensor (uint8 or float) or an ``[H, W, 3]`` uint8 array."""
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = to_chw(image)
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected an RGB image [3, H, W] (or an [H, W, 3] array), got shape {tuple(image.shape)}")
     image = image.to(device)

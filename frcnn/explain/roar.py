@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from frcnn.data.images import read_rgb
+from frcnn.data.images import read_rgb, to_chw
 from frcnn.explain.methods import METHODS
 from frcnn.explain.target import Detection, DetectionScore
 
@@ -108,7 +108,7 @@ def saliency_maps(method: str, model: nn.Module | None, root: Path, split: str, 
     data, objects = _split(root / "annotations" / f"{split}.json")
     maps = {}
     for info in data["images"]:
-        image = torch.from_numpy(read_rgb(root / split / info["file_name"])).permute(2, 0, 1).float() / 255
+        image = to_chw(read_rgb(root / split / info["file_name"])).float() / 255
         boxes, labels = objects[info["id"]]
         maps[info["id"]] = image_saliency(method, model, image, boxes, labels, seed=seed + info["id"])
     return maps

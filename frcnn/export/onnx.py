@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from frcnn.data.coco import CategoryMap
+from frcnn.data.images import to_chw
 from frcnn.modeling.model import FasterRCNN
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "count")
@@ -165,7 +166,7 @@ def sample_image(height: int, width: int, seed: int = 0) -> Tensor:
 
     size = min(height, width)
     image, _ = make_image(np.random.default_rng(seed), height, width, 8, max(8, size // 10), max(16, size // 2), 0.35)
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
+    return to_chw(np.asarray(image)).contiguous()
 
 
 def export_checkpoint(cfg: Any) -> Path:

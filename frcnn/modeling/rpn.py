@@ -110,6 +110,51 @@ class RPNTargets:
     deltas: Tensor
 
 
+@torch.no_grad()
+def anchor_targets(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    *,
+    anchor_valid: Tensor,
+    gt_valid: Tensor,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    allow_low_quality_matches: bool,
+    num_samples: int,
+    positive_fraction: float,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+) -> RPNTargets:
+    """Match anchors to ground truth, sample the minibatch, encode the positives' regression targets: the
+    RPN's (and SiamRPN's) match -> sample -> encode, for the whole batch.
+
+    Args:
+        anchors: ``[B, N, 4]`` XYXY.
+        gt_boxes: ``[B, G, 4]`` XYXY (padding where ``gt_valid`` is False).
+        anchor_valid: ``[B, N]`` bool: anchors that may be labelled (others are ignored).
+        gt_valid: ``[B, G]`` bool.
+        fg_iou_thresh / bg_iou_thresh: IoU >= fg is positive, < bg negative, between ignored.
+        allow_low_quality_matches: each ground truth's best anchors are positive too (Faster R-CNN).
+        num_samples / positive_fraction: the minibatch per image and its positive share at most.
+        weights: the box coder's ``(wx, wy, ww, wh)``.
+
+    Returns:
+        :class:`RPNTargets`; ``deltas`` is zero off the sampled positives.
+    """
+    iou = batched_pairwise_iou(anchors, gt_boxes)  # [B, N, G]
+    matches = match(
+        iou, box_valid=anchor_valid, gt_valid=gt_valid, fg_iou_thresh=fg_iou_thresh, bg_iou_thresh_hi=bg_iou_thresh,
+        bg_iou_thresh_lo=0.0, allow_low_quality_matches=allow_low_quality_matches,
+    )
+    sampled_pos, sampled_neg = sample_mask(
+        matches.labels == FOREGROUND, matches.labels == BACKGROUND, num_samples=num_samples, positive_fraction=positive_fraction,
+    )
+    matched = gt_boxes.gather(1, matches.gt_index[..., None].expand(-1, -1, 4))  # [B, N, 4]
+    deltas = encode_boxes(anchors, matched, weights)
+    # Only positives are regressed; elsewhere the matched box may be padding (log 0 = -inf).
+    deltas = torch.where(sampled_pos[..., None], deltas, torch.zeros_like(deltas))
+    return RPNTargets(sampled_pos=sampled_pos, sampled_neg=sampled_neg, deltas=deltas)
+
+
 class RPN(nn.Module):
     """The RPN stage: head → (targets, loss) → proposals.
 
@@ -320,27 +365,12 @@ class RPN(nn.Module):
             inside = torch.ones(anchors_b.shape[:2], dtype=torch.bool, device=anchors.device)
         if anchor_valid is not None:
             inside = inside & anchor_valid
-        iou = batched_pairwise_iou(anchors_b, targets.boxes)  # [B, N, G]
-        matches = match(
-            iou,
-            box_valid=inside,
-            gt_valid=targets.valid,
-            fg_iou_thresh=self.fg_iou_thresh,
-            bg_iou_thresh_hi=self.bg_iou_thresh,
-            bg_iou_thresh_lo=0.0,
+        return anchor_targets(
+            anchors_b, targets.boxes, anchor_valid=inside, gt_valid=targets.valid,
+            fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
             allow_low_quality_matches=self.allow_low_quality_matches,
+            num_samples=self.batch_size_per_image, positive_fraction=self.positive_fraction,
         )
-        sampled_pos, sampled_neg = sample_mask(
-            matches.labels == FOREGROUND,
-            matches.labels == BACKGROUND,
-            num_samples=self.batch_size_per_image,
-            positive_fraction=self.positive_fraction,
-        )
-        matched = targets.boxes.gather(1, matches.gt_index[..., None].expand(-1, -1, 4))  # [B, N, 4]
-        deltas = encode_boxes(anchors_b, matched, (1.0, 1.0, 1.0, 1.0))
-        # Only positives are regressed; elsewhere the matched box may be padding (log 0 = -inf).
-        deltas = torch.where(sampled_pos[..., None], deltas, torch.zeros_like(deltas))
-        return RPNTargets(sampled_pos=sampled_pos, sampled_neg=sampled_neg, deltas=deltas)
 
     def num_locations(self, image_sizes: Tensor) -> Tensor:
         """``[B]`` anchor locations covering each image's own (unpadded) extent: ``Σ_l ceil(h/s_l) * ceil(w/s_l)``.

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18
-from torchvision.ops import box_iou
 
+from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
+from frcnn.errors import ConfigError
 from frcnn.modeling.anchors import AnchorGenerator
-from frcnn.modeling.box_coder import decode_boxes, encode_boxes
-from frcnn.modeling.matching import BACKGROUND, FOREGROUND, match
+from frcnn.modeling.backbones.weights import WeightsUnavailableError, load_state_dict
+from frcnn.modeling.box_coder import decode_boxes
 from frcnn.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from frcnn.modeling.sampling import sample_mask
+from frcnn.modeling.rpn import anchor_targets
 
 # SiamRPN regresses plain normalized deltas: dx = (gx - ax) / aw, dw = log(gw / aw) (paper, eq. 3).
 DELTA_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
@@ -146,17 +147,64 @@ class ResNet18Trunk(nn.Module):
 
     With padding the feature cell ``i`` sits at input pixel ``8 i`` in both crops, so template and search
     stay aligned and the up-channel head's 3x3 convolutions still give a 17x17 response (30 - 14 + 1).
+
+    Args:
+        out_channels: the projection's width (the head's ``in_channels``).
+        weights: ImageNet weights for stem, res2 and res3: a torchvision name (``IMAGENET1K_V1``, downloaded
+            once) or a local ``resnet18.pth`` state dict, as the detector's backbones take them.
+        init_from: a trained frcnn detector checkpoint with a ResNet-18 backbone (C4 or FPN): its stem, res2
+            and res3, which have learned to see objects, start the tracker where nothing can be downloaded.
     """
 
-    def __init__(self, *, out_channels: int = 256) -> None:
+    def __init__(self, *, out_channels: int = 256, weights: str | None = None, init_from: str | None = None) -> None:
         super().__init__()
+        if weights and init_from:
+            raise ConfigError("model.backbone.weights and model.backbone.init_from both set: start from one of them")
         net = resnet18(weights=None, norm_layer=SiameseBatchNorm2d)
         self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
         self.project = nn.Sequential(nn.Conv2d(128, out_channels, 1, bias=False), SiameseBatchNorm2d(out_channels))
         self.out_channels = out_channels
+        if weights:
+            self._load(load_state_dict(weights, "ResNet18_Weights"), weights)
+        elif init_from:
+            self._load(detector_trunk_state(init_from), init_from)
+
+    def _load(self, resnet_state: dict[str, Tensor], source: str) -> None:
+        """Stem, res2 and res3 from a state dict in torchvision's ResNet names (``conv1.*``, ``layer1.*`` ...)."""
+        index = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5"}
+        state = {f"{index[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v for k, v in resnet_state.items() if k.split(".", 1)[0] in index}
+        own = self.body.state_dict()
+        missing = [k for k in own if k not in state and not k.endswith(("num_batches_tracked", "template_mean", "template_var"))]
+        bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or bad:
+            raise WeightsUnavailableError(f"{source} does not hold a ResNet-18 stem, res2 and res3 "
+                                          f"({'lacks ' + missing[0] if missing else 'wrong shape of ' + bad[0]})")
+        self.body.load_state_dict(state, strict=False)  # each SiameseBatchNorm2d copies the running statistics per branch
 
     def forward(self, images: Tensor) -> Tensor:
         return self.project(self.body(images))
+
+
+def detector_trunk_state(checkpoint: str) -> dict[str, Tensor]:
+    """The ResNet backbone of an frcnn detector checkpoint in torchvision's names: C4 models keep it as
+    ``backbone.trunk.{0: stem, 1: layer1, 2: layer2, 3: layer3}``, FPN models as ``backbone.body.<name>``."""
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("kind", "faster_rcnn") != "faster_rcnn":
+        raise CheckpointError(f"model.backbone.init_from={checkpoint} is a {ckpt.get('kind')} checkpoint: give a detector's")
+    stages = {"0.0": "conv1", "0.1": "bn1", "1": "layer1", "2": "layer2", "3": "layer3"}
+    out = {}
+    for key, value in ckpt["model"].items():
+        if key.startswith("backbone.body."):
+            out[key[len("backbone.body."):]] = value
+        elif key.startswith("backbone.trunk."):
+            rest = key[len("backbone.trunk."):]
+            for prefix, name in stages.items():
+                if rest.startswith(prefix + "."):
+                    out[name + rest[len(prefix):]] = value
+                    break
+    if "conv1.weight" not in out:
+        raise CheckpointError(f"model.backbone.init_from={checkpoint}: its backbone is not a ResNet (C4 or FPN)")
+    return out
 
 
 class TemplateKernels(NamedTuple):
@@ -321,8 +369,14 @@ class SiamRPN(nn.Module):
         return copy_
 
     def respond(self, kernels: TemplateKernels, searches: Tensor) -> tuple[Tensor, Tensor]:
-        """The search branch: ``[B, 3, 255, 255]`` -> ``(logits [B, N, 2], deltas [B, N, 4])`` in anchor order."""
-        cls, reg = self.head(kernels, self.backbone(self.normalize(searches)))
+        """The search branch: ``[B, 3, 255, 255]`` -> ``(logits [B, N, 2], deltas [B, N, 4])`` in anchor order.
+
+        One search crop (``B = 1``) against ``K > 1`` kernels (a target and its distractors, DaSiamRPN) runs the
+        backbone once and returns ``K`` responses."""
+        features = self.backbone(self.normalize(searches))
+        if features.shape[0] == 1 and kernels.cls.shape[0] > 1:
+            features = features.expand(kernels.cls.shape[0], -1, -1, -1)
+        cls, reg = self.head(kernels, features)
         b, _, r, _ = cls.shape
         # [B, k*2, R, R] -> [B, R, R, k, 2] -> [B, N, 2]: the anchors' (y, x, a) order
         logits = cls.reshape(b, self.num_anchors, 2, r, r).permute(0, 3, 4, 1, 2).reshape(b, -1, 2)
@@ -343,23 +397,19 @@ class SiamRPN(nn.Module):
 
     @torch.no_grad()
     def assign_targets(self, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Label and sample the anchors of each pair: ``(sampled_pos, sampled_neg, target_deltas)``,
-        ``[B, N]``, ``[B, N]`` bool and ``[B, N, 4]``."""
+        """Label and sample the anchors of each pair with the RPN's :func:`~frcnn.modeling.rpn.anchor_targets`:
+        ``(sampled_pos, sampled_neg, target_deltas)``, ``[B, N]``, ``[B, N]`` bool and ``[B, N, 4]``. One ground
+        truth per pair, absent (every anchor background) in a negative pair; no low-quality matches (paper)."""
         present = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # [B]
-        iou = box_iou(self.anchors, boxes).T[:, :, None]  # [B, N, 1]
-        matches = match(
-            iou, box_valid=torch.ones(iou.shape[:2], dtype=torch.bool, device=boxes.device), gt_valid=present[:, None],
-            fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh_hi=self.bg_iou_thresh, bg_iou_thresh_lo=0.0,
-            allow_low_quality_matches=False,
-        )
+        anchors = self.anchors[None].expand(boxes.shape[0], -1, -1)  # [B, N, 4]
         # The paper's "> 0.6" is strict; the matcher's foreground rule is ">=" (an exact 0.6 is vanishingly rare).
-        sampled_pos, sampled_neg = sample_mask(
-            matches.labels == FOREGROUND, matches.labels == BACKGROUND,
-            num_samples=self.samples_per_pair, positive_fraction=self.positive_fraction,
+        t = anchor_targets(
+            anchors, boxes[:, None], anchor_valid=torch.ones(anchors.shape[:2], dtype=torch.bool, device=boxes.device),
+            gt_valid=present[:, None], fg_iou_thresh=self.fg_iou_thresh, bg_iou_thresh=self.bg_iou_thresh,
+            allow_low_quality_matches=False, num_samples=self.samples_per_pair, positive_fraction=self.positive_fraction,
+            weights=DELTA_WEIGHTS,
         )
-        safe = torch.where(present[:, None], boxes, self.anchors.new_tensor([0.0, 0.0, 1.0, 1.0]))
-        target_deltas = encode_boxes(self.anchors[None], safe[:, None, :].expand(-1, self.anchors.shape[0], -1), DELTA_WEIGHTS)
-        return sampled_pos, sampled_neg, target_deltas
+        return t.sampled_pos, t.sampled_neg, t.deltas
 
     def losses(self, logits: Tensor, deltas: Tensor, boxes: Tensor) -> dict[str, Tensor]:
         """``L_cls``: cross-entropy over the sampled anchors (mean; ``balance_cls``: positives and negatives

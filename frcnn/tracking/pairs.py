@@ -12,7 +12,10 @@ The search crop is centred on the target shifted by up to ``shift`` crop pixels 
 ``negative_fraction`` the search crop comes from another sequence or image (never the same one, where the
 target could be in view), centred on an object of the same class where there is one (DaSiamRPN's semantic
 negatives): the target is absent (its box is all zeros) and every anchor is background, which teaches the
-head to tell the target from look-alikes. Unreadable frames are replaced by the next item and reported by
+head to tell the target from look-alikes. With probability ``distractor_fraction`` a sequence pair's search
+crop is centred on a look-alike of the search frame instead (DaSiamRPN's hard negatives; the sequence's
+``distractors.json``, which the generator writes): the box is the target's where its centre is inside that
+crop, else all zeros, so the head learns to score the look-alike as background. Unreadable frames are replaced by the next item and reported by
 id (sequence frames ``0 .. F-1`` in order, then one id per still image), as the detector's data set does.
 """
 
@@ -26,8 +29,15 @@ import torch
 from torch.utils.data import Dataset
 
 from frcnn.data.coco import CocoDetection
-from frcnn.data.images import ImageReadError, read_rgb
-from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop, to_crop, xywh_to_xyxy
+from frcnn.data.images import ImageReadError, read_rgb, to_chw
+from frcnn.tracking.crops import (
+    SEARCH_SIZE,
+    TEMPLATE_SIZE,
+    context_side,
+    crop,
+    to_crop,
+    xywh_to_xyxy,
+)
 from frcnn.tracking.sequences import Sequence
 
 
@@ -58,6 +68,8 @@ class TrackingPairs(Dataset):
         shift: largest search-centre shift in search-crop pixels.
         scale_jitter: search crop side scaled by ``exp(u)``, ``u`` uniform in ``±scale_jitter``.
         negative_fraction: share of negative pairs.
+        distractor_fraction: share of sequence pairs whose search crop is centred on a look-alike (where the
+            search frame has one).
         context: the crops' context amount (see :func:`~frcnn.tracking.crops.context_side`).
     """
 
@@ -70,12 +82,13 @@ class TrackingPairs(Dataset):
         shift: float = 48.0,
         scale_jitter: float = 0.15,
         negative_fraction: float = 0.0,
+        distractor_fraction: float = 0.0,
         min_size: float = 8.0,
         context: float = 0.5,
     ) -> None:
         self.sequences = sequences
         self.max_gap, self.shift, self.scale_jitter = max_gap, shift, scale_jitter
-        self.negative_fraction, self.context = negative_fraction, context
+        self.negative_fraction, self.distractor_fraction, self.context = negative_fraction, distractor_fraction, context
         # One item per annotated frame of a sequence, then one per large-enough object of a still image.
         self.frames = [(s, t) for s, seq in enumerate(sequences) for t in range(len(seq)) if seq.boxes[t, 2] > 1 and seq.boxes[t, 3] > 1]
         self._frame_items = {key: i for i, key in enumerate(self.frames)}
@@ -117,7 +130,7 @@ class TrackingPairs(Dataset):
             raise ImageReadError("no training pair could be read: every frame and image is unreadable")
 
         def chw(image: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            return to_chw(image)
 
         return chw(template), chw(search), torch.as_tensor(box, dtype=torch.float32), torch.tensor(skipped, dtype=torch.long)
 
@@ -129,19 +142,35 @@ class TrackingPairs(Dataset):
         side = context_side(box[2] - box[0], box[3] - box[1], self.context)
         template = crop(image, _centre(box), side, TEMPLATE_SIZE, fill)
         negative = self._negative_item(item, rng) if rng.random() < self.negative_fraction else None
+        lookalike = None  # XYXY of a look-alike in the search frame to centre on (a hard negative)
         if negative is not None:
             search_image, search_box = self._view(negative)
         elif item < len(self.frames):
-            search_image, search_box = self._view(self._nearby_frame(item, rng))
+            nearby = self._nearby_frame(item, rng)
+            search_image, search_box = self._view(nearby)
+            if self.distractor_fraction and rng.random() < self.distractor_fraction:
+                lookalike = self._lookalike(nearby, rng)
         else:
             search_image, search_box = image, box  # a still image: the same view, shifted and scaled below
         search_side = context_side(search_box[2] - search_box[0], search_box[3] - search_box[1], self.context)
         search_side *= SEARCH_SIZE / TEMPLATE_SIZE * np.exp(rng.uniform(-self.scale_jitter, self.scale_jitter))
-        offset = rng.uniform(-self.shift, self.shift, size=2) * search_side / SEARCH_SIZE  # frame pixels
-        centre = (_centre(search_box)[0] + offset[0], _centre(search_box)[1] + offset[1])
+        shift = self.shift / 4 if lookalike is not None else self.shift  # the look-alike stays near the centre
+        offset = rng.uniform(-shift, shift, size=2) * search_side / SEARCH_SIZE  # frame pixels
+        anchor = _centre(lookalike if lookalike is not None else search_box)
+        centre = (anchor[0] + offset[0], anchor[1] + offset[1])
         search = crop(search_image, centre, search_side, SEARCH_SIZE, search_image.reshape(-1, 3).mean(axis=0))
         crop_box = np.zeros(4) if negative is not None else to_crop(search_box, centre, search_side, SEARCH_SIZE)
+        if lookalike is not None and not (0 <= (crop_box[0] + crop_box[2]) / 2 < SEARCH_SIZE and 0 <= (crop_box[1] + crop_box[3]) / 2 < SEARCH_SIZE):
+            crop_box = np.zeros(4)  # the target is out of this crop: only the look-alike is in view
         return template, search, crop_box
+
+    def _lookalike(self, item: int, rng: np.random.Generator) -> np.ndarray | None:
+        """XYXY box of a random look-alike in sequence item ``item``'s frame, or None where it has none."""
+        s, t = self.frames[item]
+        distractors = self.sequences[s].distractors
+        if not distractors or len(distractors[t]) == 0:
+            return None
+        return xywh_to_xyxy(distractors[t][int(rng.integers(len(distractors[t])))])
 
     def _view(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and XYXY target box of item ``item``; an unreadable file raises :class:`_Unreadable`."""

@@ -11,6 +11,12 @@ Per frame, for every anchor's proposal (score ``s``, box ``(w', h')`` in search-
   ``pscore = (1 - window_influence) * penalty * s + window_influence * window``;
 * the best ``pscore`` gives the new centre; the size moves towards its box with rate
   ``lr * penalty * s`` (size smoothing), so an unsure proposal changes the size little.
+
+Distractor-aware selection (DaSiamRPN, Zhu et al., ECCV 2018, eq. 5), on with ``distractor_weight > 0``: the
+proposals that score high but are not the chosen one are distractors; their template kernels are kept
+(at most ``max_distractors``, each weight ``alpha_i`` multiplied by ``1 - distractor_decay`` per frame) and each
+later frame's score becomes ``s - distractor_weight * sum_i alpha_i s_i / sum_i alpha_i``, ``s_i`` being the
+distractor ``i``'s response at the same anchor: what looks like a distractor seen before loses to the target.
 """
 
 from __future__ import annotations
@@ -21,9 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torchvision.ops import box_iou, nms
 
+from frcnn.data.images import to_chw
 from frcnn.modeling.fold import fold_batchnorm
-from frcnn.tracking.crops import SEARCH_SIZE, TEMPLATE_SIZE, context_side, crop, from_crop
+from frcnn.tracking.crops import (
+    SEARCH_SIZE,
+    TEMPLATE_SIZE,
+    context_side,
+    crop,
+    from_crop,
+)
 from frcnn.tracking.model import SiamRPN, TemplateKernels
 
 
@@ -36,6 +50,18 @@ class TrackerSettings:
     lr: float = 0.295  # size smoothing rate, scaled by the chosen proposal's penalized score
     context: float = 0.5  # p = context * (w + h) around the target (crops.context_side)
     min_size: float = 4.0  # frame pixels: the box never shrinks below this
+    distractor_weight: float = 0.0  # DaSiamRPN's alpha-hat; 0: plain SiamRPN selection
+    distractor_thresh: float = 0.5  # a proposal scoring above this, away from the target, is a distractor
+    max_distractors: int = 4  # distractor templates kept (the newest)
+    distractor_decay: float = 0.2  # each frame a kept distractor's weight is multiplied by (1 - this)
+
+
+def distractor_aware(scores: np.ndarray, distractor_scores: np.ndarray, weights: np.ndarray, weight: float) -> np.ndarray:
+    """DaSiamRPN's score (eq. 5): ``scores [N]`` minus ``weight`` times the ``weights [D]``-weighted mean of the
+    distractors' scores ``[D, N]`` at the same anchors; ``scores`` unchanged when ``D = 0``."""
+    if len(weights) == 0:
+        return scores
+    return scores - weight * (weights[:, None] * distractor_scores).sum(0) / weights.sum()
 
 
 def _change(ratio: np.ndarray) -> np.ndarray:
@@ -82,6 +108,7 @@ class SiamRPNTracker:
         window = np.outer(hanning, hanning)
         self.window = np.repeat(window.reshape(-1, 1), k, axis=1).reshape(-1)  # [N] in (y, x, a) order
         self.kernels: TemplateKernels | None = None
+        self.distractors: list[tuple[TemplateKernels, float]] = []  # (kernels, weight alpha_i), DaSiamRPN
         self.centre = np.zeros(2)
         self.size = np.ones(2)
 
@@ -94,6 +121,7 @@ class SiamRPNTracker:
         side = context_side(*self.size, self.settings.context)
         template = crop(frame, tuple(self.centre), side, TEMPLATE_SIZE, self.fill)
         self.kernels = self.template_model.template(self._tensor(template).contiguous())
+        self.distractors = []
 
     @torch.inference_mode()
     def update(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
@@ -101,24 +129,49 @@ class SiamRPNTracker:
         if self.kernels is None:
             raise RuntimeError("SiamRPNTracker.update called before init")
         s = self.settings
-        scores, boxes, scale = self._proposals(frame)
+        scores, boxes, scale, distractor_scores = self._proposals(frame, with_distractors=True)
+        aware = distractor_aware(scores, distractor_scores, np.asarray([a for _, a in self.distractors]), s.distractor_weight)
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]  # crop pixels
         w, h = np.maximum(w, 1e-3), np.maximum(h, 1e-3)
         prev_w, prev_h = self.size * scale
         size_change = _change(_padded_side(w, h, s.context) / _padded_side(prev_w, prev_h, s.context))
         ratio_change = _change((prev_w / prev_h) / (w / h))
         penalty = np.exp(-(ratio_change * size_change - 1) * s.penalty_k)
-        pscore = (1 - s.window_influence) * penalty * scores + s.window_influence * self.window
+        pscore = (1 - s.window_influence) * penalty * aware + s.window_influence * self.window
         best = int(np.argmax(pscore))
-        rate = penalty[best] * scores[best] * s.lr
+        rate = penalty[best] * max(float(aware[best]), 0.0) * s.lr
         box_centre = np.array([(boxes[best, 0] + boxes[best, 2]) / 2, (boxes[best, 1] + boxes[best, 3]) / 2])
         centre = self.centre + (box_centre - SEARCH_SIZE / 2) / scale
         size = self.size * (1 - rate) + np.array([w[best], h[best]]) / scale * rate
         height, width = frame.shape[:2]
         self.centre = np.clip(centre, 0, [width, height])
         self.size = np.clip(size, s.min_size, [width, height])
+        if s.distractor_weight > 0:
+            self._remember_distractors(frame, scores, boxes, best, scale, distractor_scores)
         x, y = self.centre - self.size / 2
         return np.array([x, y, *self.size]), float(scores[best])
+
+    def _remember_distractors(
+        self, frame: np.ndarray, scores: np.ndarray, boxes: np.ndarray, best: int, scale: float, seen: np.ndarray
+    ) -> None:
+        """Age the kept distractors and add this frame's: proposals above ``distractor_thresh`` that overlap the
+        chosen box by IoU < 0.2 and that no kept distractor already scores above it (``seen [D, N]``: their
+        responses), after NMS (0.3), the two best (DaSiamRPN keeps the top proposals after NMS). Each new one
+        costs a template-branch pass, so a look-alike already remembered is not cropped again."""
+        s = self.settings
+        boxes_t, scores_t = torch.from_numpy(boxes), torch.from_numpy(scores)
+        new = (box_iou(boxes_t, boxes_t[best : best + 1])[:, 0] < 0.2) & (scores_t > s.distractor_thresh)
+        if len(seen):
+            new &= torch.from_numpy(seen.max(0) <= s.distractor_thresh)
+        self.distractors = [(k, a * (1 - s.distractor_decay)) for k, a in self.distractors if a * (1 - s.distractor_decay) > 0.05]
+        candidates = torch.nonzero(new)[:, 0]
+        keep = candidates[nms(boxes_t[candidates], scores_t[candidates], 0.3)][:2] if len(candidates) else candidates
+        side = context_side(*self.size, self.settings.context)
+        for i in keep.tolist():
+            centre = self.centre + ((boxes[i, :2] + boxes[i, 2:]) / 2 - SEARCH_SIZE / 2) / scale
+            template = crop(frame, tuple(centre), side, TEMPLATE_SIZE, self.fill)
+            self.distractors.append((self.template_model.template(self._tensor(template).contiguous()), 1.0))
+        self.distractors = self.distractors[-s.max_distractors :]
 
     @torch.inference_mode()
     def proposals(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,20 +179,25 @@ class SiamRPNTracker:
         ``(scores [N], boxes [N, 4] xywh in frame pixels)``. The state does not change."""
         if self.kernels is None:
             raise RuntimeError("SiamRPNTracker.proposals called before init")
-        scores, boxes, scale = self._proposals(frame)
+        scores, boxes, scale, _ = self._proposals(frame)
         boxes = from_crop(boxes, tuple(self.centre), SEARCH_SIZE / scale, SEARCH_SIZE)  # XYXY, frame pixels
         return scores, np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
-    def _proposals(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(scores [N], boxes [N, 4] XYXY in search-crop pixels, crop pixels per frame pixel)``: the search crop
-        around the current centre, at the scale of the current size."""
+    def _proposals(self, frame: np.ndarray, with_distractors: bool = False) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """``(scores [N], boxes [N, 4] XYXY in search-crop pixels, crop pixels per frame pixel, distractor scores
+        [D, N])``: the search crop around the current centre, at the scale of the current size; the kept
+        distractors' responses to it come from the same backbone pass (``with_distractors``)."""
         template_side = context_side(*self.size, self.settings.context)
         scale = TEMPLATE_SIZE / template_side  # crop pixels per frame pixel
         search = crop(frame, tuple(self.centre), template_side * SEARCH_SIZE / TEMPLATE_SIZE, SEARCH_SIZE, self.fill)
-        logits, deltas = self.model.respond(self.kernels, self._tensor(search))
+        kernels = self.kernels
+        if with_distractors and self.distractors:  # [1 + D] kernels against one search crop
+            kernels = TemplateKernels(*(torch.cat([k, *(d[i] for d, _ in self.distractors)]) for i, k in enumerate(kernels)))
+        logits, deltas = self.model.respond(kernels, self._tensor(search))
         scores, boxes = self.model.decode(logits, deltas)
-        return scores[0].cpu().numpy().astype(np.float64), boxes[0].cpu().numpy().astype(np.float64), scale
+        scores = scores.cpu().numpy().astype(np.float64)
+        return scores[0], boxes[0].cpu().numpy().astype(np.float64), scale, scores[1:]
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
+        tensor = to_chw(image)[None].to(self.device)
         return tensor.contiguous(memory_format=self.memory_format)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from frcnn.config import amp_dtype
 from frcnn.data.coco import CocoDetection
 from frcnn.engine.builders import ensure_generated, ensure_synthetic_at
-from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
+from frcnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from frcnn.engine.trainer import Trainer
 from frcnn.tracking.model import SiamRPN
 from frcnn.tracking.pairs import PairBatch, TrackingPairs, collate_pairs
@@ -24,6 +24,8 @@ from frcnn.tracking.sequences import generate_sequences, load_sequences
 from frcnn.tracking.tracker import SiamRPNTracker, TrackerSettings
 
 CHECKPOINT_KIND = "siamrpn"
+# The tracker that comes with frcnn (docs/tracking.md, "The shipped tracker"): ``checkpoint=shipped``.
+SHIPPED_TRACKER = Path(__file__).parent / "weights" / "siamrpn_shipped.pt"
 
 
 def train_tracker(cfg: DictConfig) -> dict[str, Any]:
@@ -56,7 +58,8 @@ class TrackerTrainer(Trainer):
         d = cfg.data
         self.train_set = TrackingPairs(
             sequences, still, max_gap=int(d.max_gap), shift=float(d.shift), scale_jitter=float(d.scale_jitter),
-            negative_fraction=float(d.negative_fraction), context=float(d.context),
+            negative_fraction=float(d.negative_fraction), distractor_fraction=float(d.get("distractor_fraction", 0.0)),
+            context=float(d.context),
         )
         self.categories = None
         self.val_set = None
@@ -79,10 +82,13 @@ class TrackerTrainer(Trainer):
 
 
 def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", settings: dict[str, float] | None = None) -> SiamRPNTracker:
-    """A :class:`SiamRPNTracker` around the model of a SiamRPN training checkpoint (``weights_only=True``).
+    """A :class:`SiamRPNTracker` around the model of a SiamRPN training checkpoint (``weights_only=True``);
+    ``checkpoint="shipped"``: the tracker that comes with frcnn (:data:`SHIPPED_TRACKER`).
 
     ``settings``: proposal-selection values overriding the run's ``tracker`` config.
     """
+    if str(checkpoint) == "shipped":
+        checkpoint = SHIPPED_TRACKER
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     if ckpt.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"checkpoint {checkpoint} is not a SiamRPN checkpoint (train one with scripts/train_tracker.py)")
@@ -92,3 +98,14 @@ def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", set
     # The crops' context is the one the model was trained with.
     values = {"context": float(cfg.data.context)} | dict(OmegaConf.to_container(cfg.get("tracker", {}))) | dict(settings or {})
     return SiamRPNTracker(model.to(device), TrackerSettings(**values), device)
+
+
+def slim_checkpoint(checkpoint: str | Path, out: str | Path, recipe: str = "") -> Path:
+    """Write the model, config and selection settings of a SiamRPN training checkpoint to ``out`` (atomically),
+    without the optimizer, scheduler and RNG states: what shipping a tracker needs; ``recipe``: how it was trained."""
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    if ckpt.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"checkpoint {checkpoint} is not a SiamRPN checkpoint (train one with scripts/train_tracker.py)")
+    model = {k: v.clone() for k, v in ckpt["model"].items()}  # fresh storage: only these tensors are written
+    slim = {"kind": CHECKPOINT_KIND, "model": model, "config": ckpt["config"], "iteration": ckpt.get("iteration"), "recipe": recipe}
+    return save_checkpoint(slim, out)
