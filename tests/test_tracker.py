@@ -157,3 +157,20 @@ def test_the_resnet18_trunk_starts_from_imagenet_weights_or_a_detectors_trunk(tm
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
     with pytest.raises(WeightsUnavailableError, match="lacks"):
         ResNet18Trunk(weights=str(tmp_path / "partial.pth"))
+
+
+def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path):
+    from frcnn.tracking.evaluate import iou_xywh, run_tracker
+    from frcnn.tracking.randomization import CHALLENGES
+    from frcnn.tracking.sequences import generate_sequences, load_sequences
+    from frcnn.tracking.training import SHIPPED_TRACKER, load_tracker
+
+    assert SHIPPED_TRACKER.stat().st_size < 5_000_000
+    state = torch.load(SHIPPED_TRACKER, weights_only=True)
+    assert state["kind"] == "siamrpn" and "optimizer" not in state and state["recipe"]
+    tracker = load_tracker("shipped")
+    # a generated sequence of the training generator's looks, its challenges off: a target moving over a background
+    root = generate_sequences(tmp_path, num_sequences=2, length=30, seed=11, randomization=dict.fromkeys(CHALLENGES, 0.0))
+    for sequence in load_sequences(root):
+        boxes, _ = run_tracker(tracker, sequence)
+        assert (iou_xywh(boxes[1:], sequence.boxes[1:]) > 0.5).mean() > 0.5
