@@ -207,10 +207,12 @@ import torch.nn.functional as F
 import frcnn
 from frcnn.tracking.model import cross_correlate
 from frcnn.tracking.pairs import TrackingPairs
+from frcnn.tracking.randomization import CHALLENGES
 from frcnn.tracking.sequences import generate_sequences, load_sequences
 
 tmp = Path(tempfile.mkdtemp())
-sequence = load_sequences(generate_sequences(tmp / "seqs", num_sequences=1, length=30, seed=5))[0]
+plain = {"textures": ["solid"], "backgrounds": ["gradient"], **dict.fromkeys(CHALLENGES, 0.0)}  # one plain target
+sequence = load_sequences(generate_sequences(tmp / "seqs", num_sequences=1, length=30, seed=5, randomization=plain))[0]
 template, search, box, _ = TrackingPairs([sequence], None, max_gap=10)[(3, 11)]
 default = Path(frcnn.__file__).resolve().parents[1] / "outputs" / "siamrpn_demo" / "last.pt"
 checkpoint = Path(os.environ.get("FRCNN_SIAMRPN_CHECKPOINT", default))
