@@ -129,10 +129,7 @@ class TrackingPairs(Dataset):
         else:
             raise ImageReadError("no training pair could be read: every frame and image is unreadable")
 
-        def chw(image: np.ndarray) -> torch.Tensor:
-            return to_chw(image)
-
-        return chw(template), chw(search), torch.as_tensor(box, dtype=torch.float32), torch.tensor(skipped, dtype=torch.long)
+        return to_chw(template), to_chw(search), torch.as_tensor(box, dtype=torch.float32), torch.tensor(skipped, dtype=torch.long)
 
     # -- one pair -------------------------------------------------------------------------------------------
 

@@ -141,18 +141,20 @@ class SiamRPNTracker:
         best = int(np.argmax(pscore))
         rate = penalty[best] * max(float(aware[best]), 0.0) * s.lr
         box_centre = np.array([(boxes[best, 0] + boxes[best, 2]) / 2, (boxes[best, 1] + boxes[best, 3]) / 2])
-        centre = self.centre + (box_centre - SEARCH_SIZE / 2) / scale
+        crop_centre = self.centre  # the search crop's centre in the frame: the proposals are relative to it
+        centre = crop_centre + (box_centre - SEARCH_SIZE / 2) / scale
         size = self.size * (1 - rate) + np.array([w[best], h[best]]) / scale * rate
         height, width = frame.shape[:2]
         self.centre = np.clip(centre, 0, [width, height])
         self.size = np.clip(size, s.min_size, [width, height])
         if s.distractor_weight > 0:
-            self._remember_distractors(frame, scores, boxes, best, scale, distractor_scores)
+            self._remember_distractors(frame, scores, boxes, best, crop_centre, scale, distractor_scores)
         x, y = self.centre - self.size / 2
         return np.array([x, y, *self.size]), float(scores[best])
 
     def _remember_distractors(
-        self, frame: np.ndarray, scores: np.ndarray, boxes: np.ndarray, best: int, scale: float, seen: np.ndarray
+        self, frame: np.ndarray, scores: np.ndarray, boxes: np.ndarray, best: int, crop_centre: np.ndarray, scale: float,
+        seen: np.ndarray,
     ) -> None:
         """Age the kept distractors and add this frame's: proposals above ``distractor_thresh`` that overlap the
         chosen box by IoU < 0.2 and that no kept distractor already scores above it (``seen [D, N]``: their
@@ -168,7 +170,7 @@ class SiamRPNTracker:
         keep = candidates[nms(boxes_t[candidates], scores_t[candidates], 0.3)][:2] if len(candidates) else candidates
         side = context_side(*self.size, self.settings.context)
         for i in keep.tolist():
-            centre = self.centre + ((boxes[i, :2] + boxes[i, 2:]) / 2 - SEARCH_SIZE / 2) / scale
+            centre = crop_centre + ((boxes[i, :2] + boxes[i, 2:]) / 2 - SEARCH_SIZE / 2) / scale
             template = crop(frame, tuple(centre), side, TEMPLATE_SIZE, self.fill)
             self.distractors.append((self.template_model.template(self._tensor(template).contiguous()), 1.0))
         self.distractors = self.distractors[-s.max_distractors :]
