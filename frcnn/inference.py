@@ -1,15 +1,12 @@
 """Rebuild a trained detector from its checkpoint, run it on single images, and draw what it found.
 
-:func:`infer` is the task behind ``scripts/infer.py``: a config in, one annotated PNG and one JSON of
-detections per image out.
+The task behind ``scripts/infer.py`` (a config in, one annotated PNG and one JSON of detections per image
+out) is :func:`frcnn.tasks.infer.infer`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +14,13 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes
 
-from frcnn.config import resolve_device, validate_infer_config
+from frcnn.config import resolve_device
 from frcnn.data.coco import CategoryMap
-from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb, to_chw
+from frcnn.data.images import read_rgb, to_chw
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
-from frcnn.errors import ConfigError, MissingFileError
+from frcnn.errors import MissingFileError
 from frcnn.modeling.fold import fold_batchnorm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -102,82 +98,6 @@ def image_paths(path: Path) -> list[Path]:
     if not path.exists():
         raise MissingFileError(f"image {path} not found")
     return [path]
-
-
-def infer(cfg: DictConfig) -> list[Path]:
-    """Detect objects in ``cfg.image`` (a file or a folder) with ``cfg.checkpoint``; ``conf/infer.yaml``.
-
-    For each image writes ``<stem>.png`` (boxes, class names and scores drawn) and ``<stem>.json``
-    (detections at or above ``cfg.score_thresh``, in the original image's pixels) into
-    ``cfg.output_dir``, and prints one line with the count and the latency.
-
-    Returns:
-        The PNG files written, in the order of the images.
-
-    Raises:
-        UserError: a bad config value, a missing or unreadable checkpoint or image.
-    """
-    validate_infer_config(cfg)
-    onnx_runtime = cfg.get("runtime", "torch") == "onnxruntime"
-    # onnxruntime: the CPU unless a CUDA device is asked for by name (device=auto stays on the CPU: the
-    # GPU build of onnxruntime is a separate package).
-    device = torch.device("cpu") if onnx_runtime and cfg.device == "auto" else resolve_device(cfg.device, "device")
-    if onnx_runtime:
-        from frcnn.export.runtime import OnnxDetector
-
-        providers: list = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-        onnx_model = OnnxDetector(cfg.onnx, providers=providers)
-        if device.type == "cuda" and "CUDAExecutionProvider" not in onnx_model.session.get_providers():
-            raise ConfigError(f"device={cfg.device} with runtime=onnxruntime needs the onnxruntime-gpu package; or set device=cpu")
-        categories = onnx_model.categories
-        run = onnx_model.detect
-    else:
-        model, categories, _ = load_model(cfg.checkpoint, device, proposal_overrides(cfg.get("proposals")))
-        optimize = cfg.get("optimize", True)
-        model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize)
-        run = partial(detect, model, device=device)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = image_paths(Path(cfg.image))
-    folder = Path(cfg.image).is_dir()
-    written, skipped, latencies, detections = [], [], [], 0
-    for path in paths:
-        try:
-            image = read_rgb(path, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
-        except ImageReadError as err:
-            if not folder:
-                raise
-            skipped.append(path)  # a folder run goes on with the rest, and says so at the end
-            print(f"skipped {path}: {err}")
-            continue
-        t0 = time.perf_counter()
-        det = run(image)
-        if device.type == "cuda" and not onnx_runtime:
-            torch.cuda.synchronize()  # the kernels run asynchronously: wait for them before reading the clock
-        latency = (time.perf_counter() - t0) * 1000
-        keep = det["scores"] >= float(cfg.score_thresh)
-        boxes = det["boxes"][keep]
-        records = detection_records(boxes, det["scores"][keep], det["labels"][keep], categories)
-        h, w = image.shape[:2]
-        (out / f"{path.stem}.json").write_text(
-            json.dumps({"image": str(path), "width": w, "height": h, "detections": records}, indent=1)
-        )
-        png = out / f"{path.stem}.png"
-        write_png(draw(image, boxes, [f"{r['category']} {r['score']:.2f}" for r in records]), str(png))
-        written.append(png)
-        latencies.append(latency)
-        detections += len(records)
-        print(f"{path}: {len(records)} detections, {latency:.1f} ms -> {png}")
-    if folder:
-        mean = f"{sum(latencies) / len(latencies):.1f} ms" if latencies else "-"
-        print(f"{len(paths)} images: {len(written)} done ({detections} detections, mean latency {mean}), "
-              f"{len(skipped)} skipped; results in {out}")
-        if skipped:  # a non-zero exit, after every readable image was done
-            raise ImageReadError(f"{len(skipped)} of {len(paths)} images in {cfg.image} could not be read and were skipped: "
-                                 + ", ".join(p.name for p in skipped))
-    return written
 
 
 def detection_records(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, categories: CategoryMap) -> list[dict[str, Any]]:

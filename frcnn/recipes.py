@@ -34,7 +34,7 @@ def quick_run(work: str | Path, extra: list[str] | None = None) -> Path:
 
     from frcnn.cli import compose_train
     from frcnn.data.synthetic import generate
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
 
     work = Path(work)
     root = generate(work / "data", **QUICK_DATA)

@@ -38,7 +38,7 @@ from matplotlib.patches import Rectangle
 from frcnn.recipes import QUICK, QUICK_DATA, quick_run, shared_run
 
 # quick_run composes conf/train.yaml (found from the package, wherever this notebook runs) with these
-# overrides, generates the data and calls frcnn.engine.trainer.train(cfg), as scripts/train.py does.
+# overrides, generates the data and calls frcnn.tasks.train.train(cfg), as scripts/train.py does.
 print("data:", QUICK_DATA)
 print("overrides:", QUICK)
 run = shared_run() or quick_run(Path(tempfile.mkdtemp()))

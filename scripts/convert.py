@@ -36,7 +36,7 @@ def main() -> None:
 
     from frcnn.cli import compose_train
     from frcnn.data.coco import CategoryMap, load_coco
-    from frcnn.engine.builders import split_annotations
+    from frcnn.data.formats import split_annotations
 
     cfg = compose_train([f"data={args.format}", f"data.root={_quoted(args.root)}", *args.overrides])
     categories = CategoryMap.from_categories(load_coco(args.classes_from).dataset["categories"]) if args.classes_from else None

@@ -2,7 +2,7 @@
 
 For each image writes ``<name>.png`` (boxes, class names and scores drawn) and ``<name>.json``
 (detections in the original image's pixels) into the output folder, and prints the latency. The work
-is :func:`frcnn.inference.infer`.
+is :func:`frcnn.tasks.infer.infer`.
 """
 
 from omegaconf import DictConfig
@@ -13,7 +13,7 @@ from frcnn.cli import hydra_app
 @hydra_app("infer")
 def main(cfg: DictConfig) -> None:
     # Imported once Hydra has composed the config: a mistaken override ends in a second, before torch loads.
-    from frcnn.inference import infer
+    from frcnn.tasks.infer import infer
 
     infer(cfg)
 

@@ -39,7 +39,7 @@ def main() -> None:
 
     from frcnn.cli import compose_train
     from frcnn.data.synthetic import generate
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
     from frcnn.explain.roar import REFERENCES, saliency_maps, write_removed
     from frcnn.explain.substrates import channel_mean
     from frcnn.inference import load_model

@@ -13,7 +13,7 @@ from frcnn.cli import hydra_app
 @hydra_app("train")
 def main(cfg: DictConfig) -> float:
     # Imported once Hydra has composed the config: a mistaken override ends in a second, before torch loads.
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
 
     metrics = train(cfg)
     if metrics["stopped_by_signal"] is not None:

@@ -149,7 +149,7 @@ def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resu
         torch.testing.assert_close(a[key], b[key])
 
     from frcnn.cli import compose_train
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
 
     from tests.conftest import TINY_TRAIN
 

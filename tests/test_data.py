@@ -234,7 +234,7 @@ def test_a_wrong_image_size_ends_training_before_its_first_step_without_a_checkp
     """The size check runs on the image headers before training: no step, no last.pt for a run that never trained."""
     from frcnn.cli import compose_train
     from frcnn.data.synthetic import generate
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
 
     root = generate(tmp_path / "data", num_train=2, num_val=1, seed=0)
     annotations = root / "annotations" / "train.json"

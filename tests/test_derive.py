@@ -82,14 +82,16 @@ def test_a_resumed_run_keeps_the_values_it_derived(tiny_data, tmp_path, capsys):
                                  "num_train_images": 7, "max_iters": 99, "warmup_iters": 9}}}
     torch.save(saved, tmp_path / "last.pt")
     cfg = custom(tiny_data, f"train.resume={tmp_path / 'last.pt'}")
-    assert resolve_auto(cfg) == saved["config"]["data"]  # not re-derived from the (maybe changed) annotations
+    with pytest.raises(ValueError, match="pass its checkpoint's config"):  # the caller loads the checkpoint, once
+        resolve_auto(cfg)
+    assert resolve_auto(cfg, saved["config"]) == saved["config"]["data"]  # not re-derived from the (maybe changed) annotations
     assert cfg.trainer.max_iters == 99
     assert capsys.readouterr().out.startswith(f"data settings of the run being resumed ({tmp_path / 'last.pt'}): data.anchor_sizes=[8,16,32]")
 
 
 @pytest.mark.slow
 def test_a_custom_set_trains_with_what_was_derived(tiny_data, tmp_path, capsys):
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
     from tests.conftest import TINY_TRAIN
 
     run = tmp_path / "run"

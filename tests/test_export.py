@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from frcnn.cli import compose_config
-from frcnn.inference import infer, load_model, prepare_for_inference
+from frcnn.inference import load_model, prepare_for_inference
+from frcnn.tasks.infer import infer
 from frcnn.modeling.fold import count_norms, fold_batchnorm
 from tests.conftest import small_model
 from tests.test_cli import exits_with_one_line

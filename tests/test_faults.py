@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn.engine.trainer import TrainingError, train
+from frcnn.engine.trainer import TrainingError
+from frcnn.tasks.train import train
 from frcnn.modeling.model import FasterRCNN
 from tests.conftest import TINY_TRAIN, compose_train
 
@@ -81,7 +82,7 @@ def test_too_many_unreadable_training_images_fail_the_run(tiny_data, tmp_path):
 
 
 def test_amp_overflow_streak_fails_the_run():
-    from frcnn.engine.trainer import OverflowMonitor
+    from frcnn.engine.hooks import OverflowMonitor
 
     m = OverflowMonitor(3)
     for it, overflow in enumerate([True, True, False, True, True]):
@@ -116,7 +117,7 @@ def test_corrupt_validation_image_is_left_out_counted_and_the_run_kept(tiny_data
 
 
 def test_a_failure_in_evaluation_keeps_the_steps_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import frcnn.engine.hooks as hooks
+    import frcnn.tasks.train as hooks
 
     def broken(*args, **kwargs):
         # the step's checkpoint is already on disk when evaluation runs

@@ -20,7 +20,7 @@ from frcnn.cli import compose_config
 from frcnn.data.synthetic import CATEGORY_IDS, CLASSES
 from frcnn.evaluation.coco_eval import STAT_NAMES
 from frcnn.evaluation.evaluate import evaluate
-from frcnn.inference import infer
+from frcnn.tasks.infer import infer
 from tests.test_cli import exits_with_one_line
 from tests.test_data import bomb_png
 

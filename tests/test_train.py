@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn.engine.trainer import train
+from frcnn.tasks.train import train
 from tests.conftest import TINY_TRAIN, TINY_TRAIN_FPN, compose_train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -80,7 +80,7 @@ def test_fine_tune_an_imported_model_on_another_class_count(tmp_path, capsys):
 
     from frcnn.cli import compose_train
     from frcnn.data.synthetic import generate
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
     from frcnn.inference import detect
 
     torch.manual_seed(0)  # torchvision's own random initialization: a start that trains (random_detector's does not)
@@ -115,7 +115,7 @@ def test_fine_tune_an_imported_model_on_another_class_count(tmp_path, capsys):
 def test_init_from_refuses_another_architecture(tmp_path, mobilenet_weights):
     from frcnn.cli import compose_train
     from frcnn.data.synthetic import generate
-    from frcnn.engine.trainer import train
+    from frcnn.tasks.train import train
 
     import_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn", mobilenet_weights, tmp_path / "m.pt")
     root = generate(tmp_path / "data", num_train=2, num_val=1, seed=0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,18 +107,23 @@ def _octaves(first: float, count: int, *, smallest: int) -> list[int]:
     return [base * 2**i for i in range(count)]
 
 
-def resolve_auto(cfg: DictConfig) -> dict[str, Any]:
+def resolve_auto(cfg: DictConfig, resumed_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Replace each ``data.<key>: auto`` of ``cfg`` by its derived value; print what was chosen and why
-    (rank 0 only). Returns ``{key: value}`` of what was derived (empty when nothing is ``auto``)."""
+    (rank 0 only). Returns ``{key: value}`` of what was derived (empty when nothing is ``auto``).
+
+    A run resumed from ``train.resume`` keeps what its first start derived, even if the annotations changed
+    since: ``resumed_config`` is that checkpoint's ``config``, which the caller has loaded."""
     data = cfg.data
     wanted = [k for k in AUTO_KEYS if data.get(k) == "auto"]
     if not wanted:
         return {}
     resume = cfg.get("train", {}).get("resume")
-    if resume:  # a resumed run keeps what its first start derived, even if the annotations changed since
-        return _from_checkpoint(cfg, wanted, resume)
+    if resume:
+        if resumed_config is None:
+            raise ValueError("resolve_auto: cfg resumes a run; pass its checkpoint's config as resumed_config")
+        return _from_resumed(cfg, wanted, str(resume), resumed_config)
     from frcnn.data.coco import load_coco
-    from frcnn.engine.builders import split_annotations
+    from frcnn.data.formats import split_annotations
 
     source = split_annotations(cfg, "train")
     dataset = load_coco(source).dataset
@@ -145,11 +151,9 @@ def _interpolates(node: DictConfig, key: str) -> bool:
     return key in node and OmegaConf.is_interpolation(node, key)
 
 
-def _from_checkpoint(cfg: DictConfig, wanted: list[str], resume: str) -> dict[str, Any]:
+def _from_resumed(cfg: DictConfig, wanted: list[str], resume: str, resumed_config: Mapping[str, Any]) -> dict[str, Any]:
     """The values of ``wanted`` that the run being resumed derived (its checkpoint's config)."""
-    from frcnn.engine.checkpoint import load_checkpoint
-
-    saved = load_checkpoint(resume, map_location="cpu").get("config", {}).get("data", {})
+    saved = resumed_config.get("data", {})
     missing = [k for k in wanted if k not in saved or saved[k] == "auto"]
     if missing:
         raise InputError(f"train.resume={resume} holds no derived data.{missing[0]}; give it: data.{missing[0]}=...")

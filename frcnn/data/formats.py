@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from frcnn.data.coco import AnnotationError, CocoData
+from omegaconf import DictConfig
+
+from frcnn.data.coco import AnnotationError, CategoryMap, CocoData
 from frcnn.data.images import ImageReadError, display_size
 from frcnn.errors import ConfigError, MissingFileError, UserError
 
@@ -390,3 +392,23 @@ def _labelme_images(globox: ModuleType, images: Path, annotations: Path) -> list
         records.append(_Image(_relative(image, images), ann.image_width, ann.image_height, path, boxes))
     return records
 
+
+def split_annotations(cfg: DictConfig, split: str, categories: CategoryMap | None = None) -> str | CocoData:
+    """What :class:`CocoDetection` reads for ``split`` of ``cfg.data``: the annotation file's path
+    (``data.format=coco``, the default), or the VOC / YOLO / LabelMe split converted in memory
+    (:func:`frcnn.data.formats.read_split`). ``categories`` (the training split's, or a checkpoint's)
+    gives the class names, so that every split maps classes to the same labels."""
+    fmt = cfg.data.get("format", "coco")
+    split_cfg = cfg.data[split]
+    if fmt == "coco":
+        return split_cfg.annotations
+    names = categories.names if categories is not None else cfg.data.get("class_names")
+    return read_split(
+        fmt,
+        images=split_cfg.images,
+        annotations=split_cfg.annotations,
+        image_set=split_cfg.get("image_set"),
+        class_names=None if names is None else [str(n) for n in names],
+        names_file=cfg.data.get("names_file"),
+        split=split,
+    )

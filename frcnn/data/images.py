@@ -53,8 +53,10 @@ def read_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
 
 def to_chw(image: np.ndarray) -> torch.Tensor:
     """``[H, W, 3]`` array (uint8 RGB as :func:`read_rgb` gives) -> ``[3, H, W]`` tensor of the same dtype, sharing
-    memory with a C-contiguous input (a channels-first view: call ``.contiguous()`` for a packed copy)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    memory with a writable C-contiguous input (a channels-first view: call ``.contiguous()`` for a packed copy).
+    A read-only array (``np.asarray`` of a PIL image) is copied: torch tensors cannot be read-only."""
+    image = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
+    return torch.from_numpy(image).permute(2, 0, 1)
 
 
 def _read(path: Path, max_pixels: int | None) -> np.ndarray:

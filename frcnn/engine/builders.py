@@ -14,8 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from frcnn.data.coco import CategoryMap, CocoData, CocoDetection, collate
-from frcnn.data.formats import read_split
+from frcnn.data.coco import CategoryMap, CocoDetection, collate
+from frcnn.data.formats import split_annotations
 from frcnn.data.samplers import GroupedBatchSampler
 from frcnn.data.synthetic import generate
 from frcnn.engine.distributed import DistInfo, barrier
@@ -62,27 +62,6 @@ def ensure_generated(
         print(f"generating {what} in {root} ...", flush=True)
         generator(root, **settings)
     barrier()
-
-
-def split_annotations(cfg: DictConfig, split: str, categories: CategoryMap | None = None) -> str | CocoData:
-    """What :class:`CocoDetection` reads for ``split`` of ``cfg.data``: the annotation file's path
-    (``data.format=coco``, the default), or the VOC / YOLO / LabelMe split converted in memory
-    (:func:`frcnn.data.formats.read_split`). ``categories`` (the training split's, or a checkpoint's)
-    gives the class names, so that every split maps classes to the same labels."""
-    fmt = cfg.data.get("format", "coco")
-    split_cfg = cfg.data[split]
-    if fmt == "coco":
-        return split_cfg.annotations
-    names = categories.names if categories is not None else cfg.data.get("class_names")
-    return read_split(
-        fmt,
-        images=split_cfg.images,
-        annotations=split_cfg.annotations,
-        image_set=split_cfg.get("image_set"),
-        class_names=None if names is None else [str(n) for n in names],
-        names_file=cfg.data.get("names_file"),
-        split=split,
-    )
 
 
 def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: CategoryMap | None = None) -> CocoDetection:

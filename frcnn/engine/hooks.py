@@ -1,15 +1,16 @@
 """Hooks around the training step: preemption signals, fp16 overflows, checkpoints, logging, evaluation.
 
-:meth:`Trainer.loop <frcnn.engine.trainer.Trainer.loop>` calls each hook, in the order of its list:
+:meth:`Trainer.loop <frcnn.engine.trainer.Trainer.loop>` calls each :class:`~frcnn.engine.trainer.Hook`, in the
+order of its list:
 
 * ``before_train(trainer)`` once, before the first batch is drawn;
 * ``after_step(trainer, out)`` after every completed step (``trainer.it`` already counts it);
 * ``on_failure(trainer, error)`` when anything raises once training has started (the error then goes on);
 * ``after_train(trainer)`` always, last (close files, restore signal handlers).
 
-The trainer's list is :class:`Preemption`, :class:`OverflowMonitor`, :class:`Checkpointer`,
-:class:`MetricsLogger`, :class:`Evaluator`. At a step the order matters: the checkpoint comes before
-logging and evaluation, so nothing later at the step can lose it; evaluation comes last, since a new
+The list :func:`frcnn.engine.launch.build_hooks` hands the trainer is :class:`Preemption`,
+:class:`OverflowMonitor`, :class:`Checkpointer`, :class:`MetricsLogger`, :class:`DataReport`, :class:`Evaluator`.
+At a step the order matters: the checkpoint comes before logging and evaluation, so nothing later at the step can lose it; evaluation comes last, since a new
 best AP writes ``best.pt`` and then rewrites that step's ``last.pt`` so that a resumed run knows it.
 """
 
@@ -19,42 +20,18 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from frcnn.engine import builders
 from frcnn.engine.checkpoint import rng_state, save_checkpoint
 from frcnn.engine.distributed import gather_objects
-from frcnn.errors import UserError
-from frcnn.evaluation.coco_eval import evaluate_results, predict
+from frcnn.engine.trainer import Hook, StepOutput, Trainer, TrainingError
 
-if TYPE_CHECKING:
-    from frcnn.data.coco import CocoDetection
-    from frcnn.engine.trainer import StepOutput, Trainer
-
-
-class TrainingError(UserError, RuntimeError):
-    """Training cannot go on (non-finite loss, repeated AMP overflow, too many unreadable images);
-    ``last.pt`` holds the last completed step."""
-
-
-class Hook:
-    """Called by the training loop at four points; each does nothing unless a subclass says otherwise."""
-
-    def before_train(self, trainer: Trainer) -> None:
-        pass
-
-    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
-        pass
-
-    def on_failure(self, trainer: Trainer, error: BaseException) -> None:
-        pass
-
-    def after_train(self, trainer: Trainer) -> None:
-        pass
+__all__ = ["Checkpointer", "DataReport", "Evaluator", "Hook", "MetricsLogger", "OverflowMonitor", "Preemption", "TrainingError"]
 
 
 class Preemption(Hook):
@@ -150,7 +127,7 @@ class MetricsLogger(Hook):
         if not trainer.is_main:
             return
         losses = {k: float(v.detach()) for k, v in out.losses.items()}
-        record = {"iteration": trainer.it, "loss": float(out.loss.detach()), "lr": trainer.scheduler.get_last_lr()[0],
+        record = {"iteration": trainer.it, "loss": float(out.loss.detach()), "lr": trainer.optimization.scheduler.get_last_lr()[0],
                   "it_per_s": rate, "elapsed_s": round(trainer.budget.elapsed(), 1), "amp_skipped_steps": self.overflows.total,
                   "unreadable_train_images": out.bad_images, **losses}
         self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", it_s=f"{rate:.2f}")
@@ -215,12 +192,28 @@ class Checkpointer(Hook):
             print(f"could not save iteration {it} before stopping ({save_error})", flush=True)
 
 
-class Evaluator(Hook):
-    """COCO AP on ``val_set`` every ``period`` steps and at the last step, but not when a signal stops the run
-    (a preempted job has no time for it). A new best AP saves ``best.pt`` (every rank takes part)."""
+class DataReport(Hook):
+    """Rank 0 appends the unreadable training inputs it skipped at load time to ``data_report.txt``."""
 
-    def __init__(self, val_set: CocoDetection, *, period: int, checkpointer: Checkpointer, log: MetricsLogger) -> None:
-        self.val_set = val_set
+    def after_train(self, trainer: Trainer) -> None:
+        if trainer.is_main and trainer.skipped_inputs:
+            with open(trainer.run_dir / "data_report.txt", "a") as f:
+                f.write(f"unreadable training {trainer.inputs.name}s skipped at load time on rank 0: "
+                        f"{sorted(trainer.skipped_inputs)}\n")
+
+
+# (model, iteration) -> the evaluation's record ({"val/AP": ..., ...}), the same dict on every rank
+EvaluateFn = Callable[[torch.nn.Module, int], dict[str, Any]]
+
+
+class Evaluator(Hook):
+    """``evaluate(model, it)`` every ``period`` steps and at the last step, but not when a signal stops the run
+    (a preempted job has no time for it); its record is logged. A new best ``val/AP`` saves ``best.pt``
+    (every rank takes part). The task provides ``evaluate`` (the detector's: COCO AP on the validation
+    split, :func:`frcnn.tasks.train.coco_evaluator`)."""
+
+    def __init__(self, evaluate: EvaluateFn, *, period: int, checkpointer: Checkpointer, log: MetricsLogger) -> None:
+        self.evaluate = evaluate
         self.period = period
         self.checkpointer = checkpointer
         self.log = log
@@ -228,29 +221,10 @@ class Evaluator(Hook):
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
         if not out.keep_going or (trainer.it % self.period and not trainer.last_step):
             return
-        trainer.val_metrics = metrics = self.evaluate(trainer)  # the same dict on every rank
+        trainer.val_metrics = metrics = self.evaluate(trainer.model, trainer.it)
         self.log.write(metrics, trainer.it)
         if metrics["val/AP"] > trainer.best_ap:
             trainer.best_ap = metrics["val/AP"]
             self.checkpointer.save(trainer, "best.pt")
             if self.checkpointer.saved_at == trainer.it:
                 self.checkpointer.save(trainer, "last.pt")  # so that a resumed run knows this best AP
-
-    def evaluate(self, trainer: Trainer) -> dict[str, Any]:
-        """COCO stats (``val/AP``, ``val/AP50``, ...) on the validation split, on every rank; each rank predicts
-        its shard. Unreadable images are left out and counted (``val/unreadable_images``)."""
-        loader = builders.eval_loader(trainer.cfg, self.val_set, trainer.dist)
-        unreadable: list[int] = []
-        results = predict(trainer.model, loader, trainer.categories, trainer.device, amp_dtype=trainer.amp_dtype,
-                          progress=trainer.is_main, unreadable=unreadable)
-        all_results = [r for part in gather_objects(results) for r in part]
-        all_unreadable = sorted(i for part in gather_objects(unreadable) for i in part)
-        out: dict[str, Any] = {}
-        if trainer.is_main:
-            read_ids = sorted(set(self.val_set.coco.getImgIds()) - set(all_unreadable))
-            ev = evaluate_results(self.val_set.coco, all_results, image_ids=read_ids if all_unreadable else None)
-            out = {"iteration": trainer.it, **{f"val/{k}": v for k, v in ev["stats"].items()},
-                   "val/unreadable_images": len(all_unreadable)}
-            note = f" ({len(all_unreadable)} unreadable images left out: {all_unreadable[:10]})" if all_unreadable else ""
-            print(f"[iter {trainer.it}] val AP {ev['stats']['AP']:.4f}  AP50 {ev['stats']['AP50']:.4f}{note}", flush=True)
-        return gather_objects(out)[0]

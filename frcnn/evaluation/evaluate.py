@@ -23,7 +23,7 @@ from pycocotools.coco import COCO
 from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
 from frcnn.data.coco import CocoDetection, collate, load_coco
 from frcnn.data.images import DEFAULT_MAX_PIXELS
-from frcnn.engine.builders import split_annotations
+from frcnn.data.formats import split_annotations
 from frcnn.errors import InputError, MissingFileError
 from frcnn.evaluation.analysis import analyze
 from frcnn.evaluation.coco_eval import (

@@ -1,5 +1,6 @@
 """Train SiamRPN with the detector's trainer: the same loop, hooks (checkpoints, resume, preemption, AMP
-overflow, logging), DDP and bad-input handling; only the data, the model and the batch differ.
+overflow, logging), DDP and bad-input handling; only the task's builders differ (:data:`TRACKER`: the data,
+the model and the losses on a batch of pairs).
 
 ``train_tracker(cfg)`` is what ``scripts/train_tracker.py`` and the tests call (``conf/siamrpn.yaml``).
 """
@@ -17,7 +18,9 @@ from frcnn.config import amp_dtype
 from frcnn.data.coco import CocoDetection
 from frcnn.engine.builders import ensure_generated, ensure_synthetic_at
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from frcnn.engine.trainer import Trainer
+from frcnn.engine.distributed import DistInfo
+from frcnn.engine.launch import TrainingData, TrainingTask, load_resume, run_training
+from frcnn.engine.trainer import InputBudget
 from frcnn.tracking.model import SiamRPN
 from frcnn.tracking.pairs import PairBatch, TrackingPairs, collate_pairs
 from frcnn.tracking.sequences import generate_sequences, load_sequences
@@ -31,54 +34,49 @@ SHIPPED_TRACKER = Path(__file__).parent / "weights" / "siamrpn_shipped.pt"
 def train_tracker(cfg: DictConfig) -> dict[str, Any]:
     """Train SiamRPN as ``cfg`` says, writing into ``cfg.run_dir``; returns ``iteration`` and ``stopped_by_signal``."""
     amp_dtype(cfg.trainer.amp, "trainer.amp")
-    return TrackerTrainer.run(cfg)
+    return run_training(cfg, TRACKER, load_resume(cfg, CHECKPOINT_KIND))
 
 
-class TrackerTrainer(Trainer):
-    """:class:`~frcnn.engine.trainer.Trainer` on (template, search, box) pairs."""
+def tracker_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
+    """(template, search, box) pairs from the annotated sequences (generated if missing) and the still images of a
+    COCO-format set. The unreadable-input ids count the sequences' frames, then one per still image."""
+    d = cfg.data
+    if d.get("sequences") is not None:
+        ensure_generated(d.sequences.root, d.sequences.get("generate"), dist, generate_sequences,
+                         "synthetic tracking sequences", key="data.sequences")
+    still = None
+    if d.get("still") is not None:
+        ensure_synthetic_at(d.still.root, d.still.get("generate"), dist, key="data.still")
+        still = CocoDetection(d.still.images, d.still.annotations, on_unreadable="replace")
+    sequences = load_sequences(d.sequences.root) if d.get("sequences") is not None else []
+    pairs = TrackingPairs(
+        sequences, still, max_gap=int(d.max_gap), shift=float(d.shift), scale_jitter=float(d.scale_jitter),
+        negative_fraction=float(d.negative_fraction), distractor_fraction=float(d.get("distractor_fraction", 0.0)),
+        context=float(d.context),
+    )
+    inputs = InputBudget(len(pairs.frames) + (len(still.records) if still is not None else 0),
+                         float(d.get("max_bad_image_fraction", 0.01)), name="frame",
+                         hint="each skipped frame's file is named in a warning above")
+    summary = (f"train: {len(pairs)} pair keys ({len(pairs.frames)} frames of {len(sequences)} sequences, "
+               f"{len(pairs.objects)} objects of still images)")
+    return TrainingData(pairs, collate_pairs, inputs, summary)
 
-    collate_fn = staticmethod(collate_pairs)
-    checkpoint_kind = CHECKPOINT_KIND
-    # SyncBatchNorm would replace the backbone's SiameseBatchNorm2d and with it the template branch's own
-    # statistics; a GPU's batch of 16-32 pairs gives BatchNorm enough samples by itself.
-    sync_batchnorm = False
-    bad_input_name = "frame"  # ids: the sequences' frames in order, then one per still image (pairs.TrackingPairs)
-    bad_input_hint = "each skipped frame's file is named in a warning above"
 
-    def _build_data(self) -> None:
-        cfg = self.cfg
-        if cfg.data.get("sequences") is not None:
-            ensure_generated(cfg.data.sequences.root, cfg.data.sequences.get("generate"), self.dist, generate_sequences,
-                             "synthetic tracking sequences", key="data.sequences")
-        still = None
-        if cfg.data.get("still") is not None:
-            ensure_synthetic_at(cfg.data.still.root, cfg.data.still.get("generate"), self.dist, key="data.still")
-            still = CocoDetection(cfg.data.still.images, cfg.data.still.annotations, on_unreadable="replace")
-        sequences = load_sequences(cfg.data.sequences.root) if cfg.data.get("sequences") is not None else []
-        d = cfg.data
-        self.train_set = TrackingPairs(
-            sequences, still, max_gap=int(d.max_gap), shift=float(d.shift), scale_jitter=float(d.scale_jitter),
-            negative_fraction=float(d.negative_fraction), distractor_fraction=float(d.get("distractor_fraction", 0.0)),
-            context=float(d.context),
-        )
-        self.categories = None
-        self.val_set = None
-        # The skipped ids count sequence frames and still images (one id per image, however many objects it has).
-        self.num_inputs = len(self.train_set.frames) + (len(still.records) if still is not None else 0)
-        self.max_bad_images = float(d.get("max_bad_image_fraction", 0.01)) * self.num_inputs
-        if self.is_main:
-            summary = (f"train: {len(self.train_set)} pair keys ({len(self.train_set.frames)} frames of {len(sequences)} "
-                       f"sequences, {len(self.train_set.objects)} objects of still images)")
-            print(summary, flush=True)
-            (self.run_dir / "data_report.txt").write_text(summary + "\n")
+def tracker_losses(model: torch.nn.Module, batch: PairBatch, device: torch.device) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """SiamRPN's losses on a batch of pairs moved to ``device``, and the ids of the unreadable frames replaced in it."""
+    templates, searches, boxes = (t.to(device, non_blocking=True) for t in batch[:3])
+    return model(templates, searches, boxes).losses, batch.skipped.tolist()
 
-    def new_model(self) -> torch.nn.Module:
-        return instantiate(self.cfg.model)
 
-    def forward_losses(self, batch: PairBatch) -> dict[str, torch.Tensor]:
-        self.skipped_images.update(batch.skipped.tolist())
-        templates, searches, boxes = (t.to(self.device, non_blocking=True) for t in batch[:3])
-        return self.step_model(templates, searches, boxes).losses
+# SyncBatchNorm would replace the backbone's SiameseBatchNorm2d and with it the template branch's own statistics;
+# a GPU's batch of 16-32 pairs gives BatchNorm enough samples by itself.
+TRACKER = TrainingTask(
+    kind=CHECKPOINT_KIND,
+    build_data=tracker_data,
+    build_model=lambda cfg, data: instantiate(cfg.model),
+    losses=tracker_losses,
+    sync_batchnorm=False,
+)
 
 
 def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", settings: dict[str, float] | None = None) -> SiamRPNTracker:
