@@ -112,23 +112,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             "written by scripts/import_weights.py), or train.init_from=null"
         )
 
-    for key in ("data.num_classes", "data.batch_size", "data.eval_batch_size", "data.min_size_test", "data.max_size"):
-        _number(cfg, key, integer=True, low=1)
-    workers = _get(cfg, "data.num_workers")
-    if workers != "auto" and not (_is_int(workers) and workers >= 0) and workers is not _ABSENT:
-        raise ConfigError(f"data.num_workers={_show(workers)} is not valid; allowed: auto (the machine's cores, less one, at most 4) "
-                          "or an integer >= 0")
-    _number(cfg, "data.min_box_size", low=0)
-    _number(cfg, "data.max_bad_image_fraction", low=0, high=1)
-    _number(cfg, "data.max_pixels", integer=True, low=1, nullable=True)
-    _choice(cfg, "data.pin_memory", ("auto", True, False))
-    _choice(cfg, "data.format", FORMATS)
-    sizes = _get(cfg, "data.min_size_train")
-    if sizes is not _ABSENT:
-        values = list(sizes) if isinstance(sizes, (ListConfig, list, tuple)) else [sizes]
-        if not values or not all(_is_int(s) and s >= 1 for s in values):
-            raise ConfigError(f"data.min_size_train={_show(sizes)} is not valid; allowed: a list of shorter-side sizes >= 1, e.g. [600]")
-
+    _validate_train_data(cfg)
     if _get(cfg, "optim.reference_batch_size") is not _ABSENT:
         raise ConfigError("optim.reference_batch_size is now trainer.reference_batch_size (optim holds only the optimizer's "
                           "arguments); move it there")
@@ -151,6 +135,26 @@ def validate_train_config(cfg: DictConfig) -> None:
         node = _get(cfg, key)
         if isinstance(node, DictConfig):
             _check_targets(node, key)
+
+
+def _validate_train_data(cfg: DictConfig) -> None:
+    """``data.*`` of a training config."""
+    for key in ("data.num_classes", "data.batch_size", "data.eval_batch_size", "data.min_size_test", "data.max_size"):
+        _number(cfg, key, integer=True, low=1)
+    workers = _get(cfg, "data.num_workers")
+    if workers != "auto" and not (_is_int(workers) and workers >= 0) and workers is not _ABSENT:
+        raise ConfigError(f"data.num_workers={_show(workers)} is not valid; allowed: auto (the machine's cores, less one, at most 4) "
+                          "or an integer >= 0")
+    _number(cfg, "data.min_box_size", low=0)
+    _number(cfg, "data.max_bad_image_fraction", low=0, high=1)
+    _number(cfg, "data.max_pixels", integer=True, low=1, nullable=True)
+    _choice(cfg, "data.pin_memory", ("auto", True, False))
+    _choice(cfg, "data.format", FORMATS)
+    sizes = _get(cfg, "data.min_size_train")
+    if sizes is not _ABSENT:
+        values = list(sizes) if isinstance(sizes, (ListConfig, list, tuple)) else [sizes]
+        if not values or not all(_is_int(s) and s >= 1 for s in values):
+            raise ConfigError(f"data.min_size_train={_show(sizes)} is not valid; allowed: a list of shorter-side sizes >= 1, e.g. [600]")
 
 
 def _validate_model(cfg: DictConfig) -> None:

@@ -61,15 +61,10 @@ class _Trunk(nn.Module):
 
 
 def torchvision_peer(model: FasterRCNN) -> nn.Module:
-    """torchvision's ``FasterRCNN`` with ``model``'s settings and a copy of its current weights.
-
-    Raises:
-        ConfigError: ``model`` uses RoI max pooling, which torchvision's detector does not offer, or tests at
-            a size it does not train at.
-    """
+    """torchvision's ``FasterRCNN`` with ``model``'s settings and a copy of its current weights. Raises ConfigError
+    when ``model`` uses RoI max pooling (torchvision's detector has none) or tests at a size it does not train at."""
     from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
+    from torchvision.models.detection.rpn import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
     rpn, heads, prep = model.rpn, model.roi_heads, model.preprocessor
@@ -78,15 +73,7 @@ def torchvision_peer(model: FasterRCNN) -> nn.Module:
     backbone = copy.deepcopy(model.backbone)
     gen = rpn.anchor_generator
     pyramid = hasattr(backbone, "fpn")
-    rpn_head = RPNHead(backbone.out_channels, gen.num_anchors)
-    rpn_convs = [m for m in rpn_head.conv.modules() if isinstance(m, nn.Conv2d)]
-    if len(rpn_convs) != 1:
-        raise RuntimeError(f"unexpected torchvision RPNHead layout: {len(rpn_convs)} 3x3 convs")
-    for theirs, ours in ((rpn_convs[0], rpn.head.conv), (rpn_head.cls_logits, rpn.head.objectness), (rpn_head.bbox_pred, rpn.head.deltas)):
-        theirs.load_state_dict(ours.state_dict())
-    predictor = FastRCNNPredictor(heads.predictor.cls_score.in_features, model.num_classes + 1)
-    predictor.cls_score.load_state_dict(heads.predictor.cls_score.state_dict())
-    predictor.bbox_pred.load_state_dict(heads.predictor.bbox_pred.state_dict())
+    rpn_head, predictor = _copied_heads(model)
 
     if pyramid:  # torchvision names the levels '0', '1', ... and the max-pooled one 'pool'
         names = [str(i) for i in range(len(gen.strides) - 1)] + ["pool"]
@@ -152,3 +139,21 @@ class PeerAdapter(nn.Module):
                 raise InputError("torchvision's FasterRCNN needs targets in training mode; call .eval() to detect")
             return ModelOutput(losses=self.peer(images, [dict(t) for t in targets]), detections=None)
         return ModelOutput(losses={}, detections=self.peer(images))
+
+
+def _copied_heads(model: FasterRCNN) -> tuple[nn.Module, nn.Module]:
+    """torchvision's ``RPNHead`` and ``FastRCNNPredictor`` holding copies of ``model``'s RPN head and predictor weights."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
+
+    rpn, heads = model.rpn, model.roi_heads
+    rpn_head = RPNHead(model.backbone.out_channels, rpn.anchor_generator.num_anchors)
+    rpn_convs = [m for m in rpn_head.conv.modules() if isinstance(m, nn.Conv2d)]
+    if len(rpn_convs) != 1:
+        raise RuntimeError(f"unexpected torchvision RPNHead layout: {len(rpn_convs)} 3x3 convs")
+    for theirs, ours in ((rpn_convs[0], rpn.head.conv), (rpn_head.cls_logits, rpn.head.objectness), (rpn_head.bbox_pred, rpn.head.deltas)):
+        theirs.load_state_dict(ours.state_dict())
+    predictor = FastRCNNPredictor(heads.predictor.cls_score.in_features, model.num_classes + 1)
+    predictor.cls_score.load_state_dict(heads.predictor.cls_score.state_dict())
+    predictor.bbox_pred.load_state_dict(heads.predictor.bbox_pred.state_dict())
+    return rpn_head, predictor

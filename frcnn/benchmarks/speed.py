@@ -305,8 +305,13 @@ def step_fns(
 
         return run
 
-    # Backbone only: the trunk on the padded batch and the box head on R RoIs per image, forward and
-    # backward, nothing else. The modules are the model's own (trainable parts train, frozen ones don't).
+    return train_step, infer, _backbone_only(model, ours, settings, device, batch, ctx)
+
+
+def _backbone_only(model: nn.Module, ours: FasterRCNN, settings: SpeedSettings, device: torch.device, batch: int,
+                   ctx: Callable[[], torch.autocast]) -> Callable[[], None]:
+    """The baseline step: the trunk on the padded batch and the box head on R RoIs per image, forward and
+    backward, nothing else. The modules are the model's own (trainable parts train, frozen ones don't)."""
     if isinstance(model, PeerAdapter):
         trunk = model.peer.backbone if hasattr(model.peer.backbone, "fpn") else model.peer.backbone.body
         head = model.peer.roi_heads.box_head
@@ -328,4 +333,4 @@ def step_fns(
             loss = _mean_of(trunk(x)) + head(pooled).float().mean()
         loss.backward()
 
-    return train_step, infer, backbone_only
+    return backbone_only

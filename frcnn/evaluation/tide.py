@@ -123,17 +123,7 @@ def tide(data: EvalData, matches: Matches, ious: list, *, pos: float = 0.5, bg: 
     gt_used = matches.gt_dt[t] >= 0
     num_gt = data.num_gt_per_category
 
-    # One object, one true positive: a fixed Cls / Loc error counts only if its box is free and it is
-    # the highest-scored Cls / Loc error on that box (the first in score order on ties).
-    fixable = np.isin(dt_type, (CLS, LOC)) & (dt_target >= 0)
-    fixable[fixable] = ~gt_used[dt_target[fixable]]
-    rows = np.flatnonzero(fixable)
-    rows = rows[np.lexsort((rows, -data.dt_score[rows], dt_target[rows]))]
-    first = np.r_[True, dt_target[rows][1:] != dt_target[rows][:-1]] if len(rows) else np.zeros(0, bool)
-    best = np.zeros(len(dt_type), dtype=bool)
-    best[rows[first]] = True
-    usable = np.zeros(len(data.gt_box), dtype=bool)
-    usable[dt_target[fixable]] = True
+    best, usable = _fixable(dt_type, dt_target, gt_used, data.dt_score)
     gt_missed = ~data.gt_crowd & ~gt_used & ~usable
     unmatched = ~data.gt_crowd & ~gt_used
 
@@ -176,6 +166,22 @@ def tide(data: EvalData, matches: Matches, ious: list, *, pos: float = 0.5, bg: 
     counts = {name: int(per_class_counts[name].sum()) for name in MAIN_ERRORS}
     pc_ap = np.where(num_gt > 0, base_pc, np.nan)
     return Tide(base_ap, dap, counts, pc_ap, per_class_dap, per_class_counts, dt_type, ~counted, dt_target, gt_missed)
+
+
+def _fixable(dt_type: np.ndarray, dt_target: np.ndarray, gt_used: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One object, one true positive: a fixed Cls / Loc error counts only if its box is free (not ``gt_used``)
+    and it is the highest-scored Cls / Loc error on that box (the first in score order on ties). Returns the
+    ``[D]`` detections that a fix promotes and the ``[G]`` boxes that some Cls / Loc error could take."""
+    fixable = np.isin(dt_type, (CLS, LOC)) & (dt_target >= 0)
+    fixable[fixable] = ~gt_used[dt_target[fixable]]
+    rows = np.flatnonzero(fixable)
+    rows = rows[np.lexsort((rows, -score[rows], dt_target[rows]))]
+    first = np.r_[True, dt_target[rows][1:] != dt_target[rows][:-1]] if len(rows) else np.zeros(0, bool)
+    best = np.zeros(len(dt_type), dtype=bool)
+    best[rows[first]] = True
+    usable = np.zeros(len(gt_used), dtype=bool)
+    usable[dt_target[fixable]] = True
+    return best, usable
 
 
 def _count(category: np.ndarray, K: int) -> np.ndarray:

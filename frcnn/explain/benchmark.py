@@ -91,19 +91,7 @@ def benchmark(
             explanations = explain(model, image, detections, method=name, max_rois=max_rois, **options)
             rows[name]["seconds"].append((time.perf_counter() - start) / len(detections))
             for m, (det, e) in enumerate(zip(detections, explanations)):
-                for substrate in SUBSTRATES:
-                    curves = deletion_insertion(lambda x, m=m: score(x)[:, m], image, e.saliency,
-                                                substrate=substrate, steps=steps, mean=mean)
-                    rows[name][f"deletion_{substrate}"].append(curves.deletion_auc)
-                    rows[name][f"insertion_{substrate}"].append(curves.insertion_auc)
-                same = gt_labels == det.label
-                if same.any():
-                    iou = box_iou(det.box[None], gt_boxes[same])[0]
-                    if iou.max() >= 0.5:
-                        for key, value in pointing_hits(e.saliency, gt_boxes[same][iou.argmax()]).items():
-                            rows[name][key].append(value)
-                if "completeness_relative" in e.info:
-                    rows[name]["ig_completeness_relative"].append(e.info["completeness_relative"])
+                _score_one(rows[name], lambda x, m=m: score(x)[:, m], image, det, e, gt_boxes, gt_labels, steps, mean)
         for det in detections[: max(0, sanity_detections - sanity_done)]:
             for name, options in methods.items():
                 opts = (sanity_options or {}).get(name, options)
@@ -117,6 +105,30 @@ def benchmark(
                 near = explain(model, image, detections, method=name, max_rois=max_rois, **options)
                 every = explain(model, image, detections, method=name, **options)
                 agreement_rows[name] += [spearman(a.saliency, b.saliency) for a, b in zip(near, every)]
+    return _summarize(rows, agreement_rows, max_rois)
+
+
+def _score_one(row: dict[str, list[float]], score: Any, image: torch.Tensor, det: Any, e: Any, gt_boxes: torch.Tensor,
+               gt_labels: torch.Tensor, steps: int, mean: torch.Tensor | None) -> None:
+    """Append one explanation's deletion / insertion AUCs on every substrate, its pointing-game hits (when a
+    same-class ground-truth box overlaps the detection at IoU ≥ 0.5) and IG's completeness to ``row``."""
+    for substrate in SUBSTRATES:
+        curves = deletion_insertion(score, image, e.saliency, substrate=substrate, steps=steps, mean=mean)
+        row[f"deletion_{substrate}"].append(curves.deletion_auc)
+        row[f"insertion_{substrate}"].append(curves.insertion_auc)
+    same = gt_labels == det.label
+    if same.any():
+        iou = box_iou(det.box[None], gt_boxes[same])[0]
+        if iou.max() >= 0.5:
+            for key, value in pointing_hits(e.saliency, gt_boxes[same][iou.argmax()]).items():
+                row[key].append(value)
+    if "completeness_relative" in e.info:
+        row["ig_completeness_relative"].append(e.info["completeness_relative"])
+
+
+def _summarize(rows: dict[str, dict[str, list[float]]], agreement_rows: dict[str, list[float]],
+               max_rois: int | None) -> dict[str, Any]:
+    """Per-method means, the methods ranked by insertion − deletion on each substrate, and the max_rois agreement."""
     summary = {name: {key: float(np.nanmean(values)) for key, values in columns.items()} | {"n_detections": len(columns["deletion_black"])}
                for name, columns in rows.items()}
     ranks = {}

@@ -133,6 +133,18 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
             for m, e in enumerate(per_method[name])
         ]
         print(f"{name}: {per_method[name][0].seconds:.2f} s per {kind}")
+    _write_results(report, image, chosen, categories, per_method, curves, out, path.stem, truth=truth,
+                   substrate=cfg.faithfulness.substrate)
+    print(f"{path}: {len(chosen)} {cfg.explain} explained with {', '.join(names)} -> {out}")
+    return report
+
+
+def _write_results(report: dict[str, Any], image: torch.Tensor, chosen: list, categories: Any,
+                   per_method: dict[str, list[Explanation]], curves: dict[str, list[Curves]], out: Path, stem: str, *,
+                   truth: Any, substrate: str) -> None:
+    """One panel per detection, ``explanations.npz`` and ``explanations.json`` (``report`` gets each detection's
+    entry: its record and, per method, the target score, seconds, the AUCs and the method's own facts)."""
+    names = list(per_method)
     maps = {}
     for m, det in enumerate(chosen):
         entry = _detection_record(det, categories)
@@ -145,13 +157,11 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
                 "deletion_auc": round(c.deletion_auc, 4), "insertion_auc": round(c.insertion_auc, 4), **e.info,
             }
         entry["panel"] = str(draw_panel(image, det, [per_method[n][m] for n in names], [curves[n][m] for n in names],
-                                        out / f"{path.stem}_{det.name}.png", title=entry["category"],
-                                        substrate=cfg.faithfulness.substrate, truth=truth))
+                                        out / f"{stem}_{det.name}.png", title=entry["category"],
+                                        substrate=substrate, truth=truth))
         report["detections"].append(entry)
     np.savez_compressed(out / "explanations.npz", **maps)
     (out / "explanations.json").write_text(json.dumps(report, indent=1))
-    print(f"{path}: {len(chosen)} {cfg.explain} explained with {', '.join(names)} -> {out}")
-    return report
 
 
 def grey_fill(substrate: str, options: dict[str, dict[str, Any]], train_cfg: DictConfig) -> GreyMean | None:

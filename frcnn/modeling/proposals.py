@@ -6,6 +6,23 @@ boxes of different images never suppress each other.
 
 Shape shorthand: ``B`` images, ``L`` feature levels, ``A_l`` anchors per image on level ``l``, ``T``
 candidates after the per-level top-k, ``P`` proposals kept per image.
+
+NMS **within each level** (``nms_per_level=True``: torchvision, detectron2, mmdetection) lets a box
+from P2 and a box from P3 over the same object both survive, so each level keeps its own candidates
+until the final top-k; NMS **across levels** (``False``) treats all levels' candidates as one set,
+as a single map's NMS does (C4: one level, the two are the same).
+
+Proposals are made under ``no_grad``: Faster R-CNN (4-step and approximate joint training alike) treats
+proposals as fixed inputs to the box head, so no gradient flows back through the box coordinates into the
+RPN's regression branch; the RPN learns only from its own loss.
+
+Dropped boxes are never removed (that would give each image its own length, and a host sync);
+their logit becomes ``-inf`` and they come out with ``valid=False``. Worked example, one image,
+one level, ``pre_nms_topk=3``, ``post_nms_topk=3``: logits ``[2.0, 0.5, 1.0, -1.0]`` where anchor 2's
+box is under the minimum size → ``[2.0, 0.5, -inf, -1.0]``; top-3 → anchors ``[0, 1, 3]``; NMS keeps
+all three → proposals ``[0, 1, 3]``, all valid. Had NMS suppressed anchor 1, the image would have two
+survivors and a padding slot: proposals ``[0, 3, pad]``, ``valid = [True, True, False]``. Had
+every anchor been too small, all three slots would hold ``-inf`` logits: ``valid`` all False.
 """
 
 from __future__ import annotations
@@ -39,20 +56,12 @@ def generate_proposals(
 ) -> Proposals:
     """Turn per-anchor objectness and deltas into at most ``post_nms_topk`` proposals per image.
 
-    Runs under ``no_grad``: Faster R-CNN (4-step and approximate joint training alike) treats
-    proposals as fixed inputs to the box head, so no gradient flows back through the box coordinates
-    into the RPN's regression branch; the RPN learns only from its own loss.
-
     Steps (py-faster-rcnn ``proposal_layer``; per level for a pyramid, as in Lin et al. 2017): decode
     with RPN weights (1, 1, 1, 1), clip to the image, drop boxes with a side below ``min_box_size``
     (16 px of the original image, given here in network-input pixels), keep each level's
     ``pre_nms_topk`` highest-scoring, NMS at ``nms_thresh``, keep the ``post_nms_topk`` highest-scoring
-    survivors of all levels.
-
-    NMS **within each level** (``nms_per_level=True``: torchvision, detectron2, mmdetection) lets a box
-    from P2 and a box from P3 over the same object both survive, so each level keeps its own candidates
-    until the final top-k; NMS **across levels** (``False``) treats all levels' candidates as one set,
-    as a single map's NMS does (C4: one level, the two are the same).
+    survivors of all levels. Runs under ``no_grad``; NMS within each level or across levels
+    (``nms_per_level``): see the module docstring.
 
     Args:
         anchors: per level ``[A_l, 4]`` XYXY, shared by all images.
@@ -73,55 +82,63 @@ def generate_proposals(
     Returns:
         :class:`Proposals` with ``P = min(post_nms_topk, Σ_l min(pre_nms_topk, A_l))``, sorted by score
         per image.
-
-    Dropped boxes are never removed (that would give each image its own length, and a host sync);
-    their logit becomes ``-inf`` and they come out with ``valid=False``. Worked example, one image,
-    one level, ``pre_nms_topk=3``, ``post_nms_topk=3``: logits ``[2.0, 0.5, 1.0, -1.0]`` where anchor 2's
-    box is under the minimum size → ``[2.0, 0.5, -inf, -1.0]``; top-3 → anchors ``[0, 1, 3]``; NMS keeps
-    all three → proposals ``[0, 1, 3]``, all valid. Had NMS suppressed anchor 1, the image would have two
-    survivors and a padding slot: proposals ``[0, 3, pad]``, ``valid = [True, True, False]``. Had
-    every anchor been too small, all three slots would hold ``-inf`` logits: ``valid`` all False.
+    Dropped boxes come out with ``valid=False`` (module docstring: a worked example).
     """
     if isinstance(objectness, Tensor):  # one level given as bare tensors
         anchors, objectness, deltas = [anchors], [objectness], [deltas]
         anchor_valid = None if anchor_valid is None else [anchor_valid]
-    batch = objectness[0].shape[0]
-    top_logits, top_boxes, top_level = [], [], []
-    for level, (level_anchors, level_logits, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
-        boxes = clip_boxes(decode_boxes(level_deltas, level_anchors[None], (1.0, 1.0, 1.0, 1.0)), image_sizes)  # [B, A_l, 4]
-        logits = level_logits.float()
-        # A diverging model's NaN / inf: never a proposal (topk ranks NaN first; roi_align crashes on it).
-        keep = torch.isfinite(logits) & torch.isfinite(boxes).all(dim=-1)  # [B, A_l]
-        if anchor_valid is not None:
-            keep = keep & anchor_valid[level]
-        if not filter_after_topk:
-            keep = keep & _usable(boxes, logits, min_box_size, score_thresh)  # (no in-place &=: ONNX export)
-        logits = logits.masked_fill(~keep, float("-inf"))
-        num_top = at_most(pre_nms_topk, logits.shape[1])
-        level_top, index = logits.topk(num_top, dim=1)  # [B, num_top], sorted
-        boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, num_top, 4]
-        if filter_after_topk:
-            level_top = level_top.masked_fill(~_usable(boxes, level_top, min_box_size, score_thresh), float("-inf"))
-        top_logits.append(level_top)
-        top_boxes.append(boxes)
-        top_level.append(torch.full_like(index, level))
-    top_logits = torch.cat(top_logits, dim=1)  # [B, T]: each level's top-k, level after level
-    top_boxes = torch.cat(top_boxes, dim=1)  # [B, T, 4]
-    num_candidates = top_logits.shape[1]
+    candidates = [
+        _level_top_k(level_anchors, level_logits, level_deltas, image_sizes, min_box_size,
+                     None if anchor_valid is None else anchor_valid[level], pre_nms_topk=pre_nms_topk,
+                     score_thresh=score_thresh, filter_after_topk=filter_after_topk)
+        for level, (level_anchors, level_logits, level_deltas) in enumerate(zip(anchors, objectness, deltas))
+    ]
+    top_logits = torch.cat([c[0] for c in candidates], dim=1)  # [B, T]: each level's top-k, level after level
+    top_boxes = torch.cat([c[1] for c in candidates], dim=1)  # [B, T, 4]
+    top_level = torch.cat([torch.full_like(c[0], level, dtype=torch.long) for level, c in enumerate(candidates)], dim=1)
+    return _nms_and_pack(top_logits, top_boxes, top_level, num_groups=len(candidates) if nms_per_level else 1,
+                         nms_thresh=nms_thresh, post_nms_topk=post_nms_topk)
 
-    image_index = torch.arange(batch, device=top_logits.device)[:, None].expand_as(top_logits).reshape(-1)
-    group = image_index * len(anchors) + torch.cat(top_level, dim=1).reshape(-1) if nms_per_level else image_index
+
+def _level_top_k(anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor, min_box_size: Tensor,
+                 anchor_valid: Tensor | None, *, pre_nms_topk: int, score_thresh: float,
+                 filter_after_topk: bool) -> tuple[Tensor, Tensor]:
+    """One level's candidates: ``[A, 4]`` anchors with ``[B, A]`` logits and ``[B, A, 4]`` deltas -> the
+    ``[B, k]`` logits (sorted; ``-inf``: dropped) and ``[B, k, 4]`` boxes of its top ``k = min(pre_nms_topk, A)``."""
+    boxes = clip_boxes(decode_boxes(deltas, anchors[None], (1.0, 1.0, 1.0, 1.0)), image_sizes)  # [B, A, 4]
+    logits = logits.float()
+    # A diverging model's NaN / inf: never a proposal (topk ranks NaN first; roi_align crashes on it).
+    keep = torch.isfinite(logits) & torch.isfinite(boxes).all(dim=-1)  # [B, A]
+    if anchor_valid is not None:
+        keep = keep & anchor_valid
+    if not filter_after_topk:
+        keep = keep & _usable(boxes, logits, min_box_size, score_thresh)  # (no in-place &=: ONNX export)
+    logits = logits.masked_fill(~keep, float("-inf"))
+    top, index = logits.topk(at_most(pre_nms_topk, logits.shape[1]), dim=1)  # [B, k], sorted
+    boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [B, k, 4]
+    if filter_after_topk:
+        top = top.masked_fill(~_usable(boxes, top, min_box_size, score_thresh), float("-inf"))
+    return top, boxes
+
+
+def _nms_and_pack(logits: Tensor, boxes: Tensor, level: Tensor, *, num_groups: int, nms_thresh: float,
+                  post_nms_topk: int) -> Proposals:
+    """NMS over each image's ``[B, T]`` candidates (within each of their ``[B, T]`` ``level`` when ``num_groups`` is
+    the number of levels; across levels when it is 1), then its ``post_nms_topk`` best survivors, packed into
+    ``[B, P]`` slots (padding: ``valid=False``)."""
+    batch, num_candidates = logits.shape
+    image_index = torch.arange(batch, device=logits.device)[:, None].expand_as(logits).reshape(-1)
+    group = image_index * num_groups + level.reshape(-1) if num_groups > 1 else image_index
     # Host sync: NMS returns a data-dependent number of survivors, sorted by score over all levels. Boxes
     # dropped above carry -inf and sort after every real box; they are marked invalid below rather than
     # removed (no extra sync).
     # NMS ranks by logit (torchvision ranks by probability: the same order, except that logits above ~17
     # all round to probability 1.0 and tie there).
-    keep = batched_nms(top_boxes.reshape(-1, 4), top_logits.reshape(-1), group, nms_thresh)
-    num_out = at_most(post_nms_topk, num_candidates)
-    table = pack_per_image(keep, image_index, batch, num_out)  # [B, num_out], -1 = padding
-    flat_logits = top_logits.reshape(-1)
+    keep = batched_nms(boxes.reshape(-1, 4), logits.reshape(-1), group, nms_thresh)
+    table = pack_per_image(keep, image_index, batch, at_most(post_nms_topk, num_candidates))  # [B, P], -1 = padding
+    flat_logits = logits.reshape(-1)
     out_logits = torch.cat([flat_logits, torch.full_like(flat_logits[:1], float("-inf"))])[table]
-    out_boxes = torch.cat([top_boxes.reshape(-1, 4), top_boxes.new_zeros(1, 4)])[table]
+    out_boxes = torch.cat([boxes.reshape(-1, 4), boxes.new_zeros(1, 4)])[table]
     valid = torch.isfinite(out_logits)  # padding and boxes under the minimum size carry -inf
     out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))  # (NaN * 0 is NaN)
     return Proposals(boxes=out_boxes, scores=torch.sigmoid(out_logits), valid=valid)

@@ -155,6 +155,22 @@ def anchor_targets(
     return RPNTargets(sampled_pos=sampled_pos, sampled_neg=sampled_neg, deltas=deltas)
 
 
+def feature_cells(image_sizes: Tensor, stride: int) -> Tensor:
+    """``[B, 2]`` feature cells ``(ceil(h/s), ceil(w/s))`` covering each image's own ``[B, 2]`` extent."""
+    return torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")
+
+
+def within_image(anchors: Tensor, image_sizes: Tensor, margin: float) -> Tensor:
+    """``[B, N]`` bool: the ``[B, N, 4]`` anchor crosses its image's border (``[B, 2]`` (h, w)) by at most ``margin``
+    pixels (the paper ignores cross-boundary anchors in training: ``margin=0``); a negative margin: all True."""
+    if margin < 0:
+        return torch.ones(anchors.shape[:2], dtype=torch.bool, device=anchors.device)
+    height = image_sizes[:, 0, None].to(anchors.dtype)
+    width = image_sizes[:, 1, None].to(anchors.dtype)
+    return ((anchors[..., 0] >= -margin) & (anchors[..., 1] >= -margin)
+            & (anchors[..., 2] <= width + margin) & (anchors[..., 3] <= height + margin))
+
+
 class RPN(nn.Module):
     """The RPN stage: head → (targets, loss) → proposals.
 
@@ -329,7 +345,7 @@ class RPN(nn.Module):
         no image. They make no proposals and take no part in training, so an image gets the same
         anchors whether it is batched alone or beside a larger one.
         """
-        cells = self._cells(image_sizes, self.anchor_generator.strides[level])  # [B, 2] (rows, cols)
+        cells = feature_cells(image_sizes, self.anchor_generator.strides[level])  # [B, 2] (rows, cols)
         ys = torch.arange(hf, device=image_sizes.device)
         xs = torch.arange(wf, device=image_sizes.device)
         inside = (ys[None, :, None] < cells[:, 0, None, None]) & (xs[None, None, :] < cells[:, 1, None, None])  # [B, Hf, Wf]
@@ -351,18 +367,7 @@ class RPN(nn.Module):
         """
         batch = targets.boxes.shape[0]
         anchors_b = anchors[None].expand(batch, -1, -1)  # [B, N, 4]
-        if self.straddle_thresh >= 0:
-            margin = self.straddle_thresh  # pixels an anchor may cross the border by
-            height = image_sizes[:, 0, None].to(anchors.dtype)
-            width = image_sizes[:, 1, None].to(anchors.dtype)
-            inside = (
-                (anchors_b[..., 0] >= -margin)
-                & (anchors_b[..., 1] >= -margin)
-                & (anchors_b[..., 2] <= width + margin)
-                & (anchors_b[..., 3] <= height + margin)
-            )  # [B, N]
-        else:
-            inside = torch.ones(anchors_b.shape[:2], dtype=torch.bool, device=anchors.device)
+        inside = within_image(anchors_b, image_sizes, self.straddle_thresh)  # [B, N]
         if anchor_valid is not None:
             inside = inside & anchor_valid
         return anchor_targets(
@@ -380,14 +385,9 @@ class RPN(nn.Module):
         """
         total = 0
         for stride in self.anchor_generator.strides:
-            cells = self._cells(image_sizes, stride)
+            cells = feature_cells(image_sizes, stride)
             total = total + cells[:, 0] * cells[:, 1]
         return total
-
-    @staticmethod
-    def _cells(image_sizes: Tensor, stride: int) -> Tensor:
-        """``[B, 2]`` feature cells ``(ceil(h/s), ceil(w/s))`` covering each image's own extent."""
-        return torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")
 
     def losses(self, logits: Tensor, deltas: Tensor, t: RPNTargets, *, num_locations: Tensor) -> dict[str, Tensor]:
         """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives, per image, averaged.
