@@ -16,31 +16,29 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import draw_bounding_boxes
 
-from frcnn.config import resolve_device
 from frcnn.data.coco import CategoryMap
 from frcnn.data.images import read_rgb, to_chw
-from frcnn.engine.checkpoint import CheckpointError, load_checkpoint
+from frcnn.engine.checkpoint import CheckpointError
 from frcnn.errors import MissingFileError
 from frcnn.modeling.fold import fold_batchnorm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
-def load_model(
-    checkpoint: str | Path, device: torch.device, overrides: dict[str, Any] | None = None
+def detector_from_checkpoint(
+    ckpt: dict[str, Any], source: str | Path, device: torch.device, overrides: dict[str, Any] | None = None
 ) -> tuple[torch.nn.Module, CategoryMap, DictConfig]:
-    """The model of ``checkpoint`` in eval mode on ``device``, its category map and training config.
+    """The detector held by a loaded checkpoint dict (``kind`` faster_rcnn) in eval mode on ``device``, its category
+    map and training config; ``source`` names the file in errors. Read checkpoints with
+    :func:`frcnn.tasks.load.load` (every kind) or :func:`frcnn.tasks.load.load_model` (detectors).
 
     Args:
         overrides: dotted config keys to change at test time, e.g.
             ``{"model.roi_heads.score_thresh": 0.3}``.
     """
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    if ckpt.get("kind", "faster_rcnn") != "faster_rcnn":
-        raise CheckpointError(f"checkpoint {checkpoint} holds a {ckpt['kind']} model, not a detector (scripts/track.py runs SiamRPN checkpoints)")
     for key in ("model", "config", "categories"):
         if key not in ckpt:
-            raise CheckpointError(f"checkpoint {checkpoint} has no '{key}' entry; it was not written by frcnn's trainer")
+            raise CheckpointError(f"checkpoint {source} has no '{key}' entry; it was not written by frcnn's trainer")
     cfg = OmegaConf.create(ckpt["config"])
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, force_add=False)
@@ -51,8 +49,8 @@ def load_model(
 
 
 def proposal_overrides(proposals: int | None) -> dict[str, Any]:
-    """The :func:`load_model` override for a test-time proposal budget: ``proposals`` per image go through
-    the box head (``model.rpn.post_nms_topk_test``); None: the model's own setting.
+    """The :func:`frcnn.tasks.load.load_model` override for a test-time proposal budget: ``proposals`` per image
+    go through the box head (``model.rpn.post_nms_topk_test``); None: the model's own setting.
 
     The box head runs once per proposal, so on small-object-count data it dominates inference (ResNet-C4:
     res5 on every RoI). Fewer proposals is a speed/accuracy trade, not the same detections: measure
@@ -130,25 +128,22 @@ def draw(image: np.ndarray, boxes: torch.Tensor, names: list[str]) -> torch.Tens
 
 
 class Detector:
-    """A trained checkpoint, ready to detect: ``frcnn.load("outputs/demo/best.pt")("photo.jpg")``.
+    """A trained detector, ready to detect: ``frcnn.load("outputs/demo/best.pt")("photo.jpg")``.
 
-    Loads any frcnn detector checkpoint (a training run's, or one imported by ``scripts/import_weights.py``)
-    and runs it as ``scripts/infer.py`` does: the shipped path (BatchNorm folded, channels-last,
-    ``inference_mode``), the same detections as the model as trained.
+    Runs the model of any frcnn detector checkpoint (a training run's, or one imported by
+    ``scripts/import_weights.py``) as ``scripts/infer.py`` does: the shipped path (BatchNorm folded,
+    channels-last, ``inference_mode``), the same detections as the model as trained.
 
     Args:
-        checkpoint: the ``.pt`` file.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        model: the ``FasterRCNN`` (eval mode) on ``device``; categories: its :class:`~frcnn.data.coco.CategoryMap`;
+            config: its training config (:func:`frcnn.tasks.load.load` gives all three).
         score_thresh: detections under this score are left out (0 keeps all the model's).
         optimize: run the shipped path (False: the model unchanged).
-
-    Attributes:
-        model: the ``FasterRCNN`` (eval mode); categories: its :class:`~frcnn.data.coco.CategoryMap`.
     """
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "auto", score_thresh: float = 0.5, optimize: bool = True) -> None:
-        self.device = resolve_device(device, "device")
-        model, self.categories, self.config = load_model(checkpoint, self.device)
+    def __init__(self, model: torch.nn.Module, categories: CategoryMap, config: DictConfig, device: torch.device, *,
+                 score_thresh: float = 0.5, optimize: bool = True) -> None:
+        self.device, self.categories, self.config = device, categories, config
         self.model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize)
         self.score_thresh = float(score_thresh)
 
@@ -160,8 +155,3 @@ class Detector:
         det = detect(self.model, image, self.device)
         keep = det["scores"] >= self.score_thresh
         return detection_records(det["boxes"][keep], det["scores"][keep], det["labels"][keep], self.categories)
-
-
-def load(checkpoint: str | Path, *, device: str = "auto", score_thresh: float = 0.5) -> Detector:
-    """``frcnn.load(path)``: the :class:`Detector` of a checkpoint."""
-    return Detector(checkpoint, device=device, score_thresh=score_thresh)

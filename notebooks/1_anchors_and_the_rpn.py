@@ -217,7 +217,7 @@ template, search, box, _ = TrackingPairs([sequence], None, max_gap=10)[(3, 11)]
 default = Path(frcnn.__file__).resolve().parents[1] / "outputs" / "siamrpn_demo" / "last.pt"
 checkpoint = Path(os.environ.get("FRCNN_SIAMRPN_CHECKPOINT", default))
 if checkpoint.is_file():
-    from frcnn.tracking.training import load_tracker
+    from frcnn.tasks.load import load_tracker
     net = load_tracker(checkpoint).model.eval()
     with torch.no_grad():
         logits = net(template[None], search[None]).logits  # [1, 17*17*5, 2] (the model normalizes its uint8 crops)

@@ -82,7 +82,7 @@ assert 0.0 <= val["val/AP"] <= val["val/AP50"] <= 1.0
 from torchvision.ops import box_iou
 
 from frcnn.data.coco import CocoDetection
-from frcnn.inference import load_model
+from frcnn.tasks.load import load_model
 
 model, categories, train_cfg = load_model(run / "last.pt", torch.device("cpu"))
 data = CocoDetection(train_cfg.data.val.images, train_cfg.data.val.annotations, category_map=categories)

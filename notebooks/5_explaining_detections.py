@@ -37,8 +37,8 @@ import frcnn
 from frcnn.data.images import read_rgb, to_chw
 from frcnn.explain import METHODS, DetectionScore, explain, find_detections
 from frcnn.explain.faithfulness import deletion_insertion, sanity_check
-from frcnn.inference import load_model
 from frcnn.recipes import quick_run, shared_run
+from frcnn.tasks.load import load_model
 
 CHECKPOINT = None  # e.g. "../outputs/demo/best.pt"
 checkpoint = Path(CHECKPOINT) if CHECKPOINT else (shared_run() or quick_run(Path(tempfile.mkdtemp()))) / "last.pt"

@@ -44,7 +44,7 @@ def main() -> None:
     from frcnn.benchmarks.deploy import markdown, run_benchmark
     from frcnn.benchmarks.speed import machine
     from frcnn.engine.checkpoint import load_checkpoint
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -39,7 +39,7 @@ def main() -> None:
 
     from frcnn.explain.benchmark import benchmark, markdown_table
     from frcnn.explain.substrates import training_mean
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     model, categories, cfg = load_model(args.checkpoint, torch.device("cpu"))
     if args.data_root:

@@ -39,7 +39,7 @@ def main() -> None:
     from frcnn.data.images import read_rgb
     from frcnn.explain import explain, find_detections
     from frcnn.explain.api import as_image_tensor
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     checkpoint = args.checkpoint
     if args.torchvision_random:

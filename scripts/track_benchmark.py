@@ -46,6 +46,7 @@ def main() -> None:
 
     import torch
 
+    from frcnn.tasks.load import load_tracker
     from frcnn.tracking.evaluate import (
         OpenCVTracker,
         evaluate_trackers,
@@ -55,7 +56,6 @@ def main() -> None:
     )
     from frcnn.tracking.other_family import generate_other_family
     from frcnn.tracking.sequences import generate_sequences, load_sequences
-    from frcnn.tracking.training import load_tracker
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from frcnn.cli import hydra_app
 
 @hydra_app("siamrpn")
 def main(cfg: DictConfig) -> None:
-    from frcnn.tracking.training import train_tracker
+    from frcnn.tasks.train_tracker import train_tracker
 
     metrics = train_tracker(cfg)
     if metrics["stopped_by_signal"] is not None:

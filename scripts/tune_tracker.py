@@ -30,8 +30,8 @@ def main() -> None:
     if args.num_sequences < 1 or args.rounds < 1:
         parser.error("--num-sequences and --rounds must be at least 1")
 
+    from frcnn.tasks.load import load_tracker
     from frcnn.tracking.sequences import load_sequences
-    from frcnn.tracking.training import load_tracker
     from frcnn.tracking.tune import tune_settings, tuned_checkpoint
 
     tracker = load_tracker(args.checkpoint, args.device)

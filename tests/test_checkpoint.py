@@ -124,7 +124,7 @@ def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resu
     import re
 
     from frcnn.errors import ConfigError
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     state = torch.load(tiny_checkpoint, weights_only=True)
     assert any(k.startswith("roi_heads.box_head.") for k in state["model"])
@@ -150,7 +150,6 @@ def test_a_checkpoint_of_the_earlier_layout_loads_for_inference_but_not_for_resu
 
     from frcnn.cli import compose_train
     from frcnn.tasks.train import train
-
     from tests.conftest import TINY_TRAIN
 
     # data.root does not exist: the built-in data set would be generated there if the refusal came after it

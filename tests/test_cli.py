@@ -23,10 +23,10 @@ from omegaconf import OmegaConf
 
 from frcnn.cli import compose_config, compose_train, friendly_errors, user_message
 from frcnn.data.coco import AnnotationError
-from frcnn.tasks.train import train
 from frcnn.errors import ConfigError, MissingFileError
-from frcnn.evaluation.evaluate import evaluate
+from frcnn.tasks.evaluate import evaluate
 from frcnn.tasks.infer import infer
+from frcnn.tasks.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,14 @@ import torch
 from hydra.utils import instantiate
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn.modeling.backbones import MobileNetV3FPN, ResNetFPN, ResNetC4, VGG16, WeightsUnavailableError
 from frcnn.config import ConfigError, resolve_device, validate_train_config
+from frcnn.modeling.backbones import (
+    VGG16,
+    MobileNetV3FPN,
+    ResNetC4,
+    ResNetFPN,
+    WeightsUnavailableError,
+)
 from tests.conftest import compose_train
 
 

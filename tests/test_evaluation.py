@@ -13,9 +13,8 @@ from frcnn.benchmarks.eval_backends import compare, jittered_detections
 from frcnn.cli import compose_config
 from frcnn.errors import ConfigError, InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table
-from frcnn.evaluation.evaluate import evaluate
 from frcnn.evaluation.plots import plot_pr_curves
-
+from frcnn.tasks.evaluate import evaluate
 
 GT = {
     "images": [{"id": 1, "width": 200, "height": 200, "file_name": "1.png"}, {"id": 2, "width": 200, "height": 100, "file_name": "2.png"}],

@@ -22,7 +22,12 @@ from torch import nn
 
 from frcnn.errors import ConfigError
 from frcnn.explain import Detection, DetectionScore, explain, find_detections
-from frcnn.explain.faithfulness import deletion_insertion, pointing_game, sanity_check, spearman
+from frcnn.explain.faithfulness import (
+    deletion_insertion,
+    pointing_game,
+    sanity_check,
+    spearman,
+)
 from frcnn.explain.methods import (
     METHODS,
     _feature_map_to_image,
@@ -33,7 +38,6 @@ from frcnn.explain.methods import (
 )
 from frcnn.explain.target import similarity
 from tests.conftest import small_model
-
 
 # --- the target -----------------------------------------------------------------------------------
 
@@ -112,7 +116,7 @@ def _val_image(trained_run: Path) -> tuple[torch.Tensor, dict]:
 
 @pytest.fixture(scope="module")
 def trained_model(tiny_checkpoint, trained_run):
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     model, _, _ = load_model(tiny_checkpoint, torch.device("cpu"))
     image, truth = _val_image(trained_run)
@@ -306,7 +310,7 @@ def test_detection_output_is_the_detection_on_its_own_image(trained_model):
 
 def test_odam_options_are_checked_before_the_model_loads():
     from frcnn.cli import compose_config
-    from frcnn.explain.run import run_explain
+    from frcnn.tasks.explain import run_explain
 
     base = ["checkpoint=none.pt", "image=none.png", "methods=[odam]"]
     cases = {"options.odam.attribute=width": "options.odam.attribute='width' is not valid; allowed: score | logit | x1",
@@ -502,7 +506,7 @@ def test_expected_passes_follow_each_methods_options():
 
 def test_ground_truth_of_an_image_not_in_the_annotations_is_one_line(tmp_path):
     from frcnn.errors import InputError
-    from frcnn.explain.run import ground_truth
+    from frcnn.tasks.explain import ground_truth
 
     gt = {"images": [{"id": 1, "file_name": "a/x.png", "width": 10, "height": 10}, {"id": 2, "file_name": "b/x.png", "width": 10, "height": 10}],
           "categories": [{"id": 1, "name": "cat"}],
@@ -533,7 +537,7 @@ def test_benchmark_table_lists_every_method_the_substrate_ranks_and_the_max_rois
 def test_explain_config_errors_name_the_key(tiny_checkpoint, tmp_path):
     from frcnn.cli import compose_config
     from frcnn.errors import ConfigError
-    from frcnn.explain.run import run_explain
+    from frcnn.tasks.explain import run_explain
 
     base = [f"checkpoint={tiny_checkpoint}", "image=none.png", f"output_dir={tmp_path}"]
     cases = {
@@ -552,7 +556,7 @@ def test_gradcam_head_on_proposals_is_refused_in_one_line():
     # Issue 29: a proposal's target stops at the RPN, so the box head's activation was never captured
     # and autograd raised from deep inside. Both the library call and the CLI's config refuse it.
     from frcnn.cli import compose_config
-    from frcnn.explain.run import run_explain
+    from frcnn.tasks.explain import run_explain
 
     torch.manual_seed(0)
     model = small_model().eval()
@@ -574,13 +578,13 @@ def test_grey_substrate_is_the_training_data_mean_as_roar_fills_with(tiny_data):
     from omegaconf import OmegaConf
 
     from frcnn.data.images import read_rgb
-    from frcnn.explain.run import grey_fill
     from frcnn.explain.substrates import (
         IMAGENET_MEAN,
         baseline_image,
         channel_mean,
         training_mean,
     )
+    from frcnn.tasks.explain import grey_fill
 
     train = {"images": str(tiny_data / "train"), "annotations": str(tiny_data / "annotations" / "train.json")}
     cfg = OmegaConf.create({"data": {"format": "coco", "train": train}})

@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from frcnn.cli import compose_config
-from frcnn.inference import load_model, prepare_for_inference
-from frcnn.tasks.infer import infer
+from frcnn.inference import prepare_for_inference
 from frcnn.modeling.fold import count_norms, fold_batchnorm
+from frcnn.tasks.infer import infer
+from frcnn.tasks.load import load_model
 from tests.conftest import small_model
 from tests.test_cli import exits_with_one_line
 
@@ -314,7 +315,7 @@ def test_a_file_that_is_not_an_onnx_model_is_one_line(tmp_path, capsys):
 
 
 def test_export_config_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
-    from frcnn.export.onnx import export_checkpoint
+    from frcnn.tasks.export import export_checkpoint
 
     for overrides, expected in (
         (["format=tflite"], "format='tflite' is not valid; allowed: onnx"),
@@ -329,7 +330,12 @@ def test_export_config_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoint):
-    from frcnn.benchmarks.deploy import build_variants, load_split, markdown, run_benchmark
+    from frcnn.benchmarks.deploy import (
+        build_variants,
+        load_split,
+        markdown,
+        run_benchmark,
+    )
     from frcnn.data.coco import CategoryMap
 
     model, path = exported

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from frcnn.engine.trainer import TrainingError
-from frcnn.tasks.train import train
 from frcnn.modeling.model import FasterRCNN
+from frcnn.tasks.train import train
 from tests.conftest import TINY_TRAIN, compose_train
 
 REPO = Path(__file__).resolve().parents[1]

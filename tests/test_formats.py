@@ -449,7 +449,7 @@ def test_standalone_evaluation_scores_a_voc_checkpoint_on_its_own_split(syntheti
     from frcnn.cli import compose_config
     from frcnn.data.coco import CategoryMap
     from frcnn.engine.checkpoint import save_checkpoint
-    from frcnn.evaluation.evaluate import evaluate
+    from frcnn.tasks.evaluate import evaluate
     from tests.conftest import SMALL
 
     voc = write_voc(synthetic, tmp_path / "voc")

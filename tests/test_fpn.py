@@ -47,7 +47,7 @@ def test_the_pyramid_checkpoint_trains_and_evaluates(fpn_run, tmp_path, run_scri
 
 def test_the_pyramid_model_infers_exports_and_runs_in_onnxruntime(fpn_run, tiny_data, tmp_path, run_script):
     from frcnn.export.runtime import OnnxDetector
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
     from tests.test_export import assert_parity
 
     checkpoint = fpn_run / "last.pt"
@@ -70,7 +70,7 @@ def test_the_pyramid_model_infers_exports_and_runs_in_onnxruntime(fpn_run, tiny_
 
 def test_the_pyramid_model_is_explained_on_its_own_level(fpn_run, tiny_data, tmp_path, run_script):
     from frcnn.explain.methods import cam_level
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     model, _, _ = load_model(fpn_run / "last.pt", torch.device("cpu"))
     # Grad-CAM reads the level the RoI stage pools a box from: small boxes P2, the canonical 224 px P4.

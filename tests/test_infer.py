@@ -1,4 +1,4 @@
-"""Inference (frcnn.inference) and the evaluation of a checkpoint (frcnn.evaluation.evaluate) on a trained
+"""Inference (frcnn.inference) and the evaluation of a checkpoint (frcnn.tasks.evaluate) on a trained
 tiny checkpoint and every kind of image users have.
 
 One run of each script as its ``__main__`` (scripts/infer.py on every image kind; scripts/evaluate.py ending
@@ -19,11 +19,10 @@ from PIL import Image
 from frcnn.cli import compose_config
 from frcnn.data.synthetic import CATEGORY_IDS, CLASSES
 from frcnn.evaluation.coco_eval import STAT_NAMES
-from frcnn.evaluation.evaluate import evaluate
+from frcnn.tasks.evaluate import evaluate
 from frcnn.tasks.infer import infer
 from tests.test_cli import exits_with_one_line
 from tests.test_data import bomb_png
-
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +125,7 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_a_test_time_proposal_budget_reaches_the_model(tiny_checkpoint, tmp_path):
-    from frcnn.inference import load_model, proposal_overrides
+    from frcnn.tasks.load import load_model, proposal_overrides
 
     assert proposal_overrides(None) == {}
     model, _, cfg = load_model(tiny_checkpoint, torch.device("cpu"), proposal_overrides(7))

@@ -12,8 +12,8 @@ from PIL import Image
 
 from frcnn.benchmarks.analysis import tidecv_dap
 from frcnn.cli import compose_config
-from frcnn.evaluation.evaluate import evaluate, model_names
 from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
+from frcnn.tasks.evaluate import evaluate, model_names
 from tests.analysis_fixtures import random_case
 from tests.test_cli import exits_with_one_line
 

@@ -2,8 +2,8 @@ import torch
 from torchvision.ops import roi_align, roi_pool
 
 from frcnn.modeling.box_coder import decode_boxes
-from frcnn.modeling.roi_heads import BoxPredictor, RoIHeads
 from frcnn.modeling.box_ops import batched_pairwise_iou
+from frcnn.modeling.roi_heads import BoxPredictor, RoIHeads
 from frcnn.modeling.structures import Proposals, Targets
 
 

@@ -160,10 +160,11 @@ def test_the_resnet18_trunk_starts_from_imagenet_weights_or_a_detectors_trunk(tm
 
 
 def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path):
+    from frcnn.tasks.load import load_tracker
     from frcnn.tracking.evaluate import iou_xywh, run_tracker
     from frcnn.tracking.randomization import CHALLENGES
     from frcnn.tracking.sequences import generate_sequences, load_sequences
-    from frcnn.tracking.training import SHIPPED_TRACKER, load_tracker
+    from frcnn.tracking.training import SHIPPED_TRACKER
 
     assert SHIPPED_TRACKER.stat().st_size < 5_000_000
     state = torch.load(SHIPPED_TRACKER, weights_only=True)

@@ -14,14 +14,32 @@ from torchvision.ops import box_iou
 
 from frcnn.errors import InputError
 from frcnn.modeling.anchors import AnchorGenerator
-from frcnn.tracking.crops import SEARCH_SIZE, context_side, crop, from_crop, to_crop, xywh_to_xyxy
+from frcnn.tracking.crops import (
+    SEARCH_SIZE,
+    context_side,
+    crop,
+    from_crop,
+    to_crop,
+)
 from frcnn.tracking.evaluate import iou_xywh, ope_scores
 from frcnn.tracking.model import (
-    AlexNet, DepthwiseHead, ResNet18Trunk, SiameseBatchNorm2d, SiamRPN, TemplateKernels, UpChannelHead, cross_correlate,
+    AlexNet,
+    DepthwiseHead,
+    ResNet18Trunk,
+    SiameseBatchNorm2d,
+    SiamRPN,
+    TemplateKernels,
+    UpChannelHead,
+    cross_correlate,
     depthwise_correlate,
 )
 from frcnn.tracking.pairs import TrackingPairs, collate_pairs
-from frcnn.tracking.sequences import Sequence, generate_sequences, load_sequence, read_groundtruth
+from frcnn.tracking.sequences import (
+    Sequence,
+    generate_sequences,
+    load_sequence,
+    read_groundtruth,
+)
 from frcnn.tracking.tracker import SiamRPNTracker, TrackerSettings
 
 PAPER_ANCHORS = dict(sizes=(64,), aspect_ratios=(0.33, 0.5, 1.0, 2.0, 3.0), stride=8)
@@ -259,8 +277,7 @@ def test_the_scale_penalty_prefers_the_unchanged_size_and_smoothing_moves_the_si
 
 def test_checkpoints_of_one_kind_are_refused_by_the_other(tiny_sequences, tmp_path, tiny_checkpoint):
     from frcnn.engine.checkpoint import CheckpointError
-    from frcnn.inference import load_model
-    from frcnn.tracking.training import load_tracker
+    from frcnn.tasks.load import load_model, load_tracker
 
     with pytest.raises(CheckpointError, match="not a SiamRPN checkpoint"):
         load_tracker(tiny_checkpoint)
@@ -270,7 +287,7 @@ def test_checkpoints_of_one_kind_are_refused_by_the_other(tiny_sequences, tmp_pa
 
 def _tiny_tracker_checkpoint(sequences, tmp_path):
     from frcnn.cli import compose_config
-    from frcnn.tracking.training import train_tracker
+    from frcnn.tasks.train_tracker import train_tracker
 
     args = [a for a in tiny_tracker_args(sequences, tmp_path, 1) if not a.startswith("hydra.")] + [f"run_dir={tmp_path / 'run'}"]
     train_tracker(compose_config("siamrpn", args))
@@ -456,7 +473,7 @@ def test_too_many_unreadable_frames_fail_tracker_training_naming_frames(tiny_seq
 
     from frcnn.cli import compose_config
     from frcnn.engine.trainer import TrainingError
-    from frcnn.tracking.training import train_tracker
+    from frcnn.tasks.train_tracker import train_tracker
 
     seqs = tmp_path / "seqs"
     shutil.copytree(tiny_sequences, seqs)
@@ -633,7 +650,7 @@ class _SettingsDependentTracker:
 
 
 def test_a_tuned_checkpoint_carries_the_settings(tiny_sequences, tmp_path):
-    from frcnn.tracking.training import load_tracker
+    from frcnn.tasks.load import load_tracker
     from frcnn.tracking.tune import Trial, tuned_checkpoint
 
     source = _tiny_tracker_checkpoint(tiny_sequences, tmp_path)
@@ -678,7 +695,7 @@ def test_tuning_finds_the_best_grid_point_by_coordinate_ascent(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_tune_cli_writes_a_checkpoint_the_tracker_reads(run_script, tiny_sequences, tmp_path):
-    from frcnn.tracking.training import load_tracker
+    from frcnn.tasks.load import load_tracker
 
     checkpoint = _tiny_tracker_checkpoint(tiny_sequences, tmp_path)
     result = run_script("tune_tracker.py", ["--checkpoint", str(checkpoint), "--sequences", str(tiny_sequences), "--num-sequences", "1"])

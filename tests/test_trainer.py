@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import frcnn.engine.schedule as schedule
+from frcnn.config import ConfigError, parse_duration
 from frcnn.engine.distributed import agree_across_ranks
 from frcnn.engine.schedule import WarmupCosine, WarmupMultiStep
-from frcnn.config import ConfigError, parse_duration
 from frcnn.engine.trainer import Budget, ddp_broadcasts_buffers
 from tests.conftest import small_model
 

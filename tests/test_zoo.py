@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from frcnn.errors import ConfigError, MissingFileError
-from frcnn.inference import load_model
+from frcnn.tasks.load import load_model
 from frcnn.zoo import ZooWeightsError, import_torchvision, random_detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,8 +80,8 @@ def test_fine_tune_an_imported_model_on_another_class_count(tmp_path, capsys):
 
     from frcnn.cli import compose_train
     from frcnn.data.synthetic import generate
-    from frcnn.tasks.train import train
     from frcnn.inference import detect
+    from frcnn.tasks.train import train
 
     torch.manual_seed(0)  # torchvision's own random initialization: a start that trains (random_detector's does not)
     torch.save(detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), tmp_path / "w.pth")
@@ -131,7 +131,7 @@ def test_evaluate_an_imported_model_on_a_split_with_some_of_cocos_categories(mob
     from frcnn.cli import compose_config
     from frcnn.data.coco import AnnotationError
     from frcnn.data.synthetic import generate
-    from frcnn.evaluation.evaluate import evaluate
+    from frcnn.tasks.evaluate import evaluate
     from frcnn.zoo import coco_categories
 
     import_torchvision("fasterrcnn_mobilenet_v3_large_320_fpn", mobilenet_weights, tmp_path / "m.pt")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from frcnn.inference import load_model
+from frcnn.tasks.load import load_model
 from frcnn.zoo import ZOO, import_torchvision, random_detector
 
 ROOT = Path(__file__).resolve().parents[1]

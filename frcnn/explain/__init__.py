@@ -10,7 +10,8 @@ Read in order:
 * :mod:`~frcnn.explain.substrates` — what removed pixels become (black, the training data's grey, blur, noise).
 * :mod:`~frcnn.explain.faithfulness` — deletion / insertion, pointing game, sanity check.
 * :mod:`~frcnn.explain.roar` — RemOve And Retrain on the synthetic data.
-* :mod:`~frcnn.explain.run` — the task behind ``scripts/explain.py``: panels, maps and scores.
+
+The task behind ``scripts/explain.py`` (panels, maps and scores) is :mod:`frcnn.tasks.explain`.
 """
 
 from frcnn.explain.api import Explanation, explain

@@ -100,7 +100,7 @@ def training_mean(cfg: Any, *, max_images: int | None = 1000) -> GreyMean:
     """The grey substrate of a checkpoint: the per-channel mean of its training images, as ROAR fills with.
 
     Args:
-        cfg: the checkpoint's training config (the third value of :func:`frcnn.inference.load_model`).
+        cfg: the checkpoint's training config (the third value of :func:`frcnn.tasks.load.load_model`).
         max_images: read at most this many images, evenly spaced over the split (None: all); a mean
             colour settles long before a large data set is read through (ROAR's synthetic splits, up to
             1000 images, are read whole).

@@ -21,7 +21,14 @@ from frcnn.config import resolve_device, validate_infer_config
 from frcnn.data.coco import CategoryMap
 from frcnn.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_rgb
 from frcnn.errors import ConfigError
-from frcnn.inference import detect, detection_records, draw, image_paths, load_model, prepare_for_inference, proposal_overrides
+from frcnn.inference import (
+    detect,
+    detection_records,
+    draw,
+    image_paths,
+    prepare_for_inference,
+)
+from frcnn.tasks.load import load_model, proposal_overrides
 
 # an HWC uint8 RGB image -> {"boxes" [N, 4] in its pixels, "scores" [N], "labels" [N]}
 DetectFn = Callable[[np.ndarray], dict[str, torch.Tensor]]

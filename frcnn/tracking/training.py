@@ -2,7 +2,7 @@
 overflow, logging), DDP and bad-input handling; only the task's builders differ (:data:`TRACKER`: the data,
 the model and the losses on a batch of pairs).
 
-``train_tracker(cfg)`` is what ``scripts/train_tracker.py`` and the tests call (``conf/siamrpn.yaml``).
+The task, ``train_tracker(cfg)``, is :func:`frcnn.tasks.train_tracker.train_tracker` (``conf/siamrpn.yaml``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.config import amp_dtype
 from frcnn.data.coco import CocoDetection
 from frcnn.engine.builders import ensure_generated, ensure_synthetic_at
 from frcnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from frcnn.engine.distributed import DistInfo
-from frcnn.engine.launch import TrainingData, TrainingTask, load_resume, run_training
+from frcnn.engine.launch import TrainingData, TrainingTask
 from frcnn.engine.trainer import InputBudget
 from frcnn.tracking.model import SiamRPN
 from frcnn.tracking.pairs import PairBatch, TrackingPairs, collate_pairs
@@ -29,12 +28,6 @@ from frcnn.tracking.tracker import SiamRPNTracker, TrackerSettings
 CHECKPOINT_KIND = "siamrpn"
 # The tracker that comes with frcnn (docs/tracking.md, "The shipped tracker"): ``checkpoint=shipped``.
 SHIPPED_TRACKER = Path(__file__).parent / "weights" / "siamrpn_shipped.pt"
-
-
-def train_tracker(cfg: DictConfig) -> dict[str, Any]:
-    """Train SiamRPN as ``cfg`` says, writing into ``cfg.run_dir``; returns ``iteration`` and ``stopped_by_signal``."""
-    amp_dtype(cfg.trainer.amp, "trainer.amp")
-    return run_training(cfg, TRACKER, load_resume(cfg, CHECKPOINT_KIND))
 
 
 def tracker_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
@@ -79,17 +72,13 @@ TRACKER = TrainingTask(
 )
 
 
-def load_tracker(checkpoint: str | Path, device: torch.device | str = "cpu", settings: dict[str, float] | None = None) -> SiamRPNTracker:
-    """A :class:`SiamRPNTracker` around the model of a SiamRPN training checkpoint (``weights_only=True``);
-    ``checkpoint="shipped"``: the tracker that comes with frcnn (:data:`SHIPPED_TRACKER`).
+def tracker_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu",
+                            settings: dict[str, float] | None = None) -> SiamRPNTracker:
+    """A :class:`SiamRPNTracker` around the model of a loaded SiamRPN checkpoint dict (``kind`` siamrpn). Read
+    checkpoints with :func:`frcnn.tasks.load.load` (every kind) or :func:`frcnn.tasks.load.load_tracker`.
 
     ``settings``: proposal-selection values overriding the run's ``tracker`` config.
     """
-    if str(checkpoint) == "shipped":
-        checkpoint = SHIPPED_TRACKER
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    if ckpt.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"checkpoint {checkpoint} is not a SiamRPN checkpoint (train one with scripts/train_tracker.py)")
     cfg = OmegaConf.create(ckpt["config"])
     model: SiamRPN = instantiate(cfg.model)
     model.load_state_dict(ckpt["model"])

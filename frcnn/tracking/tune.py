@@ -86,7 +86,7 @@ def tune_settings(
 
 def tuned_checkpoint(source: str | Path, target: str | Path, settings: TrackerSettings, trials: list[Trial]) -> Path:
     """Write a copy of the SiamRPN checkpoint ``source`` whose config's ``tracker`` holds ``settings``
-    (what :func:`~frcnn.tracking.training.load_tracker` reads) and the trials under ``tuning``; atomic."""
+    (what :func:`~frcnn.tasks.load.load_tracker` reads) and the trials under ``tuning``; atomic."""
     from omegaconf import OmegaConf
 
     from frcnn.engine.checkpoint import load_checkpoint, save_checkpoint

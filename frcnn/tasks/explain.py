@@ -91,7 +91,7 @@ def validate_explain_config(cfg: DictConfig) -> list[str]:
 
 def run_explain(cfg: DictConfig) -> dict[str, Any]:
     """Explain ``cfg.image``'s detections with ``cfg.methods``; write panels, NPZ and JSON; return the JSON."""
-    from frcnn.inference import load_model
+    from frcnn.tasks.load import load_model
 
     names = validate_explain_config(cfg)
     device = resolve_device(cfg.device, "device")

@@ -22,8 +22,8 @@ from pycocotools.coco import COCO
 
 from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
 from frcnn.data.coco import CocoDetection, collate, load_coco
-from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.data.formats import split_annotations
+from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.errors import InputError, MissingFileError
 from frcnn.evaluation.analysis import analyze
 from frcnn.evaluation.coco_eval import (
@@ -36,7 +36,7 @@ from frcnn.evaluation.coco_eval import (
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.evaluation.report import ModelResult, file_suffix, write_report
 from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
-from frcnn.inference import load_model, proposal_overrides
+from frcnn.tasks.load import load_model, proposal_overrides
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

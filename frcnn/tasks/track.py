@@ -17,9 +17,14 @@ from PIL import Image, ImageDraw
 
 from frcnn.config import resolve_device
 from frcnn.errors import ConfigError
+from frcnn.tasks.load import load_tracker
 from frcnn.tracking.evaluate import iou_xywh, ope_scores
-from frcnn.tracking.sequences import GROUNDTRUTH_NAMES, groundtruth_file, read_frames, read_groundtruth
-from frcnn.tracking.training import load_tracker
+from frcnn.tracking.sequences import (
+    GROUNDTRUTH_NAMES,
+    groundtruth_file,
+    read_frames,
+    read_groundtruth,
+)
 
 ANIMATIONS = ("gif", "mp4", "none")
 
