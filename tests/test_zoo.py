@@ -50,7 +50,7 @@ def test_wrong_weights_say_what_the_file_holds(mobilenet_weights, tmp_path):
 
 
 def test_import_weights_script_then_every_command(mobilenet_weights, tmp_path):
-    """The README's path: import_weights.py writes a checkpoint that infer.py and evaluate.py take as it is."""
+    """docs/training.md's path: import_weights.py writes a checkpoint that infer.py and evaluate.py take as it is."""
     ckpt = tmp_path / "m320.pt"
     run = [sys.executable, str(ROOT / "scripts/import_weights.py"), "torchvision=fasterrcnn_mobilenet_v3_large_320_fpn",
            f"weights={mobilenet_weights}", f"out={ckpt}"]

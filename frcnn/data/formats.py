@@ -249,7 +249,7 @@ def _voc_image(globox: ModuleType, xml: Path, images: Path) -> _Image:
         ann = globox.Annotation.from_pascal_voc(xml)
         root = ET.parse(xml).getroot()
     except (globox.ParsingError, ValueError, AssertionError, ET.ParseError) as err:
-        raise FormatError(f"{xml}: {_voc_problem(xml)}; see the Pascal VOC layout in the README") from err
+        raise FormatError(f"{xml}: {_voc_problem(xml)}; see the Pascal VOC layout in docs/training.md") from err
     # globox reads every <object> (ET's iter order) but not <difficult>: take it from the same elements.
     difficult = [(obj.findtext("difficult") or "0").strip() == "1" for obj in root.iter("object")]
     width, height = ann.image_size
