@@ -185,3 +185,11 @@ def run_script(monkeypatch, capfd):
         return ScriptResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_sequences(tmp_path_factory):
+    """Two generated 10-frame tracking sequences (tests/tracking, tests/tasks/test_track.py)."""
+    from frcnn.tracking.sequences import generate_sequences
+
+    return generate_sequences(tmp_path_factory.mktemp("seqs"), num_sequences=2, length=10, seed=0)

@@ -3,8 +3,8 @@
 Mistakes Hydra finds while composing (unknown keys, bad override syntax) run through the scripts'
 CLIs: the scripts import torch only after composing, so these end in about a second. Wrong values,
 found by the task functions the scripts call, are checked in-process on those functions; such an
-error raised inside a task runs through a script's CLI in tests/test_infer.py (evaluate.py on a
-decompression bomb) and tests/test_train.py.
+error raised inside a task runs through a script's CLI in tests/tasks/test_infer.py (evaluate.py on a
+decompression bomb) and tests/tasks/test_train.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from frcnn.cli import compose_train
 OPTIM_FILES = sorted((Path(__file__).resolve().parents[1] / "conf" / "optim").glob("*.yaml"))
 
 DATA = {"synthetic": [], "coco": ["data.root=/datasets/coco"], "voc": ["data.root=/datasets/VOC2012"]}
-# One's own data: what fits it is derived from its annotations when training starts (tests/test_derive.py).
+# One's own data: what fits it is derived from its annotations when training starts (tests/data/test_derive.py).
 DERIVED = {"yolo": ["data.root=/datasets/mine", "data.num_classes=3"], "labelme": ["data.root=/datasets/mine", "data.num_classes=3"],
            "custom": ["data.num_classes=3", *(f"data.{s}.{k}=/datasets/mine/{s}" for s in ("train", "val") for k in ("images", "annotations"))]}
 BACKBONES = ["r18_c4", "r50_c4", "vgg16", "r18_fpn", "r50_fpn", "mobilenet_v3_fpn"]

@@ -12,7 +12,7 @@ matching. It is pycocotools' ``COCOeval`` for boxes at area "all", written over 
 - the precision-recall curve of a category is read at COCO's 101 recall points, after making
   precision non-increasing (:func:`precision_at_recalls`).
 
-tests/test_evaluation_matching.py checks the curves against ``COCOeval.eval["precision"]``.
+tests/evaluation/test_matching.py checks the curves against ``COCOeval.eval["precision"]``.
 
 Shape shorthand: D detections (after the cap), G ground-truth boxes (crowd regions included),
 T IoU thresholds, K categories, R = 101 recall points.

@@ -24,7 +24,7 @@ removes every false positive, ``FN`` takes every unmatched box out of the recall
 
 AP here is TIDE's AP50: COCO's 101-point AP at IoU 0.5 (at tidecv's recall points), averaged over the categories with ground truth
 or detections (a category with detections and no ground truth counts 0). Values are AP points (0-100),
-as TIDE reports them. tests/test_tide.py compares every dAP with the original ``tidecv``; they agree to 1e-13
+as TIDE reports them. tests/evaluation/test_tide.py compares every dAP with the original ``tidecv``; they agree to 1e-13
 except where tidecv differs from COCO's matching, which is kept here: tidecv keeps 100 detections per image
 (here: per image and category, as COCO), ignores a detection on a crowd region above crowd-IoU 0.5 (here: at
 0.5 too), takes the first of two boxes of equal IoU (here: the last), and on tied scores lets a fix reorder

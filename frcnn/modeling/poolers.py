@@ -106,7 +106,7 @@ def pool_rois(
         canonical_size / canonical_level: the level assignment's 224 and ``k0``.
 
     The same outputs as ``torchvision.ops.MultiScaleRoIAlign`` with the same maps, sampling ratio and
-    ``aligned`` (tests/test_poolers.py).
+    ``aligned`` (tests/modeling/test_poolers.py).
     """
     chosen = list(range(len(features))) if levels is None else [int(level) for level in levels]
     maps = [features.maps[level] for level in chosen]

@@ -130,7 +130,7 @@ class Preprocessor(nn.Module):
     def batch_tensor(self, images: Tensor) -> ImageBatch:
         """Test-time preprocessing of one ``[B, 3, H, W]`` batch of same-size images, in tensor operations.
 
-        The same result as :meth:`forward` in eval mode (tests/test_export.py checks), written so that the
+        The same result as :meth:`forward` in eval mode (tests/export/test_export.py checks), written so that the
         image size stays a graph value under tracing (ONNX export with dynamic height and width): the new
         size is ``round(side * scale)`` (or its floor, ``resize_rounding``) computed in float64, the image normalized, resized (bilinear,
         ``align_corners=False``), then zero-padded at the bottom and right.

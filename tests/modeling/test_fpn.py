@@ -48,7 +48,7 @@ def test_the_pyramid_checkpoint_trains_and_evaluates(fpn_run, tmp_path, run_scri
 def test_the_pyramid_model_infers_exports_and_runs_in_onnxruntime(fpn_run, tiny_data, tmp_path, run_script):
     from frcnn.export.runtime import OnnxDetector
     from frcnn.tasks.load import load_model
-    from tests.test_export import assert_parity
+    from tests.export.test_export import assert_parity
 
     checkpoint = fpn_run / "last.pt"
     result = run_script("infer.py", [f"checkpoint={checkpoint}", f"image={tiny_data / 'val' / '000000.png'}", "score_thresh=0.1",

@@ -5,7 +5,7 @@ import torch
 
 from frcnn.benchmarks.peers import PeerAdapter, torchvision_peer
 from tests.conftest import small_model
-from tests.test_model import batch
+from tests.modeling.test_model import batch
 
 
 def test_peer_takes_our_settings():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from frcnn.evaluation.analysis import CURVES, IMAGE_COLUMNS, analyze, calibration
-from tests.analysis_fixtures import coco_from, random_case
+from tests.evaluation.fixtures import coco_from, random_case
 
 A, B, C = 2, 5, 9  # a and b share a supercategory, c does not
 CATEGORIES = [{"id": A, "name": "a", "supercategory": "s"}, {"id": B, "name": "b", "supercategory": "s"},

@@ -16,7 +16,7 @@ import torch
 from frcnn.benchmarks import speed
 from frcnn.cli import compose_train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = [
     "data.min_size_train=[96]",
     "data.min_size_test=96",

@@ -17,7 +17,7 @@ from frcnn.evaluation.matching import (
     per_image_iou,
     precision_table,
 )
-from tests.analysis_fixtures import coco_from, random_case
+from tests.evaluation.fixtures import coco_from, random_case
 
 
 def test_box_iou_is_pycocotools_iou_with_crowd_regions():

@@ -16,7 +16,7 @@ from frcnn.modeling.model import FasterRCNN
 from frcnn.tasks.train import train
 from tests.conftest import TINY_TRAIN, compose_train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -157,7 +157,7 @@ def test_any_failure_after_training_started_leaves_the_last_completed_step(tiny_
 
 
 def test_decompression_bomb_in_training_is_skipped_and_counted(tiny_data, tmp_path):
-    from tests.test_data import bomb_png
+    from tests.data.test_coco import bomb_png
 
     data = _copy_data(tiny_data, tmp_path)
     bomb_png(data / "train" / "000002.png")

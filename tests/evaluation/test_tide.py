@@ -5,7 +5,7 @@ import pytest
 from frcnn.benchmarks.analysis import tidecv_dap
 from frcnn.evaluation.matching import eval_data, match, per_image_iou
 from frcnn.evaluation.tide import DETECTION_TYPES, MAIN_ERRORS, SPECIAL_ERRORS, tide
-from tests.analysis_fixtures import coco_from, random_case
+from tests.evaluation.fixtures import coco_from, random_case
 
 A, B = 3, 8  # category ids with a gap
 BOX = [0.0, 0.0, 100.0, 100.0]

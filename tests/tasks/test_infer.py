@@ -22,7 +22,7 @@ from frcnn.evaluation.coco_eval import STAT_NAMES
 from frcnn.tasks.evaluate import evaluate
 from frcnn.tasks.infer import infer
 from tests.test_cli import exits_with_one_line
-from tests.test_data import bomb_png
+from tests.data.test_coco import bomb_png
 
 pytestmark = pytest.mark.slow
 

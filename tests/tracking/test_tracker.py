@@ -1,17 +1,88 @@
-"""DaSiamRPN's distractor-aware parts (frcnn/tracking/tracker.py, pairs.py): the selection on hand-built response
-maps, the distractor memory, and the hard-negative pairs centred on look-alikes."""
+"""The tracker (frcnn/tracking/tracker.py): following an object, the scale penalty and smoothing, its state; DaSiamRPN's
+distractor-aware parts (tracker.py, pairs.py): the selection on hand-built response maps, the distractor memory, and the
+hard-negative pairs centred on look-alikes."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from frcnn.tracking.crops import SEARCH_SIZE
-from frcnn.tracking.model import TemplateKernels
+from frcnn.modeling.anchors import AnchorGenerator
+from frcnn.tracking.crops import (
+    SEARCH_SIZE,
+    context_side,
+)
+from frcnn.tracking.evaluate import iou_xywh
+from frcnn.tracking.model import (
+    SiamRPN,
+    TemplateKernels,
+)
 from frcnn.tracking.pairs import TrackingPairs
 from frcnn.tracking.sequences import load_sequence, write_sequence
 from frcnn.tracking.tracker import SiamRPNTracker, TrackerSettings, distractor_aware
+from tests.tracking.helpers import (
+    PAPER_ANCHORS,
+    FixedProposals,
+    MatchingHead,
+    PoolTrunk,
+    SizeSeer,
+    siamrpn,
+    square_sequence,
+)
+
+
+@pytest.mark.parametrize("motion", [(0.0, 0.0), (2.0, 1.0)], ids=["static", "translating"])
+def test_tracker_follows_a_static_and_a_translating_object(motion):
+    model = SiamRPN(backbone=PoolTrunk(), head=MatchingHead(), anchor_generator=AnchorGenerator(**PAPER_ANCHORS))
+    tracker = SiamRPNTracker(model, TrackerSettings())
+    frames, gt = square_sequence(motion)
+    tracker.init(frames[0], gt[0])
+    boxes = np.stack([tracker.update(frame)[0] for frame in frames[1:]])
+    assert iou_xywh(boxes, gt[1:]).min() > 0.8
+
+
+def test_the_scale_penalty_prefers_the_unchanged_size_and_smoothing_moves_the_size_by_lr_times_score():
+    stub = FixedProposals()
+    settings = TrackerSettings(penalty_k=0.055, window_influence=0.0, lr=0.295)
+    tracker = SiamRPNTracker(stub, settings)
+    frame = np.zeros((200, 200, 3), np.uint8)
+    tracker.init(frame, [80, 80, 40, 40])
+    stub.side = 40 * 127 / context_side(40, 40)  # the target's size at the crop's scale (63.5 px)
+    box, score = tracker.update(frame)
+    # penalty of the doubled box: s_c = 2 (sz scales with the box), r_c = 1 -> exp(-(2 - 1) * 0.055) = 0.946;
+    # 0.9 * 0.946 = 0.851 > 0.8, so the larger box wins, and the size moves by lr * penalty * score of the way
+    rate = 0.295 * math.exp(-0.055) * 0.9
+    assert score == pytest.approx(0.9)
+    assert box[2] == pytest.approx(40 * (1 - rate) + 80 * rate) and box[0] + box[2] / 2 == pytest.approx(100)
+    strict = SiamRPNTracker(stub, TrackerSettings(penalty_k=0.2, window_influence=0.0))  # exp(-0.2) * 0.9 = 0.737 < 0.8
+    strict.init(frame, [80, 80, 40, 40])
+    box, score = strict.update(frame)
+    assert score == pytest.approx(0.8) and box[2] == pytest.approx(40)
+
+
+def test_tracker_update_before_init_is_an_error():
+    with pytest.raises(RuntimeError, match="before init"):
+        SiamRPNTracker(siamrpn()).update(np.zeros((50, 50, 3), np.uint8))
+
+
+def test_proposals_are_xywh_in_frame_pixels_and_keep_the_state():
+    stub = SizeSeer(0.0)  # the believed size, at the crop's centre
+    tracker = SiamRPNTracker(stub, TrackerSettings())
+    stub.tracker = tracker
+    frame = np.full((120, 160, 3), 40, np.uint8)
+    frame[50:70, 60:100] = 250
+    tracker.init(frame, [60, 50, 40, 20])
+    tracker.size = np.array([30.0, 24.0])  # a believed size other than the first frame's
+    scores, boxes = tracker.proposals(frame)
+    assert scores.tolist() == [pytest.approx(0.9)]
+    np.testing.assert_allclose(boxes, [[80 - 15, 60 - 12, 30, 24]], atol=1e-9)
+    np.testing.assert_allclose(tracker.centre, [80, 60])
+    np.testing.assert_allclose(tracker.size, [30, 24])
+    with pytest.raises(RuntimeError, match="before init"):
+        SiamRPNTracker(SizeSeer(0.0)).proposals(frame)
 
 
 def test_distractor_aware_score_is_eq_5_by_hand():

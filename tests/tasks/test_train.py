@@ -14,7 +14,7 @@ import torch
 from frcnn.tasks.train import train
 from tests.conftest import TINY_TRAIN, TINY_TRAIN_FPN, compose_train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from frcnn.benchmarks.analysis import tidecv_dap
 from frcnn.cli import compose_config
 from frcnn.evaluation.tide import MAIN_ERRORS, SPECIAL_ERRORS
 from frcnn.tasks.evaluate import evaluate, model_names
-from tests.analysis_fixtures import random_case
+from tests.evaluation.fixtures import random_case
 from tests.test_cli import exits_with_one_line
 
 SECTIONS = ["coco-stats", "per-class-ap", "pr-curves", "tide-error-types", "coco-analyze", "confusion-matrix", "calibration",

@@ -22,7 +22,7 @@ from frcnn.data.formats import FormatError, read_split
 from frcnn.data.synthetic import generate
 
 globox = pytest.importorskip("globox")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
