@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from frcnn.data.coco import CategoryMap, CocoDetection, collate
@@ -47,12 +48,14 @@ def ensure_generated(
     foreign: Callable[[Path], bool] | None = None,
 ) -> None:
     """Write a generated data set into ``root`` with ``generator(root, **settings)`` unless its ``READY`` file is
-    there; rank 0 writes, every rank waits. ``settings`` None: nothing is generated. ``foreign(root)`` True
+    there (a line says which settings differ from those it records); rank 0 writes, every rank waits. ``settings`` None: nothing is generated. ``foreign(root)`` True
     means ``root`` holds data the generator did not write, which is never written over: :class:`ConfigError`
     naming ``<key>.root`` and ``<key>.generate``."""
     if settings is None:
         return
     root = Path(root)
+    if dist_info.is_main and (root / "READY").exists():
+        _check_generated_with(root, settings, key)
     if dist_info.is_main and not (root / "READY").exists():
         if foreign is not None and foreign(root):
             raise ConfigError(
@@ -62,6 +65,34 @@ def ensure_generated(
         print(f"generating {what} in {root} ...", flush=True)
         generator(root, **settings)
     barrier()
+
+
+def _check_generated_with(root: Path, settings: Mapping[str, Any], key: str) -> None:
+    """Say so when ``root``'s ``READY`` file records other values than ``settings`` asks for (compared on the keys
+    both have, nested ones included): the folder is used as it is, never regenerated over, but a changed
+    ``<key>.generate`` (e.g. a randomization setting) should not go unnoticed."""
+    try:
+        recorded = json.loads((root / "READY").read_text() or "{}")
+    except json.JSONDecodeError:
+        return  # an early READY without settings: nothing to compare
+    if not isinstance(recorded, dict):
+        return
+    wanted = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
+    changed = [f"{name}={there} (not {asked})" for name, there, asked in _differences(recorded, wanted)]
+    if changed:
+        print(f"{key}.root={root} was generated with {key}.generate.{', '.join(changed[:3])}"
+              f"{' and more' if len(changed) > 3 else ''}; using it as it is: delete the folder to generate it with "
+              f"the settings asked for, or set {key}.root to another folder", flush=True)
+
+
+def _differences(recorded: Any, wanted: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, recorded, wanted)`` for each value both mappings hold and that differs (numbers by value)."""
+    for name in sorted(set(recorded) & set(wanted)):
+        there, asked = recorded[name], wanted[name]
+        if isinstance(there, dict) and isinstance(asked, dict):
+            yield from _differences(there, asked, f"{prefix}{name}.")
+        elif (list(there) if isinstance(there, (list, tuple)) else there) != (list(asked) if isinstance(asked, (list, tuple)) else asked):
+            yield f"{prefix}{name}", there, asked
 
 
 def build_dataset(cfg: DictConfig, split: str, *, train: bool, categories: CategoryMap | None = None) -> CocoDetection:

@@ -132,7 +132,7 @@ def test_batch_order_depends_on_the_seed(dist):
     assert order(0) != order(1) and order(1) != order(2)
 
 
-def test_synthetic_data_is_generated_once_and_never_over_a_data_set_it_did_not_write(tmp_path):
+def test_synthetic_data_is_generated_once_and_never_over_a_data_set_it_did_not_write(tmp_path, capsys):
     from frcnn.errors import ConfigError
 
     cfg = compose_train(["run_dir=x", f"data.root={tmp_path / 'gen'}", "data.generate.num_train=2", "data.generate.num_val=1"])
@@ -141,6 +141,11 @@ def test_synthetic_data_is_generated_once_and_never_over_a_data_set_it_did_not_w
     assert (tmp_path / "gen" / "READY").is_file() and len(list((tmp_path / "gen" / "train").iterdir())) == 2
     before = (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns
     builders.ensure_synthetic(cfg, main)  # READY: left as it is
+    assert (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns == before
+    assert "was generated with" not in capsys.readouterr().out
+    changed = compose_train(["run_dir=x", f"data.root={tmp_path / 'gen'}", "data.generate.num_train=3", "data.generate.num_val=1"])
+    builders.ensure_synthetic(changed, main)  # other settings: said, and the folder is used as it is
+    assert f"data.root={tmp_path / 'gen'} was generated with data.generate.num_train=2 (not 3)" in capsys.readouterr().out
     assert (tmp_path / "gen" / "train" / "000000.png").stat().st_mtime_ns == before
 
     (tmp_path / "gen" / "READY").unlink()  # a folder with annotations the generator did not write (e.g. edited images)
