@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from frcnn.errors import InputError
+from frcnn.errors import ConfigError, InputError
 
 AUTO_KEYS = ("anchor_sizes", "fpn_anchor_sizes", "rpn_min_size", "num_train_images", "max_iters", "warmup_iters")
 
@@ -119,8 +119,8 @@ def resolve_auto(cfg: DictConfig, resumed_config: Mapping[str, Any] | None = Non
         return {}
     resume = cfg.get("train", {}).get("resume")
     if resume:
-        if resumed_config is None:
-            raise ValueError("resolve_auto: cfg resumes a run; pass its checkpoint's config as resumed_config")
+        if resumed_config is None:  # only scripts/train.py resumes, and it passes the checkpoint's config
+            raise ConfigError(f"train.resume={resume}: this command does not resume a run; drop train.resume")
         return _from_resumed(cfg, wanted, str(resume), resumed_config)
     from frcnn.data.coco import load_coco
     from frcnn.data.formats import split_annotations

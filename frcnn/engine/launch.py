@@ -66,6 +66,8 @@ def load_resume(cfg: DictConfig, kind: str) -> dict[str, Any] | None:
     resume = (cfg.get("train") or {}).get("resume")
     if not resume:
         return None
+    if not Path(str(resume)).is_file():
+        raise ConfigError(f"train.resume={resume} is not a file; pass the last.pt of the run to continue, or train.resume=null")
     ckpt = load_checkpoint(resume, map_location="cpu")
     theirs = ckpt.get("kind", "faster_rcnn")  # checkpoints from before kinds were recorded are detectors'
     if theirs != kind:
@@ -109,9 +111,11 @@ def build_trainer(cfg: DictConfig, task: TrainingTask, device: torch.device, dis
     optimization = build_optimization(cfg, model, dist.world_size, device, amp,
                                       spent=float(resume.get("elapsed_s", 0.0)) if resume else 0.0)
     start_iter, best_ap = restore(resume, model, optimization, dist) if resume else (0, -1.0)
-    if resume and dist.is_main:
-        print(f"resumed from {cfg.train.resume} at iteration {start_iter} "
-              f"({optimization.budget.elapsed():.0f} s of training so far)", flush=True)
+    if resume is not None:
+        resume.clear()  # restored: the caller's dict must not hold a second copy of the state for the whole run
+        if dist.is_main:
+            print(f"resumed from {cfg.train.resume} at iteration {start_iter} "
+                  f"({optimization.budget.elapsed():.0f} s of training so far)", flush=True)
     step_model = model
     if dist.world_size > 1:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -124,7 +128,7 @@ def build_trainer(cfg: DictConfig, task: TrainingTask, device: torch.device, dis
                            cfg.trainer.get("max_time"), extras)
     return Trainer(model, loader, optimization, build_hooks(cfg.trainer, run_dir, evaluate), losses_fn=task.losses,
                    inputs=data.inputs, settings=settings, device=device, dist=dist, step_model=step_model,
-                   start_iter=start_iter, best_ap=best_ap)
+                   start_iter=start_iter, best_ap=best_ap, resumed=resume is not None)
 
 
 def start_run(cfg: DictConfig, dist: DistInfo) -> Path:

@@ -39,8 +39,9 @@ __all__ = [
     "set_rng_state",
 ]
 
-# (model, batch, device) -> (losses, ids of the unreadable inputs the data set replaced in this batch)
-LossesFn = Callable[[torch.nn.Module, Any, torch.device], tuple[dict[str, torch.Tensor], list[int]]]
+# (model, batch, device, skipped) -> losses; first adds to ``skipped`` the ids of the unreadable inputs the data set
+# replaced in this batch (before the forward pass, so that a failing step still reports them)
+LossesFn = Callable[[torch.nn.Module, Any, torch.device, set[int]], dict[str, torch.Tensor]]
 
 
 class TrainingError(UserError, RuntimeError):
@@ -147,7 +148,7 @@ class Trainer:
     def __init__(
         self, model: torch.nn.Module, batches: Iterable[Any], optimization: Optimization, hooks: list[Hook], *,
         losses_fn: LossesFn, inputs: InputBudget, settings: RunSettings, device: torch.device, dist: DistInfo,
-        step_model: torch.nn.Module | None = None, start_iter: int = 0, best_ap: float = -1.0,
+        step_model: torch.nn.Module | None = None, start_iter: int = 0, best_ap: float = -1.0, resumed: bool = False,
     ) -> None:
         self.model, self.step_model = model, step_model if step_model is not None else model
         self.batches, self.optimization, self.hooks = batches, optimization, hooks
@@ -156,7 +157,7 @@ class Trainer:
         self.world, self.is_main = dist.world_size, dist.is_main
         self.run_dir, self.max_iters = settings.run_dir, settings.max_iters
         self.start_iter = self.it = start_iter  # completed steps, at the start and now
-        self.resumed = start_iter > 0
+        self.resumed = resumed  # started from a checkpoint (train.resume)
         self.best_ap = best_ap
         self.last_step = False  # set by the step: the budget is spent
         self.updating = False  # True while the optimizer changes the weights (they are neither step's)
@@ -189,8 +190,7 @@ class Trainer:
         training inputs were unreadable."""
         o, amp = self.optimization, self.settings.amp_dtype
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            losses, skipped = self.losses_fn(self.step_model, batch, self.device)
-        self.skipped_inputs.update(skipped)
+            losses = self.losses_fn(self.step_model, batch, self.device, self.skipped_inputs)
         loss = sum(losses.values())
         keep_going, time_left, bad_images = self._agree(loss, losses)
         o.optimizer.zero_grad(set_to_none=True)
@@ -224,7 +224,7 @@ class Trainer:
         if bad_images > inputs.max_bad:
             raise TrainingError(
                 f"{bad_images} training {inputs.name}s are unreadable, more than data.max_bad_image_fraction="
-                f"{inputs.max_fraction} of {inputs.count} (all ranks together; this rank skipped {inputs.name} ids "
+                f"{inputs.max_fraction:g} of {inputs.count} (all ranks together; this rank skipped {inputs.name} ids "
                 f"{sorted(self.skipped_inputs)[:10]}); fix or remove them ({inputs.hint})"
             )
         if not finite:

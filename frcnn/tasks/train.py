@@ -52,14 +52,15 @@ def detector_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
 
 
 def detector_losses(model: torch.nn.Module, batch: tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]],
-                    device: torch.device) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """The model's losses on a collated ``(images, targets)`` batch moved to ``device``, and the ids of the
-    unreadable images the data set replaced in it."""
+                    device: torch.device, skipped: set[int]) -> dict[str, torch.Tensor]:
+    """The model's losses on a collated ``(images, targets)`` batch moved to ``device``; the ids of the unreadable
+    images the data set replaced in it go into ``skipped`` first."""
     images, targets = batch
-    skipped = [i for target in targets for i in target.pop("skipped").tolist()]
+    for target in targets:
+        skipped.update(target.pop("skipped").tolist())
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in targets]
-    return model(images, targets).losses, skipped
+    return model(images, targets).losses
 
 
 def coco_evaluator(cfg: DictConfig, data: TrainingData, device: torch.device, dist: DistInfo) -> EvaluateFn | None:

@@ -55,10 +55,12 @@ def tracker_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
     return TrainingData(pairs, collate_pairs, inputs, summary)
 
 
-def tracker_losses(model: torch.nn.Module, batch: PairBatch, device: torch.device) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """SiamRPN's losses on a batch of pairs moved to ``device``, and the ids of the unreadable frames replaced in it."""
+def tracker_losses(model: torch.nn.Module, batch: PairBatch, device: torch.device, skipped: set[int]) -> dict[str, torch.Tensor]:
+    """SiamRPN's losses on a batch of pairs moved to ``device``; the ids of the unreadable frames replaced in it go
+    into ``skipped`` first."""
+    skipped.update(batch.skipped.tolist())
     templates, searches, boxes = (t.to(device, non_blocking=True) for t in batch[:3])
-    return model(templates, searches, boxes).losses, batch.skipped.tolist()
+    return model(templates, searches, boxes).losses
 
 
 # SyncBatchNorm would replace the backbone's SiameseBatchNorm2d and with it the template branch's own statistics;

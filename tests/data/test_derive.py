@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from frcnn.cli import compose_train
 from frcnn.data.derive import AUTO_KEYS, ObjectSizes, derive, object_sizes, resolve_auto
-from frcnn.errors import InputError
+from frcnn.errors import ConfigError, InputError
 
 
 def test_object_sizes_at_the_training_scale():
@@ -82,7 +82,7 @@ def test_a_resumed_run_keeps_the_values_it_derived(tiny_data, tmp_path, capsys):
                                  "num_train_images": 7, "max_iters": 99, "warmup_iters": 9}}}
     torch.save(saved, tmp_path / "last.pt")
     cfg = custom(tiny_data, f"train.resume={tmp_path / 'last.pt'}")
-    with pytest.raises(ValueError, match="pass its checkpoint's config"):  # the caller loads the checkpoint, once
+    with pytest.raises(ConfigError, match="this command does not resume a run"):  # train() loads the checkpoint, once
         resolve_auto(cfg)
     assert resolve_auto(cfg, saved["config"]) == saved["config"]["data"]  # not re-derived from the (maybe changed) annotations
     assert cfg.trainer.max_iters == 99

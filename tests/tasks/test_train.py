@@ -205,3 +205,6 @@ def test_config_errors_are_one_clear_message(tiny_data, tmp_path):
 
     with pytest.raises(ConfigError, match="data.num_classes=4 but .* has 5 categories; set data.num_classes=5"):
         _run(tiny(tiny_data, tmp_path / "z", ["data.num_classes=4"]), tmp_path / "z")
+    # a mistyped resume names train.resume (checked before the checkpoint is read, and before any data)
+    with pytest.raises(ConfigError, match=r"train.resume=.*nope.pt is not a file; pass the last.pt of the run to continue"):
+        _run(tiny(tiny_data, tmp_path / "r", [f"train.resume={tmp_path / 'nope.pt'}"]), tmp_path / "r")
