@@ -31,7 +31,7 @@ install: .venv/.installed
 demo: install
 	$(VENV_PY) scripts/train.py experiment=$(DEMO_EXPERIMENT) hydra.run.dir=$(DEMO_DIR)
 	$(VENV_PY) scripts/evaluate.py checkpoint=$(DEMO_DIR)/best.pt analyze=true hydra.run.dir=$(DEMO_DIR)/evaluate
-	$(VENV_PY) scripts/infer.py checkpoint=$(DEMO_DIR)/best.pt image=data/synthetic/val/000000.png score_thresh=0.5 hydra.run.dir=$(DEMO_DIR)/infer
+	$(VENV_PY) scripts/infer.py checkpoint=$(DEMO_DIR)/best.pt image=$${FRCNN_DATA:-data}/synthetic/val/000000.png score_thresh=0.5 hydra.run.dir=$(DEMO_DIR)/infer
 	@$(VENV_PY) -c "import json; s=json.load(open('$(DEMO_DIR)/evaluate/metrics.json'))['stats']; print(f\"\nCOCO AP@[.5:.95] on the synthetic val split: {s['AP']:.4f} (AP50 {s['AP50']:.4f})\nannotated image: $(DEMO_DIR)/infer/000000.png\nerror analysis: $(DEMO_DIR)/evaluate/report.html\")"
 
 track-demo: install
