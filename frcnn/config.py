@@ -88,6 +88,12 @@ def parse_duration(value: Any, key: str = "trainer.max_time") -> float | None:
     return seconds
 
 
+def check_resume(resume: Any) -> None:
+    """``train.resume`` names a file, or a :class:`ConfigError` says what to pass."""
+    if not Path(str(resume)).is_file():
+        raise ConfigError(f"train.resume={resume} is not a file; pass the last.pt of the run to continue, or train.resume=null")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Check a composed ``conf/train.yaml`` (what ``train(cfg)`` reads); raise :class:`ConfigError`."""
     _no_missing_values(cfg, skip=_unreferenced_data_root(cfg))
@@ -103,8 +109,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     _number(cfg, "trainer.num_threads", integer=True, low=1, nullable=True)
     _number(cfg, "seed", integer=True, low=0)
     resume = _get(cfg, "train.resume")
-    if resume not in (None, _ABSENT) and not Path(str(resume)).is_file():
-        raise ConfigError(f"train.resume={resume} is not a file; pass the last.pt of the run to continue, or train.resume=null")
+    if resume not in (None, _ABSENT):
+        check_resume(resume)
     init_from = _get(cfg, "train.init_from")
     if init_from not in (None, _ABSENT) and not Path(str(init_from)).is_file():
         raise ConfigError(

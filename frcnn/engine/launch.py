@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from frcnn.config import amp_dtype as amp_dtype_of
-from frcnn.config import parse_duration, resolve_device
+from frcnn.config import check_resume, parse_duration, resolve_device
 from frcnn.data.coco import CategoryMap
 from frcnn.engine import builders
 from frcnn.engine.checkpoint import load_checkpoint, load_matching, set_rng_state
@@ -66,8 +66,7 @@ def load_resume(cfg: DictConfig, kind: str) -> dict[str, Any] | None:
     resume = (cfg.get("train") or {}).get("resume")
     if not resume:
         return None
-    if not Path(str(resume)).is_file():
-        raise ConfigError(f"train.resume={resume} is not a file; pass the last.pt of the run to continue, or train.resume=null")
+    check_resume(resume)  # before reading it: a mistyped path names train.resume
     ckpt = load_checkpoint(resume, map_location="cpu")
     theirs = ckpt.get("kind", "faster_rcnn")  # checkpoints from before kinds were recorded are detectors'
     if theirs != kind:

@@ -15,6 +15,7 @@ from frcnn.errors import ConfigError, InputError, MissingFileError
 from frcnn.evaluation.coco_eval import STAT_NAMES, evaluate_results, per_class_table
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.tasks.evaluate import evaluate
+from tests.evaluation.fixtures import coco_from
 
 GT = {
     "images": [{"id": 1, "width": 200, "height": 200, "file_name": "1.png"}, {"id": 2, "width": 200, "height": 100, "file_name": "2.png"}],
@@ -26,14 +27,6 @@ GT = {
         {"id": 4, "image_id": 2, "category_id": 8, "bbox": [120, 10, 60, 60], "area": 3600, "iscrowd": 1},
     ],
 }
-
-
-def coco_from(dataset: dict) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = copy.deepcopy(dataset)
-        coco.createIndex()
-    return coco
 
 
 def gt_coco() -> COCO:
