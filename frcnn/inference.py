@@ -19,7 +19,7 @@ from torchvision.utils import draw_bounding_boxes
 from frcnn.data.coco import CategoryMap
 from frcnn.data.images import read_rgb, to_chw
 from frcnn.engine.checkpoint import CheckpointError
-from frcnn.errors import MissingFileError
+from frcnn.errors import ConfigError, MissingFileError
 from frcnn.modeling.fold import fold_batchnorm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -59,18 +59,36 @@ def proposal_overrides(proposals: int | None) -> dict[str, Any]:
     return {} if proposals is None else {"model.rpn.post_nms_topk_test": int(proposals)}
 
 
-def prepare_for_inference(model: torch.nn.Module, *, fold_bn: bool = True, channels_last: bool = True) -> torch.nn.Module:
+PRECISIONS = ("fp32", "bf16")
+
+
+def prepare_for_inference(model: torch.nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
+                          precision: str = "fp32") -> torch.nn.Module:
     """The shipped inference path: an eval-mode copy of ``model`` that does less work for the same detections.
 
     ``fold_bn``: every BatchNorm folded into the convolution before it (:func:`frcnn.modeling.fold.fold_batchnorm`;
     outputs equal to float rounding). ``channels_last``: NHWC convolutions (on the 2-core CPU the demo
     model's latency fell from 0.99x to 0.70x torchvision's; docs/benchmarks.md). :func:`detect` adds
     ``torch.inference_mode``. The caller's model is left as it is.
+
+    ``precision="bf16"``: convolution and fc weights stored in bfloat16 and the network run under bf16 autocast
+    (box coordinates, RoI pooling, NMS and scores in fp32). Not the same detections: close ones (the FPN demo
+    model: AP 0.7359 against 0.7364), and faster only where the CPU computes in bf16 (AVX512-BF16 or AMX; a GPU):
+    1.6x at batch 8 on the 2-core AMD EPYC (docs/benchmarks.md). Elsewhere oneDNN emulates it, slower than fp32.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
     prepared = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     if channels_last and hasattr(prepared, "channels_last"):
         prepared.channels_last = True
         prepared = prepared.to(memory_format=torch.channels_last)
+    if precision == "bf16":
+        if not hasattr(prepared, "compute_dtype"):
+            raise ConfigError(f"precision=bf16 runs frcnn's FasterRCNN, not a {type(prepared).__name__}")
+        for module in prepared.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):  # cast once, not by autocast on every call
+                module.to(torch.bfloat16)
+        prepared.compute_dtype = torch.bfloat16
     return prepared
 
 
@@ -139,12 +157,13 @@ class Detector:
             config: its training config (:func:`frcnn.tasks.load.load` gives all three).
         score_thresh: detections under this score are left out (0 keeps all the model's).
         optimize: run the shipped path (False: the model unchanged).
+        precision: ``"fp32"`` or ``"bf16"`` (close detections, not the same: :func:`prepare_for_inference`).
     """
 
     def __init__(self, model: torch.nn.Module, categories: CategoryMap, config: DictConfig, device: torch.device, *,
-                 score_thresh: float = 0.5, optimize: bool = True) -> None:
+                 score_thresh: float = 0.5, optimize: bool = True, precision: str = "fp32") -> None:
         self.device, self.categories, self.config = device, categories, config
-        self.model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize)
+        self.model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize, precision=precision)
         self.score_thresh = float(score_thresh)
 
     def __call__(self, image: str | Path | np.ndarray) -> list[dict[str, Any]]:

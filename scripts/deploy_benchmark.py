@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--proposals", type=int, nargs="*", default=[],
                         help="also time the shipped path at these test-time proposal budgets (infer.py proposals=N)")
     parser.add_argument("--int8", action="store_true", help="also time onnxruntime on the graph with int8 convolutions")
+    parser.add_argument("--bf16", action="store_true", help="also time the shipped path with precision=bf16")
     parser.add_argument("--calibration", default=None, help="int8: folder of calibration images (default: <data>/train)")
     parser.add_argument("--no-ap", action="store_true", help="skip the COCO AP of each variant")
     parser.add_argument("--torchvision-weights", default=None,
@@ -73,7 +74,7 @@ def main() -> None:
         peer = torchvision_model(imported["torchvision"], read_state_dict(weights), weights)
     result = run_benchmark(model, categories, Path(args.data), onnx_path, batches=tuple(args.batch), reps=args.reps,
                            warmup=args.warmup, threads=args.threads, ap=not args.no_ap, proposals=tuple(args.proposals),
-                           int8_path=int8_path, peer=peer)
+                           int8_path=int8_path, peer=peer, bf16=args.bf16)
     result["machine"] = machine(torch.device("cpu"))
     result["setup"] = vars(args)
     (out / "deploy.json").write_text(json.dumps(result, indent=1))

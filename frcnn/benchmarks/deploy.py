@@ -12,6 +12,8 @@ images), at batch 1 and batch 8:
 * ``onnxruntime`` — the exported graph (:mod:`frcnn.export`), batch 8 as one ``[8, 3, H, W]`` call;
 * ``onnxruntime int8`` (``--int8``) — the exported graph with int8 convolutions (:mod:`frcnn.export.quantize`,
   calibrated on training images): not the same detections, so its AP is the row to read;
+* ``shipped, precision=bf16`` (``--bf16``) — the shipped path with bf16 weights and autocast
+  (``infer.py precision=bf16``): close detections, not the same; its AP is the row to read;
 * ``shipped, N proposals`` (``--proposals N ...``) — the shipped path with a test-time proposal budget
   (``infer.py proposals=N``): the box head runs once per proposal, so this is the lever on time, but it
   is a speed/accuracy trade (not the same detections), shown with its AP beside the exact rows.
@@ -67,7 +69,7 @@ def _onnx_variant(path: Path, threads: int | None) -> Detect:
 
 def build_variants(
     model: nn.Module, onnx_path: Path | None, *, threads: int | None = None, proposals: tuple[int, ...] = (),
-    int8_path: Path | None = None, peer: nn.Module | None = None,
+    int8_path: Path | None = None, peer: nn.Module | None = None, bf16: bool = False,
 ) -> dict[str, Detect]:
     """The variants of the module docstring, by name, in table order.
 
@@ -86,6 +88,9 @@ def build_variants(
         "+ BN folded": _torch_variant(folded, "inference_mode"),
         "+ channels_last (shipped default)": _torch_variant(folded_cl, "inference_mode"),
     }
+    if bf16:
+        variants["shipped, precision=bf16 (not the same detections)"] = _torch_variant(
+            prepare_for_inference(model, precision="bf16"), "inference_mode")
     if onnx_path is not None:
         variants["onnxruntime"] = _onnx_variant(onnx_path, threads)
     if int8_path is not None:
@@ -138,14 +143,15 @@ def run_benchmark(
     model: nn.Module, categories: CategoryMap, root: Path, onnx_path: Path | None, *,
     batches: tuple[int, ...] = (1, 8), reps: int = 10, warmup: int = 2, threads: int | None = None, ap: bool = True,
     max_images: int | None = None, proposals: tuple[int, ...] = (), int8_path: Path | None = None,
-    peer: nn.Module | None = None,
+    peer: nn.Module | None = None, bf16: bool = False,
 ) -> dict[str, Any]:
     """Per-image latency (median and range) of every variant at each batch size, and each frcnn variant's AP.
 
     Returns ``{"latency": {batch: {variant: {"median_s", "min_s", "max_s", "vs_torchvision"}}}, "ap": {variant: AP}}``,
     ``vs_torchvision`` being the median over the faster torchvision variant's median.
     """
-    variants = build_variants(model, onnx_path, threads=threads, proposals=proposals, int8_path=int8_path, peer=peer)
+    variants = build_variants(model, onnx_path, threads=threads, proposals=proposals, int8_path=int8_path, peer=peer,
+                              bf16=bf16)
     coco, ids, images = load_split(root, max_images=max_images)
     # Timed on the images of the split's most common size, so a batch is one size (the ONNX graph's input).
     shapes = [tuple(im.shape) for im in images]

@@ -51,6 +51,9 @@ class FasterRCNN(nn.Module):
         preprocessor: :class:`frcnn.modeling.preprocess.Preprocessor`.
         channels_last: run the convolutions in ``torch.channels_last`` memory format (faster on
             tensor-core GPUs); call ``model.to(memory_format=torch.channels_last)`` as well.
+        compute_dtype: None (the parameters' dtype) or ``torch.bfloat16``: ``forward`` runs under autocast to that
+            dtype (the shipped path's ``precision=bf16``: :func:`frcnn.inference.prepare_for_inference`). Box
+            coordinates, RoI pooling, NMS and the scores stay in fp32, as under ``trainer.amp``.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class FasterRCNN(nn.Module):
         roi_heads: RoIHeads,
         preprocessor: Preprocessor,
         channels_last: bool = False,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         # One owner per module: the backbone built the head from the same pretrained network as the
@@ -82,6 +86,7 @@ class FasterRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.preprocessor = preprocessor
         self.channels_last = channels_last
+        self.compute_dtype = compute_dtype
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +119,9 @@ class FasterRCNN(nn.Module):
         """
         if detect is None:
             detect = targets is None
+        if self.compute_dtype is not None and not torch.is_autocast_enabled(images[0].device.type):
+            with torch.autocast(images[0].device.type, dtype=self.compute_dtype):
+                return self.forward(images, targets, detect=detect)
         bad_labels = None
         if targets is not None:
             _check_targets(targets, len(images))

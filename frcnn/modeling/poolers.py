@@ -19,10 +19,11 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
 
 from frcnn.errors import ConfigError
 from frcnn.modeling.structures import FeatureMaps
+from frcnn.modeling.threaded import roi_align
 
 
 def assign_levels(
@@ -101,7 +102,8 @@ def pool_rois(
         levels: indices into ``features.maps`` that RoIs are pooled from (FPN: P2-P5 of P2-P6, as in the
             paper, where P6 serves the RPN only); None: every level. Their strides must be consecutive
             powers of two.
-        mode: ``"align"`` (``torchvision.ops.roi_align``) or ``"pool"`` (``roi_pool``).
+        mode: ``"align"`` (``torchvision.ops.roi_align``, spread over the CPU's threads by
+            :func:`frcnn.modeling.threaded.roi_align`) or ``"pool"`` (``roi_pool``).
         sampling_ratio / aligned: RoIAlign's (see :class:`frcnn.modeling.roi_heads.RoIHeads`).
         canonical_size / canonical_level: the level assignment's 224 and ``k0``.
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from frcnn.modeling.box_coder import decode_boxes
 from frcnn.modeling.box_ops import clip_boxes, pack_per_image
 from frcnn.modeling.structures import Detections
+from frcnn.modeling.threaded import batched_nms
 
 
 @torch.no_grad()

@@ -86,7 +86,8 @@ def build_detector(cfg: DictConfig) -> tuple[DetectFn, CategoryMap, torch.device
         device = resolve_device(cfg.device, "device")
         model, categories, _ = load_model(cfg.checkpoint, device, proposal_overrides(cfg.get("proposals")))
         optimize = cfg.get("optimize", True)
-        model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize)
+        model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize,
+                                      precision=cfg.get("precision", "fp32"))
         return partial(detect, model, device=device), categories, device
     from frcnn.export.runtime import OnnxDetector
 

@@ -131,6 +131,35 @@ def test_the_shipped_path_leaves_the_model_alone_and_detects_the_same(tiny_check
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
 
 
+def test_the_shipped_path_in_bf16_gives_close_detections(tiny_checkpoint):
+    """precision=bf16: conv and fc weights in bf16, the caller's model untouched; on the same proposals the box
+    head's class probabilities and deltas are those of fp32 to bf16's precision, and detections come out in fp32.
+    (Whole detection lists are not compared: where two boxes' scores nearly tie, NMS may keep the other one.)
+    An unknown precision is a ConfigError."""
+    from frcnn.errors import ConfigError
+
+    model, _, _ = load_model(tiny_checkpoint, torch.device("cpu"))
+    fp32, bf16 = prepare_for_inference(model), prepare_for_inference(model, precision="bf16")
+    convs = [m for m in bf16.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    image = [torch.from_numpy(_val_image(tiny_checkpoint)).permute(2, 0, 1)]
+    with torch.inference_mode():
+        batch, _ = fp32.preprocess(image)
+        features = fp32.features(batch)
+        proposals, _ = fp32.propose(batch, features)
+        logits, deltas = fp32.predict_rois(features, proposals.boxes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits16, deltas16 = bf16.predict_rois(bf16.features(batch), proposals.boxes)
+        detections = bf16(image).detections[0]
+    assert logits16.dtype == deltas16.dtype == torch.float32
+    torch.testing.assert_close(logits16.softmax(-1), logits.softmax(-1), atol=0.03, rtol=0)
+    torch.testing.assert_close(deltas16, deltas, atol=0.1, rtol=0.05)
+    assert len(detections["scores"]) > 0 and detections["boxes"].dtype == detections["scores"].dtype == torch.float32
+    with pytest.raises(ConfigError, match="precision='fp16'"):
+        prepare_for_inference(model, precision="fp16")
+
+
 # ---------------------------------------------------------------- ONNX (the export extra)
 
 
@@ -342,14 +371,15 @@ def test_deploy_benchmark_times_and_scores_every_variant(exported, tiny_checkpoi
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     root = Path(ckpt["config"]["data"]["val"]["images"]).parent
     result = run_benchmark(model, CategoryMap.from_dict(ckpt["categories"]), root, path, batches=(2,), reps=1, warmup=0, max_images=2,
-                           proposals=(3,))
+                           proposals=(3,), bf16=True)
     names = ["torchvision, no_grad", "torchvision, inference_mode", "frcnn eager, no_grad", "+ inference_mode",
-             "+ BN folded", "+ channels_last (shipped default)", "onnxruntime", "shipped, 3 proposals (not the same detections)"]
+             "+ BN folded", "+ channels_last (shipped default)", "shipped, precision=bf16 (not the same detections)",
+             "onnxruntime", "shipped, 3 proposals (not the same detections)"]
     for batch in (2,):
         assert list(result["latency"][batch]) == names
         assert all(r["median_s"] > 0 for r in result["latency"][batch].values())
     # frcnn's paths change the work, not the detections: the same AP (torchvision's detector differs, peers.py)
-    aps = [result["ap"][n] for n in names[2:-1]]
+    aps = [result["ap"][n] for n in names[2:-1] if "bf16" not in n]
     assert max(aps) - min(aps) < 0.002 and "torchvision, no_grad" in result["ap"]
     table = markdown(result)
     assert all(n in table for n in names) and table.count("\n") == len(names) + 1

@@ -177,3 +177,34 @@ def test_non_finite_boxes_never_become_proposals():
                            pre_nms_topk=3, nms_thresh=0.7, post_nms_topk=3)
     assert p.valid[0].tolist() == [True, False, False]
     assert torch.isfinite(p.boxes).all() and p.boxes[0, 0].tolist() == [50.0, 50.0, 90.0, 90.0]
+
+
+def test_capped_nms_runs_on_the_prefix_and_gives_the_plain_proposals(monkeypatch):
+    """Test time (post 20 of 150 per level): NMS runs first on each group's best 2 x 20, then on all candidates
+    of the groups whose prefix kept fewer than 20 (here image 1's level 1, whose 100 best boxes are one box);
+    the proposals are those of plain NMS over every candidate."""
+    import frcnn.modeling.proposals as proposals
+
+    g = torch.Generator().manual_seed(5)
+    gen = AnchorGenerator(sizes=[[12], [24], [48]], stride=[4, 8, 16])
+    shapes = [(64 // s, 96 // s) for s in gen.strides]
+    anchors = [gen.grid(level, h, w) for level, (h, w) in enumerate(shapes)]
+    b = 2
+    logits = [torch.randn(b, len(a), generator=g) for a in anchors]
+    deltas = [torch.randn(b, len(a), 4, generator=g) * 0.3 for a in anchors]
+    anchors[1] = anchors[1].clone()
+    anchors[1][:100] = anchors[1][0]  # image 1, level 1: its 100 best candidates one box (NMS keeps one), then others
+    deltas[1][1, :100] = 0.0
+    logits[1][1, :100] += 10.0
+    sizes, min_sizes = torch.tensor([[64, 96], [60, 90]]), torch.tensor([4.0, 6.0])
+    calls = []
+    plain_nms = proposals.batched_nms
+    monkeypatch.setattr(proposals, "batched_nms", lambda boxes, *a: calls.append(len(boxes)) or plain_nms(boxes, *a))
+    kwargs = dict(pre_nms_topk=150, nms_thresh=0.7, post_nms_topk=20)
+    capped = generate_proposals(anchors, logits, deltas, sizes, min_sizes, **kwargs)
+    monkeypatch.setattr(proposals, "PREFIX_FACTOR", 10**6)  # never capped: plain NMS over all candidates
+    plain = generate_proposals(anchors, logits, deltas, sizes, min_sizes, **kwargs)
+    assert [len(a) for a in anchors] == [1152, 288, 72]
+    assert torch.equal(capped.valid, plain.valid)
+    assert torch.equal(capped.boxes, plain.boxes) and torch.equal(capped.scores, plain.scores)
+    assert calls == [b * (40 + 40 + 40), 150, b * (150 + 150 + 72)]  # prefixes; image 1's level 1 again; plain

@@ -175,3 +175,25 @@ def test_load_a_checkpoint_in_one_line(tiny_checkpoint, tmp_path):
     infer(compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={image_path}", "score_thresh=0.0",
                                    "device=cpu", f"output_dir={tmp_path / 'o'}"]))
     assert json.loads((tmp_path / "o" / "000000.json").read_text())["detections"] == found
+
+
+def test_infer_in_bf16_and_an_unknown_precision(tiny_checkpoint, tmp_path, capfd):
+    """infer.py precision=bf16 runs the bf16 shipped path: its best box is one the fp32 path found too (same class,
+    IoU > 0.5, the NMS threshold: a near-tie may keep another box of the pair); precision=fp16 is one line."""
+    from torchvision.ops import box_iou
+
+    cfg = torch.load(tiny_checkpoint, weights_only=True)["config"]
+    image_path = Path(cfg["data"]["val"]["images"]) / "000000.png"
+    found = {}
+    for precision in ("fp32", "bf16"):
+        infer(compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={image_path}", "score_thresh=0.0",
+                                       "device=cpu", f"precision={precision}", f"output_dir={tmp_path / precision}"]))
+        found[precision] = json.loads((tmp_path / precision / "000000.json").read_text())["detections"]
+    assert found["fp32"] and found["bf16"] != found["fp32"]  # not the same detections ...
+    best = found["bf16"][0]
+    same_class = [d["box_xyxy"] for d in found["fp32"] if d["category_id"] == best["category_id"]]
+    assert box_iou(torch.tensor([best["box_xyxy"]]), torch.tensor(same_class)).max() > 0.5  # ... close ones
+    bad = compose_config("infer", [f"checkpoint={tiny_checkpoint}", f"image={image_path}", "device=cpu", "precision=fp16",
+                                   f"output_dir={tmp_path / 'bad'}"])
+    line = exits_with_one_line(lambda: infer(bad), capfd)
+    assert "precision='fp16'" in line and "fp32, bf16" in line, line
