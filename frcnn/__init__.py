@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 __all__ = ["load"]
 
 
-def load(checkpoint: Any, *, device: str = "auto", score_thresh: float = 0.5) -> Detector | SiamRPNTracker:
+def load(checkpoint: Any, *, device: str = "auto", score_thresh: float = 0.5, precision: str = "fp32"
+         ) -> Detector | SiamRPNTracker:
     """A checkpoint ready to use, as its kind says (:func:`frcnn.tasks.load.load`): a detector's as a
-    :class:`~frcnn.inference.Detector` (``score_thresh``: detections under it are left out), a tracker's
+    :class:`~frcnn.inference.Detector` (``score_thresh``: detections under it are left out; ``precision``:
+    ``"fp32"`` or ``"bf16"``, see :func:`frcnn.inference.prepare_for_inference`), a tracker's
     (``"shipped"``: the one that comes with frcnn) as a :class:`~frcnn.tracking.tracker.SiamRPNTracker`.
     torch is imported on the first call."""
     from frcnn.config import resolve_device
@@ -31,4 +33,5 @@ def load(checkpoint: Any, *, device: str = "auto", score_thresh: float = 0.5) ->
     loaded = load_checkpoint_model(checkpoint, torch_device)
     if loaded.tracker is not None:
         return loaded.tracker
-    return Detector(loaded.model, loaded.categories, loaded.config, torch_device, score_thresh=score_thresh)
+    return Detector(loaded.model, loaded.categories, loaded.config, torch_device, score_thresh=score_thresh,
+                    precision=precision)
