@@ -98,8 +98,7 @@ def generate_proposals(
     top_logits = torch.cat([c[0] for c in candidates], dim=1)  # [B, T]: each level's top-k, level after level
     top_boxes = torch.cat([c[1] for c in candidates], dim=1)  # [B, T, 4]
     top_level = torch.cat([torch.full_like(c[0], level, dtype=torch.long) for level, c in enumerate(candidates)], dim=1)
-    # Each level's candidates are sorted: with NMS per level (or one level) a group is one sorted block.
-    sizes = [c[0].shape[1] for c in candidates] if nms_per_level or len(candidates) == 1 else None
+    sizes = [c[0].shape[1] for c in candidates] if nms_per_level or len(candidates) == 1 else None  # sorted groups
     return _nms_and_pack(top_logits, top_boxes, top_level, num_groups=len(candidates) if nms_per_level else 1,
                          nms_thresh=nms_thresh, post_nms_topk=post_nms_topk, sizes=sizes)
 
