@@ -119,8 +119,9 @@ class FasterRCNN(nn.Module):
         """
         if detect is None:
             detect = targets is None
-        if self.compute_dtype is not None and not torch.is_autocast_enabled(images[0].device.type):
-            with torch.autocast(images[0].device.type, dtype=self.compute_dtype):
+        device_type = self.preprocessor.mean.device.type  # the model's device (the preprocessor moves images there)
+        if self.compute_dtype is not None and not torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, dtype=self.compute_dtype):
                 return self.forward(images, targets, detect=detect)
         bad_labels = None
         if targets is not None:

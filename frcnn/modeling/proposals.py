@@ -161,7 +161,8 @@ def _capped_nms(boxes: Tensor, logits: Tensor, level: Tensor, group: Tensor, siz
     prefix kept ``cap`` or more, the boxes after it cannot reach the output. NMS therefore runs on each
     group's best ``m = PREFIX_FACTOR * cap`` candidates, then again on all candidates of the groups whose
     prefix kept fewer than ``cap`` (the cost of NMS grows as the square of the boxes: at test time the
-    demo's 1000 candidates per level and 100 proposals per image make it a 25th).
+    demo's 1000 candidates per level and 100 proposals per image make it a 25th where the prefix suffices).
+    Dropped candidates (``-inf``; with ``filter_after_topk`` anywhere in the block) are not counted as kept.
 
     Args:
         boxes / logits / level: ``[B, T, 4]``, ``[B, T]``, ``[B, T]``: each group a score-sorted block of ``sizes[l]``.
@@ -177,7 +178,8 @@ def _capped_nms(boxes: Tensor, logits: Tensor, level: Tensor, group: Tensor, siz
     keep = prefix[batched_nms(flat_boxes[prefix], flat_logits[prefix], group[prefix], nms_thresh)]
     # Host sync: which groups must be run again is data-dependent.
     group_size = torch.tensor(sizes, device=logits.device)[level.reshape(-1)]  # [B * T]
-    kept = torch.bincount(group[keep], minlength=int(group.max()) + 1)
+    finite = keep[torch.isfinite(flat_logits[keep])]  # a dropped box (-inf) is no proposal: it does not count
+    kept = torch.bincount(group[finite], minlength=logits.shape[0] * len(sizes))
     again = (kept[group] < cap) & (group_size > PREFIX_FACTOR * cap)  # [B * T]: candidates of short groups
     if not bool(again.any()):
         return keep

@@ -208,3 +208,30 @@ def test_capped_nms_runs_on_the_prefix_and_gives_the_plain_proposals(monkeypatch
     assert torch.equal(capped.valid, plain.valid)
     assert torch.equal(capped.boxes, plain.boxes) and torch.equal(capped.scores, plain.scores)
     assert calls == [b * (40 + 40 + 40), 150, b * (150 + 150 + 72)]  # prefixes; image 1's level 1 again; plain
+
+
+def test_capped_nms_does_not_count_dropped_boxes_as_kept():
+    """filter_after_topk drops boxes after the top-k, so -inf logits sit anywhere in a level's block: a prefix
+    whose survivors are mostly dropped boxes must still be run again in full (here 10 candidates, the 2nd-4th
+    too small, 2 proposals: a prefix of 4 keeps one usable box, the full run two)."""
+    anchors = torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 4.0, 4.0], [30.0, 0.0, 34.0, 4.0], [60.0, 0.0, 64.0, 4.0],
+                            *[[10.0 * i, 40.0, 10.0 * i + 20.0, 60.0] for i in range(6)]])
+    logits = torch.arange(10, 0, -1, dtype=torch.float32)[None]  # sorted: anchor order is score order
+    args = ([anchors], [logits], [torch.zeros(1, 10, 4)], torch.tensor([[100, 100]]), torch.tensor([8.0]))
+    out = generate_proposals(*args, pre_nms_topk=10, nms_thresh=0.3, post_nms_topk=2, filter_after_topk=True)
+    assert out.valid.tolist() == [[True, True]]
+    torch.testing.assert_close(out.boxes[0], anchors[[0, 4]])
+
+
+def test_nms_across_levels_is_never_capped(monkeypatch):
+    """Across levels a group holds several sorted blocks, not one: no prefix of it is its best candidates."""
+    import frcnn.modeling.proposals as proposals
+
+    g = torch.Generator().manual_seed(6)
+    anchors = [torch.rand(300, 2, generator=g).repeat(1, 2) * 50 + torch.tensor([0.0, 0.0, 12.0, 12.0]) for _ in range(2)]
+    calls = []
+    plain_nms = proposals.batched_nms
+    monkeypatch.setattr(proposals, "batched_nms", lambda boxes, *a: calls.append(len(boxes)) or plain_nms(boxes, *a))
+    generate_proposals(anchors, [torch.randn(1, 300, generator=g)] * 2, [torch.zeros(1, 300, 4)] * 2, torch.tensor([[64, 64]]),
+                       torch.tensor([1.0]), pre_nms_topk=300, nms_thresh=0.7, post_nms_topk=10, nms_per_level=False)
+    assert calls == [600]

@@ -41,11 +41,46 @@ def test_roi_align_equals_torchvision_forward_and_backward(three_threads, channe
 def test_roi_align_under_inference_mode_and_for_few_rois(three_threads):
     g = torch.Generator().manual_seed(1)
     features, rois = torch.randn(2, 4, 16, 16, generator=g), random_rois(g, 120, 2, 100.0)
-    with torch.inference_mode():  # the workers run in the caller's mode (an inference tensor cannot be saved)
-        assert torch.equal(threaded.roi_align(features, rois, (5, 5), 0.25, 2, True), ops.roi_align(features, rois, (5, 5), 0.25, 2, True))
+    calls = []
+    chunked = threaded._ChunkedRoIAlign.apply
+    threaded._ChunkedRoIAlign.apply = lambda *a: calls.append(a[-1]) or chunked(*a)
+    try:
+        with torch.inference_mode():  # the workers run in the caller's mode (an inference tensor cannot be saved)
+            out = threaded.roi_align(features, rois, (5, 5), 0.25, 2, True)
+    finally:
+        threaded._ChunkedRoIAlign.apply = chunked
+    assert calls == [3] and torch.equal(out, ops.roi_align(features, rois, (5, 5), 0.25, 2, True))
     few = rois[: threaded.MIN_ROIS_PER_THREAD]  # one chunk's worth: torchvision's call itself
     out = threaded.roi_align(features.requires_grad_(), few, (5, 5), 0.25, 2, True)
     assert "Chunked" not in type(out.grad_fn).__name__
+
+
+def test_workers_run_in_the_callers_grad_and_inference_mode_and_raise_to_it():
+    def modes(_):
+        return torch.is_inference_mode_enabled(), torch.is_grad_enabled(), threaded.thread_count(torch.device("cpu"))
+
+    with torch.inference_mode():
+        assert threaded.run_parallel(modes, [0, 1]) == [(True, False, 1)] * 2  # no nesting inside the pool
+    with torch.no_grad():
+        assert threaded.run_parallel(modes, [0, 1]) == [(False, False, 1)] * 2
+    assert threaded.run_parallel(modes, [0, 1]) == [(False, True, 1)] * 2
+
+    def boom(i):
+        raise ValueError(f"item {i}")
+
+    with pytest.raises(ValueError, match="item"):
+        threaded.run_parallel(boom, [0, 1])
+
+
+def test_at_most_max_chunks(monkeypatch):
+    monkeypatch.setattr(threaded, "thread_count", lambda device: 64)
+    g = torch.Generator().manual_seed(2)
+    rois = random_rois(g, 64 * threaded.MIN_ROIS_PER_THREAD, 1, 50.0)
+    calls = []
+    chunked = threaded._ChunkedRoIAlign.apply
+    monkeypatch.setattr(threaded._ChunkedRoIAlign, "apply", lambda *a: calls.append(a[-1]) or chunked(*a))
+    threaded.roi_align(torch.randn(1, 2, 8, 8, generator=g), rois, (2, 2), 0.25, 1, True)
+    assert calls == [threaded.MAX_CHUNKS]
 
 
 @pytest.mark.parametrize("groups", [1, 7, 40])
@@ -74,8 +109,14 @@ def test_thread_count_is_one_while_tracing_and_off_the_cpu():
 
 
 def test_the_pool_is_dropped_in_a_forked_child():
+    """A forked child (a DataLoader worker) starts without the parent's pool and lock, and makes its own."""
+    import os
+
     threaded.run_parallel(lambda x: x, [1, 2])
     assert threaded._pool is not None
-    threaded._reset_after_fork()  # what os.register_at_fork runs in the child
-    assert threaded._pool is None
-    assert threaded.run_parallel(lambda x: x * 2, [1, 2]) == [2, 4]  # a new pool on next use
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if the pool was dropped and a new one works
+        ok = threaded._pool is None and not threaded._pool_lock.locked() and threaded.run_parallel(lambda x: 2 * x, [1, 2]) == [2, 4]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
