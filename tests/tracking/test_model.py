@@ -136,6 +136,18 @@ def test_siamrpn_configs_compose_and_build(backbone, head):
     assert demo.model.head.in_channels == demo.model.backbone.out_channels == 64
 
 
+@pytest.mark.parametrize("experiment", ["siamrpn_demo", "siamrpn_shipped", "siamrpn_r18"])
+def test_every_tracking_experiment_builds(experiment):
+    from hydra.utils import instantiate
+
+    from frcnn.cli import compose_config
+
+    cfg = compose_config("siamrpn", [f"experiment={experiment}", "run_dir=/tmp/x"])
+    model = instantiate(cfg.model)
+    assert cfg.model.head.in_channels == cfg.model.backbone.out_channels == 64
+    assert model.anchors.shape == (17 * 17 * 5, 4)
+
+
 @pytest.mark.parametrize("head", [UpChannelHead, DepthwiseHead])
 def test_folding_batchnorm_keeps_the_outputs(head):
     from frcnn.modeling.fold import fold_batchnorm
