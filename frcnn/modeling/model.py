@@ -119,10 +119,11 @@ class FasterRCNN(nn.Module):
         """
         if detect is None:
             detect = targets is None
-        device_type = self.preprocessor.mean.device.type  # the model's device (the preprocessor moves images there)
-        if self.compute_dtype is not None and not torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type, dtype=self.compute_dtype):
-                return self.forward(images, targets, detect=detect)
+        if self.compute_dtype is not None:
+            device_type = self.preprocessor.mean.device.type  # the model's (the preprocessor moves images there)
+            if not torch.is_autocast_enabled(device_type):
+                with torch.autocast(device_type, dtype=self.compute_dtype):
+                    return self.forward(images, targets, detect=detect)
         bad_labels = None
         if targets is not None:
             _check_targets(targets, len(images))

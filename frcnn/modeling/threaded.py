@@ -55,12 +55,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _torchvision_only(device: torch.device) -> bool:
+    """torchvision's own op must run: off the CPU, or while tracing, scripting or compiling (one graph node)."""
+    return device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def thread_count(device: torch.device) -> int:
     """How many threads to spread a kernel over: torch's intra-op thread count on the CPU; 1 on other devices,
     while tracing or compiling, and inside the pool's own threads."""
-    if device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return 1
-    if threading.current_thread().name.startswith(_THREAD_PREFIX):
+    if _torchvision_only(device) or threading.current_thread().name.startswith(_THREAD_PREFIX):
         return 1
     return torch.get_num_threads()
 
@@ -147,9 +150,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     Returns:
         ``[K]`` long indices into the boxes, sorted by score (ties in an order of their own).
     """
-    threads = thread_count(boxes.device)
-    if boxes.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling() or boxes.shape[0] == 0:
+    if _torchvision_only(boxes.device) or boxes.shape[0] == 0:
         return ops.batched_nms(boxes, scores, groups, iou_threshold)
+    threads = thread_count(boxes.device)
     # Host sync: which groups exist, and how many boxes each holds.
     _, sizes = torch.unique(groups, return_counts=True)
     members = torch.argsort(groups, stable=True).split(sizes.tolist())  # per group: indices into the boxes

@@ -38,17 +38,14 @@ def test_roi_align_equals_torchvision_forward_and_backward(three_threads, channe
     torch.testing.assert_close(ours_in.grad, theirs_in.grad)  # summed per chunk: equal up to addition order
 
 
-def test_roi_align_under_inference_mode_and_for_few_rois(three_threads):
+def test_roi_align_under_inference_mode_and_for_few_rois(three_threads, monkeypatch):
     g = torch.Generator().manual_seed(1)
     features, rois = torch.randn(2, 4, 16, 16, generator=g), random_rois(g, 120, 2, 100.0)
     calls = []
     chunked = threaded._ChunkedRoIAlign.apply
-    threaded._ChunkedRoIAlign.apply = lambda *a: calls.append(a[-1]) or chunked(*a)
-    try:
-        with torch.inference_mode():  # the workers run in the caller's mode (an inference tensor cannot be saved)
-            out = threaded.roi_align(features, rois, (5, 5), 0.25, 2, True)
-    finally:
-        threaded._ChunkedRoIAlign.apply = chunked
+    monkeypatch.setattr(threaded._ChunkedRoIAlign, "apply", lambda *a: calls.append(a[-1]) or chunked(*a))
+    with torch.inference_mode():  # the workers run in the caller's mode (an inference tensor cannot be saved)
+        out = threaded.roi_align(features, rois, (5, 5), 0.25, 2, True)
     assert calls == [3] and torch.equal(out, ops.roi_align(features, rois, (5, 5), 0.25, 2, True))
     few = rois[: threaded.MIN_ROIS_PER_THREAD]  # one chunk's worth: torchvision's call itself
     out = threaded.roi_align(features.requires_grad_(), few, (5, 5), 0.25, 2, True)
