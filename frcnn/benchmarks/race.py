@@ -9,11 +9,21 @@ decay, gradient clipping, and learning-rate schedule. The schedule is a function
 iterations: linear warm-up over ``schedule.warmup_iters`` steps, then cosine decay to zero at the end
 of the budget, so each detector gets a complete schedule however many steps it manages. Training stops
 at the first step boundary after the budget; evaluation (COCO AP on the validation split,
-pycocotools) is not counted. Run it on an otherwise idle machine (``scripts/race.py``).
+pycocotools) is not counted.
+
+Two ways to share the machine's time:
+
+- **interleaved** (``interleave=s > 0``): the detectors take turns of ``s`` seconds of their own training
+  time, the first mover swapping every round (A B, B A, A B, ...), until each has spent the budget.
+  A host whose load changes over minutes slows both alike, so the steps each gets, and the AP they
+  buy, measure the detectors and not the hour they ran in.
+- **one after the other** (``interleave=0``): each detector trains its whole budget alone, in ``order``;
+  a quiet machine is needed, as load that moves between the two halves moves the result.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,14 +40,21 @@ from frcnn.engine.trainer import TrainingError, seed_everything
 from frcnn.evaluation.coco_eval import evaluate_results, predict
 
 FRAMEWORKS = ("frcnn", "torchvision")
+clock = time.perf_counter  # the race's clock (a test steps it by hand)
 
 
-def race(cfg: DictConfig, *, order: Sequence[str] = FRAMEWORKS, budget: float) -> Iterator[dict[str, Any]]:
+def race(cfg: DictConfig, *, order: Sequence[str] = FRAMEWORKS, budget: float, interleave: float = 0.0) -> Iterator[dict[str, Any]]:
     """Train each detector of ``order`` for ``budget`` seconds on ``cfg``'s data, then score it.
 
+    Args:
+        interleave: seconds of training per turn when the detectors take turns; 0 trains each for the
+            whole budget in turn (see the module's docstring).
+
     Generates the synthetic data set first if ``cfg`` asks for it. Yields each detector's row (see
-    :func:`race_one`) as soon as it is scored: a race at the default budget takes minutes per detector.
+    :meth:`RaceEntrant.score`) once both have trained, as it is scored.
     """
+    if interleave < 0:
+        raise ValueError(f"interleave must be >= 0 seconds, got {interleave}")
     seed_everything(int(cfg.seed))
     builders.ensure_synthetic(cfg, DistInfo())
     train_set = builders.build_dataset(cfg, "train", train=True)
@@ -47,64 +64,100 @@ def race(cfg: DictConfig, *, order: Sequence[str] = FRAMEWORKS, budget: float) -
     if cfg.model.get("channels_last"):
         ours = ours.to(memory_format=torch.channels_last)
     models = {"frcnn": ours, "torchvision": peer}
-    for name in order:
-        yield race_one(name, models[name], cfg, train_set, val_set, budget)
+    entrants = [RaceEntrant.from_config(name, models[name], cfg, train_set, budget) for name in order]
+    take_turns(entrants, interleave or math.inf)
+    for e in entrants:
+        yield e.score(cfg, train_set, val_set)
 
 
-def race_one(name: str, model: torch.nn.Module, cfg: DictConfig, train_set: CocoDetection, val_set: CocoDetection, budget: float) -> dict[str, Any]:
-    """Train ``model`` for ``budget`` seconds with the config's optimizer and data, then evaluate it.
+def take_turns(entrants: Sequence[RaceEntrant], seconds: float) -> None:
+    """Train ``entrants`` in turns of ``seconds`` of their own time until each has spent its budget; the first
+    mover swaps every round (A B, B A, A B, ...), so neither always trains on the warmer or the colder cache.
+    ``seconds=math.inf``: one after the other, each its whole budget."""
+    turn = 0
+    while not all(e.done for e in entrants):
+        for e in entrants if turn % 2 == 0 else entrants[::-1]:
+            if not e.done:
+                e.train_for(seconds)
+        turn += 1
 
-    Returns:
-        ``{"framework", "steps", "train_s", "steps_per_s", "final_loss_avg50", "eval_s"}`` and the six
-        AP stats (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``) on ``val_set``.
 
-    Raises:
+class RaceEntrant:
+    """One detector's side of the race: its loader, optimizer, time-based schedule and the training time it
+    has spent (``train_s``, its own steps only, whether it trains alone or in turns).
+
+    Raises (from :meth:`train_for`):
         TrainingError: the loss became non-finite.
     """
-    torch.manual_seed(int(cfg.seed))
-    single = DistInfo()
-    loader = builders.train_loader(cfg, train_set, single, 0)
-    optimizer = builders.build_optimizer(cfg, model)  # as the trainer builds it
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    clip = float(cfg.trainer.clip_grad_norm or 0)
-    # Linear warm-up by step, then cosine to zero over the fraction of the time budget spent: the
-    # trainer's schedule under trainer.max_time.
-    schedule = WarmupCosine(max_iters=1, warmup_iters=int(cfg.schedule.warmup_iters),
-                            warmup_factor=float(cfg.schedule.warmup_factor), final_factor=0.0)
 
-    model.train()
-    it, losses_log = 0, []
-    data_iter = iter(loader)
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < budget:
-        factor = schedule.factor(it, min(elapsed / budget, 1.0))
-        for g, lr in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = lr * factor
-        images, targets = next(data_iter)
-        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        loss = sum(model(images, targets).losses.values())
-        if not torch.isfinite(loss):
-            raise TrainingError(f"{name}: non-finite loss at step {it}; lower optim.lr or set trainer.clip_grad_norm")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        it += 1
-        losses_log.append(float(loss.detach()))
-        if it % 50 == 0:
-            print(f"  {name}: step {it}, {elapsed:.0f} s, loss {sum(losses_log[-50:]) / 50:.3f}", flush=True)
-    train_s = time.perf_counter() - start
+    def __init__(self, name: str, model: torch.nn.Module, batches: Iterator, optimizer: torch.optim.Optimizer,
+                 schedule: WarmupCosine, budget: float, clip: float = 0.0) -> None:
+        self.name, self.model, self.data_iter, self.optimizer = name, model, batches, optimizer
+        self.schedule, self.budget, self.clip = schedule, budget, clip
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.steps, self.train_s, self.turns = 0, 0.0, 0
+        self.losses: list[float] = []
 
-    t0 = time.perf_counter()
-    results = predict(model, builders.eval_loader(cfg, val_set, single), train_set.categories, torch.device("cpu"))
-    ev = evaluate_results(val_set.coco, results)
-    return {
-        "framework": name,
-        "steps": it,
-        "train_s": round(train_s, 1),
-        "steps_per_s": round(it / train_s, 3),
-        "final_loss_avg50": round(sum(losses_log[-50:]) / max(len(losses_log[-50:]), 1), 4),
-        "eval_s": round(time.perf_counter() - t0, 1),
-        **{k: round(v, 4) for k, v in ev["stats"].items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
-    }
+    @classmethod
+    def from_config(cls, name: str, model: torch.nn.Module, cfg: DictConfig, train_set: CocoDetection, budget: float) -> RaceEntrant:
+        """The training config's loader (seeded: both detectors see the same batches) and optimizer, and the
+        trainer's schedule under ``trainer.max_time``: linear warm-up by step, then cosine to zero over the
+        fraction of the time budget spent."""
+        torch.manual_seed(int(cfg.seed))
+        schedule = WarmupCosine(max_iters=1, warmup_iters=int(cfg.schedule.warmup_iters),
+                                warmup_factor=float(cfg.schedule.warmup_factor), final_factor=0.0)
+        return cls(name, model, iter(builders.train_loader(cfg, train_set, DistInfo(), 0)),
+                   builders.build_optimizer(cfg, model), schedule, budget, float(cfg.trainer.clip_grad_norm or 0))
+
+    @property
+    def done(self) -> bool:
+        return self.train_s >= self.budget
+
+    def train_for(self, seconds: float) -> None:
+        """Train until ``seconds`` more of this detector's time are spent or its budget is (the first step
+        boundary after either)."""
+        model, optimizer = self.model, self.optimizer
+        model.train()
+        start, spent = clock(), self.train_s
+        while (elapsed := spent + clock() - start) < self.budget and elapsed - spent < seconds:
+            factor = self.schedule.factor(self.steps, min(elapsed / self.budget, 1.0))
+            for g, lr in zip(optimizer.param_groups, self.base_lrs):
+                g["lr"] = lr * factor
+            images, targets = next(self.data_iter)
+            targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            loss = sum(model(images, targets).losses.values())
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{self.name}: non-finite loss at step {self.steps}; lower optim.lr or set trainer.clip_grad_norm")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            optimizer.step()
+            self.steps += 1
+            self.losses.append(float(loss.detach()))
+            if self.steps % 50 == 0:
+                print(f"  {self.name}: step {self.steps}, {elapsed:.0f} s, loss {sum(self.losses[-50:]) / 50:.3f}", flush=True)
+        self.train_s = spent + clock() - start
+        self.turns += 1
+
+    def score(self, cfg: DictConfig, train_set: CocoDetection, val_set: CocoDetection) -> dict[str, Any]:
+        """COCO AP of the model as trained so far on ``val_set``.
+
+        Returns:
+            ``{"framework", "steps", "train_s", "steps_per_s", "turns", "final_loss_avg50", "eval_s"}`` and the
+            six AP stats (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``).
+        """
+        t0 = time.perf_counter()
+        results = predict(self.model, builders.eval_loader(cfg, val_set, DistInfo()), train_set.categories, torch.device("cpu"))
+        ev = evaluate_results(val_set.coco, results)
+        last = self.losses[-50:]
+        return {
+            "framework": self.name,
+            "steps": self.steps,
+            "train_s": round(self.train_s, 1),
+            "steps_per_s": round(self.steps / max(self.train_s, 1e-9), 3),
+            "turns": self.turns,
+            "final_loss_avg50": round(sum(last) / max(len(last), 1), 4),
+            "eval_s": round(time.perf_counter() - t0, 1),
+            **{k: round(v, 4) for k, v in ev["stats"].items() if k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+        }

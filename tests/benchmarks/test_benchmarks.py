@@ -1,19 +1,23 @@
 """frcnn.benchmarks.speed in-process, and scripts/benchmark.py and scripts/race.py end to end on tiny inputs, run as
 ``__main__`` in this process (their wrong-override case in a process of its own)
-(no timing is asserted). The race itself (frcnn.benchmarks.race) runs only through its script."""
+(no timing is asserted). The race's turn-taking (frcnn.benchmarks.race) on a clock stepped by hand; the race
+itself only through its script."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from frcnn.benchmarks import speed
+from frcnn.benchmarks import race, speed
 from frcnn.cli import compose_train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,12 +92,13 @@ def test_benchmark_script_writes_its_json(tmp_path, run_script):
 @pytest.mark.slow
 def test_race_trains_and_scores_both(tmp_path, tiny_data, run_script):
     out = tmp_path / "race.json"
-    res = run_script("race.py", ["--budget", "1", "--json", str(out), "--", f"data.root={tiny_data}", "data.num_workers=0", *SMALL])
+    args = ["--budget", "1", "--interleave", "0.5", "--json", str(out), "--", f"data.root={tiny_data}", "data.num_workers=0", *SMALL]
+    res = run_script("race.py", args)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
     assert [r["framework"] for r in rows] == ["frcnn", "torchvision"]
     for r in rows:
-        assert r["steps"] >= 1 and r["train_s"] >= 1 and 0 <= r["AP"] <= 1
+        assert r["steps"] >= r["turns"] >= 1 and r["train_s"] >= 1 and 0 <= r["AP"] <= 1
     assert "AP frcnn - torchvision" in res.stdout
 
 
@@ -103,3 +108,61 @@ def test_a_wrong_override_is_one_line_not_a_traceback(script):
     res = run(script, ["--", "model.rpn.no_such_key=1"], expect_rc=2)
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith("error:") and "no_such_key" in res.stderr
+
+
+class _Clock:
+    """The race's clock, moved only by the toy models' steps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TimedModel(torch.nn.Module):
+    """A detector whose training step costs ``cost`` seconds of ``clock``; logs its name and learning rate per step."""
+
+    def __init__(self, name: str, cost: float, clock: _Clock, log: list) -> None:
+        super().__init__()
+        self.name, self.cost, self.clock, self.log = name, cost, clock, log
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def forward(self, images, targets):
+        self.clock.now += self.cost
+        self.log.append((self.name, self.optimizer.param_groups[0]["lr"]))
+        return SimpleNamespace(losses={"loss": (self.w**2).sum()})
+
+
+def _entrant(name: str, cost: float, clock: _Clock, log: list, budget: float) -> race.RaceEntrant:
+    model = _TimedModel(name, cost, clock, log)
+    model.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = ([torch.zeros(3, 4, 4)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    schedule = race.WarmupCosine(max_iters=1, warmup_iters=2, warmup_factor=0.5, final_factor=0.0)
+    return race.RaceEntrant(name, model, itertools.repeat(batch), model.optimizer, schedule, budget)
+
+
+def test_detectors_take_turns_of_their_own_time_and_train_as_they_would_alone(monkeypatch):
+    clock, log = _Clock(), []
+    monkeypatch.setattr(race, "clock", clock)
+    a, b = _entrant("a", 1.0, clock, log, budget=5), _entrant("b", 1.5, clock, log, budget=5)
+    race.take_turns([a, b], seconds=2)
+    # Turns of >= 2 s each, first mover swapping: a (0->2 s), b (0->3), b (3->6, done), a (2->4), a (4->5, done).
+    assert [name for name, _ in log] == list("aabbbbaaa")
+    assert (a.steps, a.train_s, a.turns) == (5, 5.0, 3) and (b.steps, b.train_s, b.turns) == (4, 6.0, 2)
+    assert a.done and b.done
+
+    # Each detector's schedule runs on its own time: in turns as alone (seconds=inf, one after the other).
+    alone_log = []
+    monkeypatch.setattr(race, "clock", alone_clock := _Clock())
+    a2, b2 = _entrant("a", 1.0, alone_clock, alone_log, 5), _entrant("b", 1.5, alone_clock, alone_log, 5)
+    race.take_turns([a2, b2], seconds=math.inf)
+    assert [name for name, _ in alone_log] == list("aaaaabbbb")
+    for name in "ab":
+        turns, alone = [lr for n, lr in log if n == name], [lr for n, lr in alone_log if n == name]
+        assert turns == pytest.approx(alone)
+    # warm-up by step (0.5, 0.75 of 0.1), then cosine over the budget's fraction spent: a's steps at 0, 1, 2, 3, 4 s
+    expected_a = [0.1 * w * 0.5 * (1 + math.cos(math.pi * t / 5)) for w, t in zip([0.5, 0.75, 1, 1, 1], range(5))]
+    assert [lr for n, lr in log if n == "a"] == pytest.approx(expected_a)
+    assert a.model.w.detach().abs().max() < 1  # the optimizer stepped
