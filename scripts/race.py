@@ -7,7 +7,8 @@
 Both detectors come from one composed training config (default ``experiment=demo``) and share the
 data, the loop, the optimizer and a schedule over the time budget: :mod:`frcnn.benchmarks.race`. By default
 they take turns of 10 seconds of training (``--interleave``), so a change in the host's load slows both alike.
-Prints the machine, then one JSON row per detector as it finishes, then the AP difference.
+Prints the machine, then one JSON row per detector once both have trained and it is scored, then the AP
+difference.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (after --)")
     a = p.parse_args()
-    if a.interleave < 0:
-        p.error(f"--interleave must be >= 0 seconds, got {a.interleave}")
+    if not a.interleave >= 0 or not 0 < a.budget < float("inf"):  # also NaN
+        p.error(f"--interleave must be >= 0 seconds and --budget finite and > 0, got {a.interleave} and {a.budget}")
+    if len(set(a.order)) != len(a.order):
+        p.error(f"--order names each framework once, got {' '.join(a.order)}")
     overrides = ([] if a.experiment == "none" else [f"experiment={a.experiment}"]) + ["run_dir=outputs/race"] + a.overrides
     cfg = compose_train(overrides)
     resolve_auto(cfg)  # data.<key>: auto, as training derives it

@@ -1,13 +1,14 @@
 """frcnn.benchmarks.speed in-process, and scripts/benchmark.py and scripts/race.py end to end on tiny inputs, run as
 ``__main__`` in this process (their wrong-override case in a process of its own)
-(no timing is asserted). The race's turn-taking (frcnn.benchmarks.race) on a clock stepped by hand; the race
-itself only through its script."""
+(no real timing is asserted). The race's turn-taking (frcnn.benchmarks.race) on a clock stepped by hand; the
+race itself only through its script."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,7 @@ def test_race_trains_and_scores_both(tmp_path, tiny_data, run_script):
     for r in rows:
         assert r["steps"] >= r["turns"] >= 1 and r["train_s"] >= 1 and 0 <= r["AP"] <= 1
     assert "AP frcnn - torchvision" in res.stdout
+    assert json.loads(out.read_text())["env"]["interleave_s"] == 0.5
 
 
 @pytest.mark.slow
@@ -108,6 +110,13 @@ def test_a_wrong_override_is_one_line_not_a_traceback(script):
     res = run(script, ["--", "model.rpn.no_such_key=1"], expect_rc=2)
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith("error:") and "no_such_key" in res.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [(["--interleave", "nan"], "--interleave"), (["--budget", "-1"], "--budget"),
+                                            (["--order", "frcnn", "frcnn"], "each framework once")])
+def test_race_refuses_values_it_cannot_run_with(args, says, run_script):
+    res = run_script("race.py", args)
+    assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr
 
 
 class _Clock:
@@ -131,7 +140,8 @@ class _TimedModel(torch.nn.Module):
 
     def forward(self, images, targets):
         self.clock.now += self.cost
-        self.log.append((self.name, self.optimizer.param_groups[0]["lr"]))
+        draws = (torch.rand(()).item(), np.random.rand(), random.random())  # as the samplers and augmentation draw
+        self.log.append((self.name, self.optimizer.param_groups[0]["lr"], draws))
         return SimpleNamespace(losses={"loss": (self.w**2).sum()})
 
 
@@ -140,16 +150,20 @@ def _entrant(name: str, cost: float, clock: _Clock, log: list, budget: float) ->
     model.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = ([torch.zeros(3, 4, 4)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
     schedule = race.WarmupCosine(max_iters=1, warmup_iters=2, warmup_factor=0.5, final_factor=0.0)
-    return race.RaceEntrant(name, model, itertools.repeat(batch), model.optimizer, schedule, budget)
+    return race.RaceEntrant(name, model, itertools.repeat(batch), model.optimizer, schedule, budget, seed=7)
 
 
 def test_detectors_take_turns_of_their_own_time_and_train_as_they_would_alone(monkeypatch):
     clock, log = _Clock(), []
     monkeypatch.setattr(race, "clock", clock)
     a, b = _entrant("a", 1.0, clock, log, budget=5), _entrant("b", 1.5, clock, log, budget=5)
+    torch.manual_seed(0)
+    outside = torch.rand(3)
+    torch.manual_seed(0)
     race.take_turns([a, b], seconds=2)
+    assert torch.equal(torch.rand(3), outside)  # the caller's random state is left as it was
     # Turns of >= 2 s each, first mover swapping: a (0->2 s), b (0->3), b (3->6, done), a (2->4), a (4->5, done).
-    assert [name for name, _ in log] == list("aabbbbaaa")
+    assert [name for name, *_ in log] == list("aabbbbaaa")
     assert (a.steps, a.train_s, a.turns) == (5, 5.0, 3) and (b.steps, b.train_s, b.turns) == (4, 6.0, 2)
     assert a.done and b.done
 
@@ -158,11 +172,21 @@ def test_detectors_take_turns_of_their_own_time_and_train_as_they_would_alone(mo
     monkeypatch.setattr(race, "clock", alone_clock := _Clock())
     a2, b2 = _entrant("a", 1.0, alone_clock, alone_log, 5), _entrant("b", 1.5, alone_clock, alone_log, 5)
     race.take_turns([a2, b2], seconds=math.inf)
-    assert [name for name, _ in alone_log] == list("aaaaabbbb")
+    assert [name for name, *_ in alone_log] == list("aaaaabbbb")
     for name in "ab":
-        turns, alone = [lr for n, lr in log if n == name], [lr for n, lr in alone_log if n == name]
-        assert turns == pytest.approx(alone)
+        turns, alone = [entry[1:] for entry in log if entry[0] == name], [entry[1:] for entry in alone_log if entry[0] == name]
+        assert [lr for lr, _ in turns] == pytest.approx([lr for lr, _ in alone])
+        assert [draws for _, draws in turns] == [draws for _, draws in alone]  # its own random numbers
+    # and both start from the seed: the same draws, step for step (b stops at its 4th step)
+    assert [d for n, _, d in log if n == "a"][:4] == [d for n, _, d in log if n == "b"]
     # warm-up by step (0.5, 0.75 of 0.1), then cosine over the budget's fraction spent: a's steps at 0, 1, 2, 3, 4 s
     expected_a = [0.1 * w * 0.5 * (1 + math.cos(math.pi * t / 5)) for w, t in zip([0.5, 0.75, 1, 1, 1], range(5))]
-    assert [lr for n, lr in log if n == "a"] == pytest.approx(expected_a)
+    assert [lr for n, lr, _ in log if n == "a"] == pytest.approx(expected_a)
     assert a.model.w.detach().abs().max() < 1  # the optimizer stepped
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan])
+def test_a_turn_that_cannot_end_a_budget_is_refused(seconds):
+    clock = _Clock()
+    with pytest.raises(ValueError, match="turn must last"):
+        race.take_turns([_entrant("a", 1.0, clock, [], budget=5)], seconds=seconds)
