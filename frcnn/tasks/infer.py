@@ -89,6 +89,9 @@ def build_detector(cfg: DictConfig) -> tuple[DetectFn, CategoryMap, torch.device
         model = prepare_for_inference(model, fold_bn=optimize, channels_last=optimize,
                                       precision=cfg.get("precision", "fp32"))
         return partial(detect, model, device=device), categories, device
+    if cfg.get("precision", "fp32") != "fp32":
+        raise ConfigError(f"precision={cfg.precision} is for runtime=torch; an ONNX model runs in the precision it was exported in "
+                          "(scripts/export.py quantize=int8 for int8): drop precision= or set runtime=torch checkpoint=...")
     from frcnn.export.runtime import OnnxDetector
 
     device = torch.device("cpu") if cfg.device == "auto" else resolve_device(cfg.device, "device")

@@ -197,3 +197,7 @@ def test_infer_in_bf16_and_an_unknown_precision(tiny_checkpoint, tmp_path, capfd
                                    f"output_dir={tmp_path / 'bad'}"])
     line = exits_with_one_line(lambda: infer(bad), capfd)
     assert "precision='fp16'" in line and "fp32, bf16" in line, line
+    onnx = compose_config("infer", ["runtime=onnxruntime", f"onnx={tmp_path / 'model.onnx'}", f"image={image_path}", "device=cpu",
+                                    "precision=bf16", f"output_dir={tmp_path / 'onnx'}"])
+    line = exits_with_one_line(lambda: infer(onnx), capfd)  # not silently run in fp32
+    assert "precision=bf16 is for runtime=torch" in line, line
