@@ -209,11 +209,13 @@ def plot_success(scores: dict[str, Scores], path: str | Path, title: str = "Succ
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for name, s in sorted(scores.items(), key=lambda kv: -kv[1].success_auc):
         ax.plot(IOU_THRESHOLDS, s.curve, label=f"{name} [{s.success_auc:.3f}]")
     ax.set(xlabel="overlap threshold", ylabel="success rate", title=title, xlim=(0, 1), ylim=(0, 1))
-    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    # Beside the axes, best first: inside, it covers some curve whatever the corner.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title="tracker [AUC]", title_fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
