@@ -75,12 +75,15 @@ class CocoData:
 
     ``source`` is what error messages name instead of an annotation file (the folder the split was read
     from). ``unreadable`` lists the images the converter had to leave out because their size could not be
-    read, one ``"<path>: <why>"`` each; :class:`CocoDetection` treats them as unreadable images.
+    read, one ``"<path>: <why>"`` each; :class:`CocoDetection` treats them as unreadable images. ``not_boxes``
+    counts the annotations the converter could not make boxes of, per reason (e.g. LabelMe points): they
+    go into the load report's dropped boxes, so a split never loses them without a word.
     """
 
     dataset: dict[str, Any]
     source: str
     unreadable: tuple[str, ...] = ()
+    not_boxes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -219,6 +222,8 @@ class CocoDetection(Dataset):
                     continue
             self.records.append(rec)
         left_out = annotation_file.unreadable if isinstance(annotation_file, CocoData) else ()
+        for reason, n in annotation_file.not_boxes if isinstance(annotation_file, CocoData) else ():
+            self.report.boxes_dropped[reason] += n
         for line in left_out:
             if on_unreadable == "error":
                 raise ImageReadError(line)

@@ -27,7 +27,9 @@ globox leaves to the caller is done here and nowhere else:
   line is parsed by globox and checked here (class index in range, values within [0, 1]) so that an
   error names the file and line. An image without a label file has no boxes; a label file without an
   image is an error.
-* LabelMe: rectangles and polygons (their bounding boxes); the split is the folder's JSON files.
+* LabelMe: rectangles, polygons and circles (their bounding boxes; a circle is its centre and a point on
+  it); the split is the folder's JSON files. Shapes that are not regions (points, lines, line strips) are
+  counted per type in the load report's dropped boxes, naming the first file that has them.
 
 A split without images, or one whose class names would come from files that hold no object, is an error
 naming the folder: it is a wrong path or layout, not a set to train on.
@@ -35,6 +37,7 @@ naming the folder: it is a wrong path or layout, not a set to train on.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -111,6 +114,7 @@ def read_split(
             raise MissingFileError(f"{path} is not a folder; check data.{split}.{key} (data.format={fmt})")
     names = None if class_names is None else _check_names([str(n) for n in class_names], "data.class_names")
     unreadable: list[str] = []
+    not_boxes: dict[str, int] = {}
     if fmt == "voc":
         image_set = None if image_set is None else Path(image_set)
         records = _voc_images(globox, images, annotations, image_set, unreadable, f"data.{split}.image_set")
@@ -118,7 +122,7 @@ def read_split(
         names = names or _yolo_names(names_file)
         records = _yolo_images(globox, images, annotations, names, unreadable)
     else:
-        records = _labelme_images(globox, images, annotations)
+        records = _labelme_images(globox, images, annotations, not_boxes)
     where = f"data.{split} (data.format={fmt})"
     if not records and not unreadable:
         raise FormatError(f"{where}: {_nothing_found(fmt, images, annotations, image_set, split)}")
@@ -127,7 +131,7 @@ def read_split(
         if not names:
             raise FormatError(f"{where}: no object in the files of {annotations}, so no class names; check the "
                               "folder, or list the classes in data.class_names=[...]")
-    return _to_coco(records, names, str(annotations), unreadable)
+    return _to_coco(records, names, str(annotations), unreadable, not_boxes)
 
 
 def _nothing_found(fmt: str, images: Path, annotations: Path, image_set: str | Path | None, split: str) -> str:
@@ -161,7 +165,7 @@ def _check_names(names: list[str], what: str) -> list[str]:
     return names
 
 
-def _to_coco(records: list[_Image], names: list[str], source: str, unreadable: list[str]) -> CocoData:
+def _to_coco(records: list[_Image], names: list[str], source: str, unreadable: list[str], not_boxes: dict[str, int]) -> CocoData:
     """Images ``1..N`` in ``records`` order, annotations ``1..M`` (pycocotools' COCOeval takes id 0 for
     "unmatched"), categories ``1..K`` in ``names`` order."""
     category = {name: i for i, name in enumerate(names, start=1)}
@@ -180,7 +184,8 @@ def _to_coco(records: list[_Image], names: list[str], source: str, unreadable: l
                  "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": int(crowd)}
             )
     categories = [{"id": i, "name": name, "supercategory": "none"} for name, i in category.items()]
-    return CocoData({"images": images, "annotations": annotations, "categories": categories}, source, tuple(unreadable))
+    return CocoData({"images": images, "annotations": annotations, "categories": categories}, source, tuple(unreadable),
+                    tuple(not_boxes.items()))
 
 
 def _find_image(folder: Path, stem: str) -> Path | None:
@@ -378,7 +383,8 @@ def _yolo_boxes(globox: ModuleType, path: Path, size: tuple[int, int], names: li
 # ------------------------------------------------------------------------------------------ LabelMe
 
 
-def _labelme_images(globox: ModuleType, images: Path, annotations: Path) -> list[_Image]:
+def _labelme_images(globox: ModuleType, images: Path, annotations: Path, not_boxes: dict[str, int]) -> list[_Image]:
+    """globox reads rectangles and polygons; circles are boxed here, and other shapes counted into ``not_boxes``."""
     records = []
     for path in sorted(annotations.glob("*.json")):
         try:
@@ -389,8 +395,32 @@ def _labelme_images(globox: ModuleType, images: Path, annotations: Path) -> list
         # imagePath is relative to the JSON file (LabelMe writes Windows separators on Windows).
         image = path.parent / ann.image_id.replace("\\", "/")
         boxes = [(box.label, *box.ltrb, False) for box in ann.boxes]
+        boxes += _labelme_other_shapes(path, not_boxes)
         records.append(_Image(_relative(image, images), ann.image_width, ann.image_height, path, boxes))
     return records
+
+
+def _labelme_other_shapes(path: Path, not_boxes: dict[str, int]) -> list[tuple[str, float, float, float, float, bool]]:
+    """The boxes of ``path``'s circles (centre and a point on the circle); its shapes that are not regions
+    (point, line, linestrip, ...) counted into ``not_boxes`` under a reason naming the first file."""
+    shapes = json.loads(path.read_text()).get("shapes") or []  # parsed by globox already: well-formed
+    boxes = []
+    for n, shape in enumerate(shapes):
+        kind = shape.get("shape_type") or "polygon"  # LabelMe's default when the key is absent
+        if kind in ("rectangle", "polygon"):
+            continue
+        if kind == "circle":
+            try:
+                (cx, cy), (px, py) = shape["points"]
+                r = math.hypot(float(px) - float(cx), float(py) - float(cy))
+                boxes.append((str(shape["label"]), float(cx) - r, float(cy) - r, float(cx) + r, float(cy) + r, False))
+            except (KeyError, TypeError, ValueError) as err:
+                raise FormatError(f"{path}: shape {n} is a circle without two points [[cx, cy], [x, y]] ({err!r})") from err
+            continue
+        reason = next((r for r in not_boxes if r.startswith(f"LabelMe {kind!r} shapes ")), None)
+        reason = reason or f"LabelMe {kind!r} shapes (not a region; first in {path})"
+        not_boxes[reason] = not_boxes.get(reason, 0) + 1
+    return boxes
 
 
 def split_annotations(cfg: DictConfig, split: str, categories: CategoryMap | None = None) -> str | CocoData:

@@ -163,6 +163,36 @@ def test_labelme_polygons_and_image_paths_relative_to_the_json(tmp_path):
     assert len(CocoDetection(tmp_path / "images", data)[0][1]["boxes"]) == 2
 
 
+def test_labelme_circles_are_boxes_and_points_and_lines_are_counted_not_lost(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (40, 30)).save(tmp_path / "b.jpg")
+    shapes = {
+        "a": [{"label": "ball", "points": [[20, 15], [23, 19]], "shape_type": "circle"},  # centre, a point on it: r = 5
+              {"label": "ball", "points": [[3, 4]], "shape_type": "point"},
+              {"label": "edge", "points": [[1, 1], [9, 9]], "shape_type": "line"}],
+        "b": [{"label": "ball", "points": [[5, 5]], "shape_type": "point"},
+              {"label": "cat", "points": [[30, 20], [4, 2]], "shape_type": "rectangle"}],
+    }
+    for stem, shape_list in shapes.items():
+        (tmp_path / f"{stem}.json").write_text(json.dumps(
+            {"imagePath": f"{stem}.jpg", "imageWidth": 40, "imageHeight": 30, "shapes": shape_list, "imageData": None}))
+    data = read_split("labelme", images=tmp_path, annotations=tmp_path)
+    assert [c["name"] for c in data.dataset["categories"]] == ["ball", "cat"]
+    assert [(a["image_id"], a["category_id"], a["bbox"]) for a in data.dataset["annotations"]] == [
+        (1, 1, [15.0, 10.0, 10.0, 10.0]), (2, 2, [4, 2, 26, 18])]
+    assert dict(data.not_boxes) == {f"LabelMe 'point' shapes (not a region; first in {tmp_path / 'a.json'})": 2,
+                                    f"LabelMe 'line' shapes (not a region; first in {tmp_path / 'a.json'})": 1}
+    report = CocoDetection(tmp_path, data).report
+    assert sum(report.boxes_dropped.values()) == 3 and "'point' shapes" in report.summary()
+
+    (tmp_path / "a.json").write_text(json.dumps({"imagePath": "a.jpg", "imageWidth": 40, "imageHeight": 30, "imageData": None,
+                                                 "shapes": [{"label": "ball", "points": [[20, 15]], "shape_type": "circle"}]}))
+    with pytest.raises(FormatError, match=r"a.json: shape 0 is a circle without two points"):
+        read_split("labelme", images=tmp_path, annotations=tmp_path)
+
+
 VOC_XML = """<annotation><filename>{name}.png</filename>{size}
   <object><name>cat</name><difficult>0</difficult><bndbox><xmin>3</xmin><ymin>5</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object>
   <object><name>dog</name><difficult>1</difficult>{box}</object>
