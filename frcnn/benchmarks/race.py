@@ -27,6 +27,7 @@ Two ways to share the machine's time:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -117,7 +118,9 @@ class RaceEntrant:
         by step, then cosine to zero over the fraction of the time budget spent."""
         schedule = WarmupCosine(max_iters=1, warmup_iters=int(cfg.schedule.warmup_iters),
                                 warmup_factor=float(cfg.schedule.warmup_factor), final_factor=0.0)
-        return cls(name, model, iter(builders.train_loader(cfg, train_set, DistInfo(), 0)),
+        batches = iter(builders.train_loader(cfg, train_set, DistInfo(), 0))
+        first = next(batches)  # the loader's workers start here, before either detector's clock does
+        return cls(name, model, itertools.chain([first], batches),
                    builders.build_optimizer(cfg, model), schedule, budget, float(cfg.trainer.clip_grad_norm or 0), int(cfg.seed))
 
     @property
