@@ -12,7 +12,8 @@ Families (generated into ``--out`` unless given with ``--sequences``):
 Per family it prints the docs/tracking.md table (success AUC, precision at 20 px, normalized precision, fps)
 and writes ``success_<family>.png``; then SiamRPN's size response on the train family
 (:func:`frcnn.tracking.evaluate.size_response`) and ``scores.json``. ``--distractor-aware W`` adds each
-checkpoint again with DaSiamRPN's distractor-aware selection at weight ``W``. A checkpoint is ``path``,
+checkpoint again with DaSiamRPN's distractor-aware selection at weight ``W``, ``--template-update RATE`` with the
+linear template update at that rate. A checkpoint is ``path``,
 ``name=path`` or ``shipped`` (the tracker that comes with frcnn). OpenCV's KCF and CSRT need the contrib build
 (installed by ``make``).
 """
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the train family's held-out sequences (training: 0)")
     parser.add_argument("--distractor-aware", type=float, default=0.0, metavar="W",
                         help="also run each checkpoint with DaSiamRPN's distractor-aware selection at this weight")
+    parser.add_argument("--template-update", type=float, default=0.0, metavar="RATE",
+                        help="also run each checkpoint with the linear template update at this rate (tracker.template_rate)")
     parser.add_argument("--peers", nargs="*", default=["MIL", "KCF", "CSRT"])
     parser.add_argument("--out", default="outputs/track_benchmark")
     parser.add_argument("--device", default="cpu")
@@ -79,6 +82,8 @@ def main() -> None:
             found[f"SiamRPN {name}"] = load_tracker(path, args.device)
             if args.distractor_aware > 0:
                 found[f"SiamRPN {name} + DaSiamRPN selection"] = load_tracker(path, args.device, {"distractor_weight": args.distractor_aware})
+            if args.template_update > 0:
+                found[f"SiamRPN {name} + template update"] = load_tracker(path, args.device, {"template_rate": args.template_update})
         for peer in args.peers:
             if opencv_tracker_factory(peer) is None:
                 print(f"skipping OpenCV {peer}: this OpenCV build lacks it (opencv-contrib-python-headless has it)")

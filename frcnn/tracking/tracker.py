@@ -17,6 +17,14 @@ proposals that score high but are not the chosen one are distractors; their temp
 (at most ``max_distractors``, each weight ``alpha_i`` multiplied by ``1 - distractor_decay`` per frame) and each
 later frame's score becomes ``s - distractor_weight * sum_i alpha_i s_i / sum_i alpha_i``, ``s_i`` being the
 distractor ``i``'s response at the same anchor: what looks like a distractor seen before loses to the target.
+
+Template update, on with ``template_rate > 0``: the paper keeps the first frame's template for the whole
+sequence. Where the target's look drifts (light, blur, a turn) that template matches less each frame; a
+linear update (as in SiamFC's follow-ups and UpdateNet's baseline, Zhang et al., ICCV 2019) moves the kernels
+towards those of a template cropped at the new box, ``k <- (1 - template_rate) k + template_rate k_new``, after
+a frame whose chosen proposal scores at least ``template_thresh`` (a sure frame: an unsure one may be a
+distractor or the background, and averaging it in is how a template drifts away). Each update costs one
+template-branch pass.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ class TrackerSettings:
     distractor_thresh: float = 0.5  # a proposal scoring above this, away from the target, is a distractor
     max_distractors: int = 4  # distractor templates kept (the newest)
     distractor_decay: float = 0.2  # each frame a kept distractor's weight is multiplied by (1 - this)
+    template_rate: float = 0.0  # linear template update's rate; 0: the first frame's template only (the paper)
+    template_thresh: float = 0.95  # ... after frames whose chosen proposal scores at least this
 
 
 def distractor_aware(scores: np.ndarray, distractor_scores: np.ndarray, weights: np.ndarray, weight: float) -> np.ndarray:
@@ -149,8 +159,18 @@ class SiamRPNTracker:
         self.size = np.clip(size, s.min_size, [width, height])
         if s.distractor_weight > 0:
             self._remember_distractors(frame, scores, boxes, best, crop_centre, scale, distractor_scores)
+        if s.template_rate > 0 and scores[best] >= s.template_thresh:
+            self._update_template(frame)
         x, y = self.centre - self.size / 2
         return np.array([x, y, *self.size]), float(scores[best])
+
+    def _update_template(self, frame: np.ndarray) -> None:
+        """Move the kernels ``template_rate`` of the way towards those of a template cropped at the current box."""
+        side = context_side(*self.size, self.settings.context)
+        template = crop(frame, tuple(self.centre), side, TEMPLATE_SIZE, self.fill)
+        new = self.template_model.template(self._tensor(template).contiguous())
+        rate = self.settings.template_rate
+        self.kernels = TemplateKernels(*(torch.lerp(old, fresh.to(old.dtype), rate) for old, fresh in zip(self.kernels, new)))
 
     def _remember_distractors(
         self, frame: np.ndarray, scores: np.ndarray, boxes: np.ndarray, best: int, crop_centre: np.ndarray, scale: float,

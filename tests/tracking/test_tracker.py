@@ -175,6 +175,46 @@ def test_the_memory_remembers_a_look_alike_once_ages_it_and_keeps_the_newest():
     assert aware.distractors == []  # a new target starts with no memory
 
 
+class _Brightness:
+    """A stand-in SiamRPN whose kernel is its template's mean brightness and whose one proposal, at the crop's
+    centre, scores ``score``; counts template-branch passes."""
+
+    response_size, num_anchors = 1, 1
+
+    def __init__(self, score: float) -> None:
+        self.score, self.templates = score, 0
+
+    def eval(self):
+        return self
+
+    def template(self, templates):
+        self.templates += 1
+        mean = templates.float().mean().reshape(1, 1)
+        return TemplateKernels(mean, 2 * mean)
+
+    def respond(self, kernels, searches):
+        return kernels.cls[:, 0], None
+
+    def decode(self, values, deltas):
+        c = SEARCH_SIZE / 2
+        return torch.full((len(values), 1), self.score), torch.tensor([[[c - 20, c - 20, c + 20, c + 20]]] * len(values))
+
+
+@pytest.mark.parametrize(("score", "rate", "updated"), [(0.97, 0.25, True), (0.9, 0.25, False), (0.97, 0.0, False)],
+                         ids=["sure-frame", "unsure-frame", "off"])
+def test_the_template_moves_by_its_rate_after_a_sure_frame_only(score, rate, updated):
+    stub = _Brightness(score)
+    tracker = SiamRPNTracker(stub, TrackerSettings(template_rate=rate, template_thresh=0.95, window_influence=0.0))
+    frame = np.full((200, 200, 3), 100, np.uint8)
+    tracker.init(frame, [90, 90, 20, 20])
+    assert tracker.kernels.cls.item() == pytest.approx(100) and stub.templates == 1
+    tracker.update(np.full((200, 200, 3), 200, np.uint8))  # the target (and all around it) brightens
+    # the crop lies inside the frame, so its mean is the frame's: 0.75 * 100 + 0.25 * 200 when it updates
+    expected = (1 - rate) * 100 + rate * 200 if updated else 100
+    assert tracker.kernels.cls.item() == pytest.approx(expected) and tracker.kernels.reg.item() == pytest.approx(2 * expected)
+    assert stub.templates == 1 + updated  # no template pass unless it updates
+
+
 def test_hard_negative_pairs_centre_on_the_look_alike(tmp_path):
     frames, boxes, lookalikes = [], [], []
     for t in range(4):
