@@ -17,6 +17,14 @@ crop is centred on a look-alike of the search frame instead (DaSiamRPN's hard ne
 ``distractors.json``, which the generator writes): the box is the target's where its centre is inside that
 crop, else all zeros, so the head learns to score the look-alike as background. Unreadable frames are replaced by the next item and reported by
 id (sequence frames ``0 .. F-1`` in order, then one id per still image), as the detector's data set does.
+
+Photometric augmentation of the pair (off by default; SiamRPN++'s training adds colour, blur and grey
+augmentation the same way): each crop on its own gets a brightness gain, a contrast and a per-channel colour
+gain of up to ``exp(±color_jitter)`` (``exp(±color_jitter / 2)`` per channel), so the template and the
+search crop never share the lighting exactly; with probability ``gray_fraction`` both crops lose their
+colour (the head must match by shape and texture); with probability ``blur_fraction`` the search crop is
+blurred (a Gaussian of sigma 0.5-2.5 px: motion and focus blur). The random draws come after the pair's own,
+so with all three at 0 the pairs are those of a run without them.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from frcnn.data.coco import CocoDetection
@@ -71,6 +80,7 @@ class TrackingPairs(Dataset):
         distractor_fraction: share of sequence pairs whose search crop is centred on a look-alike (where the
             search frame has one).
         context: the crops' context amount (see :func:`~frcnn.tracking.crops.context_side`).
+        color_jitter, gray_fraction, blur_fraction: the photometric augmentation (the module's docstring); 0: none.
     """
 
     def __init__(
@@ -85,8 +95,12 @@ class TrackingPairs(Dataset):
         distractor_fraction: float = 0.0,
         min_size: float = 8.0,
         context: float = 0.5,
+        color_jitter: float = 0.0,
+        gray_fraction: float = 0.0,
+        blur_fraction: float = 0.0,
     ) -> None:
         self.sequences = sequences
+        self.color_jitter, self.gray_fraction, self.blur_fraction = color_jitter, gray_fraction, blur_fraction
         self.max_gap, self.shift, self.scale_jitter = max_gap, shift, scale_jitter
         self.negative_fraction, self.distractor_fraction, self.context = negative_fraction, distractor_fraction, context
         # One item per annotated frame of a sequence, then one per large-enough object of a still image.
@@ -159,7 +173,18 @@ class TrackingPairs(Dataset):
         crop_box = np.zeros(4) if negative is not None else to_crop(search_box, centre, search_side, SEARCH_SIZE)
         if lookalike is not None and not (0 <= (crop_box[0] + crop_box[2]) / 2 < SEARCH_SIZE and 0 <= (crop_box[1] + crop_box[3]) / 2 < SEARCH_SIZE):
             crop_box = np.zeros(4)  # the target is out of this crop: only the look-alike is in view
+        template, search = self._photometric(template, search, rng)
         return template, search, crop_box
+
+    def _photometric(self, template: np.ndarray, search: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The pair's photometric augmentation (uint8 ``[h, w, 3]`` crops in, the same out); draws nothing when off."""
+        if self.color_jitter > 0:
+            template, search = (_jitter(c, self.color_jitter, rng) for c in (template, search))
+        if self.gray_fraction > 0 and rng.random() < self.gray_fraction:
+            template, search = (_gray(c) for c in (template, search))
+        if self.blur_fraction > 0 and rng.random() < self.blur_fraction:
+            search = np.asarray(Image.fromarray(search).filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.5)))))
+        return template, search
 
     def _lookalike(self, item: int, rng: np.random.Generator) -> np.ndarray | None:
         """XYXY box of a random look-alike in sequence item ``item``'s frame, or None where it has none."""
@@ -224,6 +249,23 @@ class _Unreadable(Exception):
     def __init__(self, frame_id: int, cause: ImageReadError) -> None:
         super().__init__(str(cause))
         self.frame_id, self.cause = frame_id, cause
+
+
+def _jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Contrast about the crop's mean, then brightness and per-channel gains, each ``exp(U(±amount))`` (channels
+    ``±amount / 2``)."""
+    contrast, brightness = np.exp(rng.uniform(-amount, amount, size=2))
+    channels = np.exp(rng.uniform(-amount / 2, amount / 2, size=3))
+    x = image.astype(np.float32)
+    mean = x.mean()
+    x = ((x - mean) * contrast + mean) * brightness * channels
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma in all three channels."""
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.clip(luma + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def _centre(box: np.ndarray) -> tuple[float, float]:

@@ -45,7 +45,8 @@ def tracker_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
     pairs = TrackingPairs(
         sequences, still, max_gap=int(d.max_gap), shift=float(d.shift), scale_jitter=float(d.scale_jitter),
         negative_fraction=float(d.negative_fraction), distractor_fraction=float(d.get("distractor_fraction", 0.0)),
-        context=float(d.context),
+        context=float(d.context), color_jitter=float(d.get("color_jitter", 0.0)),
+        gray_fraction=float(d.get("gray_fraction", 0.0)), blur_fraction=float(d.get("blur_fraction", 0.0)),
     )
     inputs = InputBudget(len(pairs.frames) + (len(still.records) if still is not None else 0),
                          float(d.get("max_bad_image_fraction", 0.01)), name="frame",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from frcnn.tracking.pairs import TrackingPairs, collate_pairs
 from frcnn.tracking.sequences import (
@@ -56,3 +57,53 @@ def test_an_unreadable_frame_is_replaced_and_reported_by_its_own_id(tmp_path):
     assert skipped.tolist() == [1]
     assert pairs[(2, 0)][3].tolist() == []
 
+
+
+def _edge_sequence(tmp_path) -> Sequence:
+    from PIL import Image
+
+    frame = np.full((120, 160, 3), 60, np.uint8)
+    frame[50:70, 60:90] = (200, 150, 100)  # a 30 x 20 coloured target with sharp edges
+    (tmp_path / "e").mkdir()
+    for i in range(3):
+        Image.fromarray(frame).save(tmp_path / "e" / f"{i + 1:08d}.png")
+    return Sequence("e", sorted((tmp_path / "e").glob("*.png")), np.array([[60, 50, 30, 20]] * 3, dtype=float))
+
+
+def test_photometric_augmentation_draws_what_it_says_and_leaves_the_geometry(tmp_path):
+    seq = _edge_sequence(tmp_path)
+    plain = TrackingPairs([seq], None)
+    keys = [(i % 3, 50 + i) for i in range(12)]
+
+    gray = TrackingPairs([seq], None, gray_fraction=1.0)
+    for key in keys:
+        t, s, box, _ = gray[key]
+        assert (t[0] == t[1]).all() and (t[1] == t[2]).all() and (s[0] == s[2]).all()  # no colour left
+        assert box.tolist() == plain[key][2].tolist()  # drawn after the pair's own draws: the same crop
+
+    jitter = TrackingPairs([seq], None, color_jitter=0.3)
+    for key in keys:
+        assert jitter[key][2].tolist() == plain[key][2].tolist()
+    # On a uniform frame contrast changes nothing: each crop is 100 x its brightness x its channel gains
+    from PIL import Image
+
+    (tmp_path / "u").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((120, 160, 3), 100, np.uint8)).save(tmp_path / "u" / f"{i + 1:08d}.png")
+    uniform = Sequence("u", sorted((tmp_path / "u").glob("*.png")), np.array([[60, 50, 30, 20]] * 3, dtype=float))
+    gains = []
+    for key in keys:
+        t, s, _, _ = TrackingPairs([uniform], None, color_jitter=0.3)[key]
+        g_t, g_s = t.float().mean(dim=(1, 2)) / 100, s.float().mean(dim=(1, 2)) / 100  # [3] each
+        assert ((g_t > np.exp(-0.45) - 0.01) & (g_t < np.exp(0.45) + 0.01)).all() and ((g_s > 0.62) & (g_s < 1.58)).all()
+        gains.append((g_t, g_s))
+    assert sum(not torch.allclose(g_t, g_s, atol=0.02) for g_t, g_s in gains) >= 10  # each crop its own lighting
+    assert sum(float(g.std()) > 0.01 for pair in gains for g in pair) >= 20  # colour, not only brightness
+
+    blur = TrackingPairs([seq], None, blur_fraction=1.0)
+    for key in keys[:4]:
+        t, s, _, _ = blur[key]
+        t0, s0, _, _ = plain[key]
+        assert (t == t0).all()  # the template stays sharp
+        energy = lambda x: x.float().diff(dim=-1).pow(2).sum()  # noqa: E731 - of the horizontal edges
+        assert energy(s) < 0.9 * energy(s0)
