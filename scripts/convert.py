@@ -52,6 +52,8 @@ def main() -> None:
     print(f"file_name entries are relative to {cfg.data[args.split].images}")
     for line in converted.unreadable:
         print(f"left out (unreadable): {line}")
+    for reason, n in converted.not_boxes:
+        print(f"left out (not boxes): {n} {reason}")
 
 
 def _quoted(value: str) -> str:

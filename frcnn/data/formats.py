@@ -27,9 +27,11 @@ globox leaves to the caller is done here and nowhere else:
   line is parsed by globox and checked here (class index in range, values within [0, 1]) so that an
   error names the file and line. An image without a label file has no boxes; a label file without an
   image is an error.
-* LabelMe: rectangles, polygons and circles (their bounding boxes; a circle is its centre and a point on
-  it); the split is the folder's JSON files. Shapes that are not regions (points, lines, line strips) are
-  counted per type in the load report's dropped boxes, naming the first file that has them.
+* LabelMe: rectangles, polygons, masks (LabelMe 5.3+: their points are the mask's rectangle) and circles
+  (a centre and a point on it), as their bounding boxes; a shape without a type is a polygon, as LabelMe
+  reads it. The split is the folder's JSON files. Shapes that are not regions (points, lines, line strips)
+  are counted per type in the load report's dropped boxes (and by ``scripts/convert.py``), naming the first
+  file that has them.
 
 A split without images, or one whose class names would come from files that hold no object, is an error
 naming the folder: it is a wrong path or layout, not a set to train on.
@@ -383,44 +385,48 @@ def _yolo_boxes(globox: ModuleType, path: Path, size: tuple[int, int], names: li
 # ------------------------------------------------------------------------------------------ LabelMe
 
 
+_LABELME_REGIONS = ("rectangle", "polygon", "mask")  # boxed by their points' extent (a mask's: its rectangle)
+
+
 def _labelme_images(globox: ModuleType, images: Path, annotations: Path, not_boxes: dict[str, int]) -> list[_Image]:
-    """globox reads rectangles and polygons; circles are boxed here, and other shapes counted into ``not_boxes``."""
+    """Each JSON file's image and boxes; shapes that are not regions counted into ``not_boxes``."""
     records = []
     for path in sorted(annotations.glob("*.json")):
         try:
-            ann = globox.Annotation.from_labelme(path, include_poly=True)
-        except (globox.ParsingError, AssertionError, ValueError) as err:
-            raise FormatError(f"{path}: not a LabelMe annotation ({err}); it needs imagePath, imageWidth, imageHeight "
-                              "and shapes with a label and points") from err
+            content = json.loads(path.read_text(encoding="utf-8"))
+            image_id, width, height = str(content["imagePath"]), int(content["imageWidth"]), int(content["imageHeight"])
+            shapes = list(content["shapes"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise FormatError(f"{path}: not a LabelMe annotation ({err!r}); it needs imagePath, imageWidth, imageHeight "
+                              "and a list of shapes") from err
         # imagePath is relative to the JSON file (LabelMe writes Windows separators on Windows).
-        image = path.parent / ann.image_id.replace("\\", "/")
-        boxes = [(box.label, *box.ltrb, False) for box in ann.boxes]
-        boxes += _labelme_other_shapes(path, not_boxes)
-        records.append(_Image(_relative(image, images), ann.image_width, ann.image_height, path, boxes))
+        image = path.parent / image_id.replace("\\", "/")
+        boxes = [box for n, shape in enumerate(shapes) if (box := _labelme_box(globox, path, n, shape, not_boxes))]
+        records.append(_Image(_relative(image, images), width, height, path, boxes))
     return records
 
 
-def _labelme_other_shapes(path: Path, not_boxes: dict[str, int]) -> list[tuple[str, float, float, float, float, bool]]:
-    """The boxes of ``path``'s circles (centre and a point on the circle); its shapes that are not regions
-    (point, line, linestrip, ...) counted into ``not_boxes`` under a reason naming the first file."""
-    shapes = json.loads(path.read_text()).get("shapes") or []  # parsed by globox already: well-formed
-    boxes = []
-    for n, shape in enumerate(shapes):
-        kind = shape.get("shape_type") or "polygon"  # LabelMe's default when the key is absent
-        if kind in ("rectangle", "polygon"):
-            continue
+def _labelme_box(globox: ModuleType, path: Path, n: int, shape: dict, not_boxes: dict[str, int]) -> tuple | None:
+    """Shape ``n`` of ``path`` as ``(label, x1, y1, x2, y2, False)``: a rectangle's, polygon's or mask's points'
+    extent (globox's), a circle's (centre and a point on it) square; None for a shape that is not a region
+    (point, line, linestrip, ...), counted into ``not_boxes`` under a reason naming the first file."""
+    kind = (shape.get("shape_type") if isinstance(shape, dict) else None) or "polygon"  # LabelMe's reading of none
+    try:
+        label = str(shape["label"])
+        if kind in _LABELME_REGIONS:
+            box = globox.BoundingBox.from_labelme(shape)
+            return (label, *box.ltrb, False)
         if kind == "circle":
-            try:
-                (cx, cy), (px, py) = shape["points"]
-                r = math.hypot(float(px) - float(cx), float(py) - float(cy))
-                boxes.append((str(shape["label"]), float(cx) - r, float(cy) - r, float(cx) + r, float(cy) + r, False))
-            except (KeyError, TypeError, ValueError) as err:
-                raise FormatError(f"{path}: shape {n} is a circle without two points [[cx, cy], [x, y]] ({err!r})") from err
-            continue
-        reason = next((r for r in not_boxes if r.startswith(f"LabelMe {kind!r} shapes ")), None)
-        reason = reason or f"LabelMe {kind!r} shapes (not a region; first in {path})"
-        not_boxes[reason] = not_boxes.get(reason, 0) + 1
-    return boxes
+            (cx, cy), (px, py) = shape["points"]
+            cx, cy, r = float(cx), float(cy), math.hypot(float(px) - float(cx), float(py) - float(cy))
+            return (label, cx - r, cy - r, cx + r, cy + r, False)
+    except (globox.ParsingError, AssertionError, KeyError, TypeError, ValueError) as err:
+        points = "[[cx, cy], [x, y]] (its centre and a point on it)" if kind == "circle" else "[[x, y], ...]"
+        raise FormatError(f"{path}: shape {n} ({kind}) needs a label and points {points} ({err!r})") from err
+    reason = next((r for r in not_boxes if r.startswith(f"LabelMe {kind!r} shapes ")), None)
+    reason = reason or f"LabelMe {kind!r} shapes (not a region; first in {path})"
+    not_boxes[reason] = not_boxes.get(reason, 0) + 1
+    return None
 
 
 def split_annotations(cfg: DictConfig, split: str, categories: CategoryMap | None = None) -> str | CocoData:

@@ -7,6 +7,7 @@ The task, ``train_tracker(cfg)``, is :func:`frcnn.tasks.train_tracker.train_trac
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from frcnn.engine.checkpoint import CheckpointError, load_checkpoint, save_check
 from frcnn.engine.distributed import DistInfo
 from frcnn.engine.launch import TrainingData, TrainingTask
 from frcnn.engine.trainer import InputBudget
+from frcnn.errors import ConfigError
 from frcnn.tracking.model import SiamRPN
 from frcnn.tracking.pairs import PairBatch, TrackingPairs, collate_pairs
 from frcnn.tracking.sequences import generate_sequences, load_sequences
@@ -87,6 +89,13 @@ def tracker_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "
     model.load_state_dict(ckpt["model"])
     # The crops' context is the one the model was trained with.
     values = {"context": float(cfg.data.context)} | dict(OmegaConf.to_container(cfg.get("tracker", {}))) | dict(settings or {})
+    known = [f.name for f in dataclasses.fields(TrackerSettings)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"tracker settings {unknown} are not known; the proposal selection's are {', '.join(known)}")
+    for key in ("template_rate", "template_thresh", "distractor_thresh", "distractor_decay"):
+        if not 0 <= float(values.get(key, 0)) <= 1:
+            raise ConfigError(f"tracker.{key}={values[key]} must be within [0, 1]")
     return SiamRPNTracker(model.to(device), TrackerSettings(**values), device)
 
 

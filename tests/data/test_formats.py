@@ -163,8 +163,11 @@ def test_labelme_polygons_and_image_paths_relative_to_the_json(tmp_path):
     assert len(CocoDetection(tmp_path / "images", data)[0][1]["boxes"]) == 2
 
 
-def test_labelme_circles_are_boxes_and_points_and_lines_are_counted_not_lost(tmp_path):
+def test_labelme_circles_are_boxes_and_points_and_lines_are_counted_not_lost(tmp_path, monkeypatch, capsys):
     from PIL import Image
+
+    root, tmp_path = tmp_path, tmp_path / "train"  # data=labelme's layout: <root>/train/
+    tmp_path.mkdir()
 
     Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
     Image.new("RGB", (40, 30)).save(tmp_path / "b.jpg")
@@ -173,7 +176,10 @@ def test_labelme_circles_are_boxes_and_points_and_lines_are_counted_not_lost(tmp
               {"label": "ball", "points": [[3, 4]], "shape_type": "point"},
               {"label": "edge", "points": [[1, 1], [9, 9]], "shape_type": "line"}],
         "b": [{"label": "ball", "points": [[5, 5]], "shape_type": "point"},
-              {"label": "cat", "points": [[30, 20], [4, 2]], "shape_type": "rectangle"}],
+              {"label": "cat", "points": [[30, 20], [4, 2]], "shape_type": "rectangle"},
+              {"label": "cat", "points": [[1, 2], [5, 2], [3, 9]], "shape_type": None},  # LabelMe: a polygon
+              {"label": "cat", "points": [[2, 3], [6, 8]]},  # no type at all: a polygon too
+              {"label": "cat", "points": [[10, 11], [14, 19]], "shape_type": "mask", "mask": "iVBOR..."}],
     }
     for stem, shape_list in shapes.items():
         (tmp_path / f"{stem}.json").write_text(json.dumps(
@@ -181,15 +187,23 @@ def test_labelme_circles_are_boxes_and_points_and_lines_are_counted_not_lost(tmp
     data = read_split("labelme", images=tmp_path, annotations=tmp_path)
     assert [c["name"] for c in data.dataset["categories"]] == ["ball", "cat"]
     assert [(a["image_id"], a["category_id"], a["bbox"]) for a in data.dataset["annotations"]] == [
-        (1, 1, [15.0, 10.0, 10.0, 10.0]), (2, 2, [4, 2, 26, 18])]
+        (1, 1, [15.0, 10.0, 10.0, 10.0]), (2, 2, [4, 2, 26, 18]), (2, 2, [1, 2, 4, 7]), (2, 2, [2, 3, 4, 5]), (2, 2, [10, 11, 4, 8])]
     assert dict(data.not_boxes) == {f"LabelMe 'point' shapes (not a region; first in {tmp_path / 'a.json'})": 2,
                                     f"LabelMe 'line' shapes (not a region; first in {tmp_path / 'a.json'})": 1}
     report = CocoDetection(tmp_path, data).report
     assert sum(report.boxes_dropped.values()) == 3 and "'point' shapes" in report.summary()
+    code, stdout, err = convert(["--format", "labelme", "--root", str(root), "--split", "train", "--out", str(root / "t.json")],
+                                monkeypatch, capsys)
+    assert code == 0, err
+    assert "left out (not boxes): 2 LabelMe 'point' shapes" in stdout and "1 LabelMe 'line' shapes" in stdout
 
     (tmp_path / "a.json").write_text(json.dumps({"imagePath": "a.jpg", "imageWidth": 40, "imageHeight": 30, "imageData": None,
                                                  "shapes": [{"label": "ball", "points": [[20, 15]], "shape_type": "circle"}]}))
-    with pytest.raises(FormatError, match=r"a.json: shape 0 is a circle without two points"):
+    with pytest.raises(FormatError, match=r"a.json: shape 0 \(circle\) needs a label and points \[\[cx, cy\], \[x, y\]\]"):
+        read_split("labelme", images=tmp_path, annotations=tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps({"imagePath": "a.jpg", "imageWidth": 40, "imageHeight": 30, "imageData": None,
+                                                 "shapes": [{"points": [[2, 3], [6, 8]], "shape_type": "rectangle"}]}))
+    with pytest.raises(FormatError, match=r"a.json: shape 0 \(rectangle\) needs a label and points"):
         read_split("labelme", images=tmp_path, annotations=tmp_path)
 
 

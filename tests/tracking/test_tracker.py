@@ -271,6 +271,7 @@ def test_the_resnet18_trunk_starts_from_imagenet_weights_or_a_detectors_trunk(tm
 
 
 def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path):
+    from frcnn.errors import ConfigError
     from frcnn.tasks.load import load_tracker
     from frcnn.tracking.evaluate import iou_xywh, run_tracker
     from frcnn.tracking.randomization import CHALLENGES
@@ -286,3 +287,9 @@ def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path):
     for sequence in load_sequences(root):
         boxes, _ = run_tracker(tracker, sequence)
         assert (iou_xywh(boxes[1:], sequence.boxes[1:]) > 0.5).mean() > 0.5
+    # the selection's settings by name: a misspelt one or a rate outside [0, 1] is the user's, said in one line
+    assert load_tracker("shipped", settings={"template_rate": 0.1}).settings.template_rate == 0.1
+    with pytest.raises(ConfigError, match=r"\['template_update'\] are not known; .*template_rate"):
+        load_tracker("shipped", settings={"template_update": 0.1})
+    with pytest.raises(ConfigError, match=r"tracker.template_rate=1.5 must be within \[0, 1\]"):
+        load_tracker("shipped", settings={"template_rate": 1.5})
