@@ -3,7 +3,8 @@
 #   make test   install everything, then run the test suite
 #   make track-demo   SiamRPN: generate sequences, train 8 minutes, evaluate it and the shipped tracker against
 #                     OpenCV's trackers on held-out sequences of two families, track one sequence
-#   make shipped-tracker   rebuild the shipped tracker (frcnn/tracking/weights/) from its recipe (about an hour)
+#   make shipped-tracker   rebuild the shipped tracker (frcnn/tracking/weights/) from its recipe: the demo's
+#                          detector (make demo, if outputs/demo/best.pt is missing), then 30 minutes of SiamRPN
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools
@@ -40,9 +41,11 @@ track-demo: install
 	$(VENV_PY) scripts/track.py checkpoint=shipped sequence=$(TRACK_DIR)/benchmark/sequences_other/seq_000 hydra.run.dir=$(TRACK_DIR)/track
 	@echo "success plots: $(TRACK_DIR)/benchmark/success_train.png, success_other.png; track: $(TRACK_DIR)/track/track.gif"
 
+# The tracker's ResNet-18 starts from the trunk of the demo's detector (ResNet-18-FPN): nothing is downloaded.
 shipped-tracker: install
-	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_shipped hydra.run.dir=outputs/siamrpn_shipped
-	$(VENV_PY) -c "from frcnn.tracking.training import SHIPPED_TRACKER, slim_checkpoint; print(slim_checkpoint('outputs/siamrpn_shipped/last.pt', SHIPPED_TRACKER, recipe='make shipped-tracker (experiment=siamrpn_shipped)'))"
+	test -f $(DEMO_DIR)/best.pt || $(MAKE) demo
+	$(VENV_PY) scripts/train_tracker.py experiment=siamrpn_r18_shipped model.backbone.init_from=$(DEMO_DIR)/best.pt hydra.run.dir=outputs/siamrpn_shipped
+	$(VENV_PY) -c "from frcnn.tracking.training import SHIPPED_TRACKER, slim_checkpoint; print(slim_checkpoint('outputs/siamrpn_shipped/last.pt', SHIPPED_TRACKER, recipe='make shipped-tracker (make demo, then scripts/train_tracker.py experiment=siamrpn_r18_shipped model.backbone.init_from=$(DEMO_DIR)/best.pt; 1500 steps)'))"
 
 test: install
 	$(VENV_PY) -m pytest -q -n 2 --dist loadfile --durations=20

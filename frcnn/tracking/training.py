@@ -85,6 +85,9 @@ def tracker_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "
     ``settings``: proposal-selection values overriding the run's ``tracker`` config.
     """
     cfg = OmegaConf.create(ckpt["config"])
+    for key in ("weights", "init_from"):  # the run's initialization (a file that need not be here): the trained weights follow
+        if cfg.model.get("backbone") is not None and cfg.model.backbone.get(key) is not None:
+            cfg.model.backbone[key] = None
     model: SiamRPN = instantiate(cfg.model)
     model.load_state_dict(ckpt["model"])
     # The crops' context is the one the model was trained with.

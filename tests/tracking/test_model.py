@@ -136,7 +136,7 @@ def test_siamrpn_configs_compose_and_build(backbone, head):
     assert demo.model.head.in_channels == demo.model.backbone.out_channels == 64
 
 
-@pytest.mark.parametrize("experiment", ["siamrpn_demo", "siamrpn_shipped", "siamrpn_r18"])
+@pytest.mark.parametrize("experiment", ["siamrpn_demo", "siamrpn_shipped", "siamrpn_r18", "siamrpn_r18_shipped"])
 def test_every_tracking_experiment_builds(experiment):
     from hydra.utils import instantiate
 
