@@ -270,7 +270,7 @@ def test_the_resnet18_trunk_starts_from_imagenet_weights_or_a_detectors_trunk(tm
         ResNet18Trunk(weights=str(tmp_path / "partial.pth"))
 
 
-def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path):
+def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path, monkeypatch):
     from frcnn.errors import ConfigError
     from frcnn.tasks.load import load_tracker
     from frcnn.tracking.evaluate import iou_xywh, run_tracker
@@ -281,6 +281,9 @@ def test_the_shipped_tracker_loads_and_tracks_a_generated_sequence(tmp_path):
     assert SHIPPED_TRACKER.stat().st_size < 5_000_000
     state = torch.load(SHIPPED_TRACKER, weights_only=True)
     assert state["kind"] == "siamrpn" and "optimizer" not in state and state["recipe"]
+    # its backbone was initialized from a detector checkpoint (a relative path) that is not here: not looked for
+    assert state["config"]["model"]["backbone"]["init_from"]
+    monkeypatch.chdir(tmp_path)
     tracker = load_tracker("shipped")
     # a generated sequence of the training generator's looks, its challenges off: a target moving over a background
     root = generate_sequences(tmp_path, num_sequences=2, length=30, seed=11, randomization=dict.fromkeys(CHALLENGES, 0.0))
