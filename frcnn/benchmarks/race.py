@@ -60,7 +60,7 @@ def race(cfg: DictConfig, *, order: Sequence[str] = FRAMEWORKS, budget: float, i
     Generates the synthetic data set first if ``cfg`` asks for it. Yields each detector's row (see
     :meth:`RaceEntrant.score`) once both have trained, as it is scored.
     """
-    if not interleave >= 0 or not 0 < budget < math.inf:  # also NaN
+    if not interleave >= 0 or not 0 < budget < math.inf:  # also NaN; before the data and models are built
         raise ValueError(f"interleave must be >= 0 seconds and budget finite and > 0, got {interleave} and {budget}")
     seed_everything(int(cfg.seed))
     builders.ensure_synthetic(cfg, DistInfo())
@@ -79,8 +79,8 @@ def race(cfg: DictConfig, *, order: Sequence[str] = FRAMEWORKS, budget: float, i
 
 def take_turns(entrants: Sequence[RaceEntrant], seconds: float) -> None:
     """Train ``entrants`` in turns of ``seconds`` of their own time until each has spent its budget; the first
-    mover swaps every round (A B, B A, A B, ...), so neither always trains on the warmer or the colder cache.
-    ``seconds=math.inf``: one after the other, each its whole budget."""
+    mover swaps every round (A B, B A, A B, ...), so a steady rise or fall of the host's load is shared out
+    evenly. ``seconds=math.inf``: one after the other, each its whole budget."""
     if not seconds > 0:  # also NaN: no turn would ever end a budget
         raise ValueError(f"a turn must last > 0 seconds, got {seconds}")
     turn = 0

@@ -221,9 +221,9 @@ class CocoDetection(Dataset):
                     self.report.images_dropped_empty += 1
                     continue
             self.records.append(rec)
-        left_out = annotation_file.unreadable if isinstance(annotation_file, CocoData) else ()
-        for reason, n in annotation_file.not_boxes if isinstance(annotation_file, CocoData) else ():
-            self.report.boxes_dropped[reason] += n
+        converted = isinstance(annotation_file, CocoData)  # the converter's own left-outs
+        left_out = annotation_file.unreadable if converted else ()
+        self.report.boxes_dropped.update(dict(annotation_file.not_boxes) if converted else {})
         for line in left_out:
             if on_unreadable == "error":
                 raise ImageReadError(line)

@@ -128,9 +128,7 @@ class SiamRPNTracker:
         self.centre = np.array([x + w / 2, y + h / 2])
         self.size = np.array([max(w, self.settings.min_size), max(h, self.settings.min_size)])
         self.fill = frame.reshape(-1, 3).mean(axis=0)
-        side = context_side(*self.size, self.settings.context)
-        template = crop(frame, tuple(self.centre), side, TEMPLATE_SIZE, self.fill)
-        self.kernels = self.template_model.template(self._tensor(template).contiguous())
+        self.kernels = self._template(frame, self.centre)
         self.distractors = []
 
     @torch.inference_mode()
@@ -166,9 +164,7 @@ class SiamRPNTracker:
 
     def _update_template(self, frame: np.ndarray) -> None:
         """Move the kernels ``template_rate`` of the way towards those of a template cropped at the current box."""
-        side = context_side(*self.size, self.settings.context)
-        template = crop(frame, tuple(self.centre), side, TEMPLATE_SIZE, self.fill)
-        new = self.template_model.template(self._tensor(template).contiguous())
+        new = self._template(frame, self.centre)
         rate = self.settings.template_rate
         self.kernels = TemplateKernels(*(torch.lerp(old, fresh.to(old.dtype), rate) for old, fresh in zip(self.kernels, new)))
 
@@ -188,12 +184,16 @@ class SiamRPNTracker:
         self.distractors = [(k, a * (1 - s.distractor_decay)) for k, a in self.distractors if a * (1 - s.distractor_decay) > 0.05]
         candidates = torch.nonzero(new)[:, 0]
         keep = candidates[nms(boxes_t[candidates], scores_t[candidates], 0.3)][:2] if len(candidates) else candidates
-        side = context_side(*self.size, self.settings.context)
         for i in keep.tolist():
             centre = crop_centre + ((boxes[i, :2] + boxes[i, 2:]) / 2 - SEARCH_SIZE / 2) / scale
-            template = crop(frame, tuple(centre), side, TEMPLATE_SIZE, self.fill)
-            self.distractors.append((self.template_model.template(self._tensor(template).contiguous()), 1.0))
+            self.distractors.append((self._template(frame, centre), 1.0))
         self.distractors = self.distractors[-s.max_distractors :]
+
+    def _template(self, frame: np.ndarray, centre: np.ndarray) -> TemplateKernels:
+        """The template branch's kernels of a crop of ``frame`` around ``centre`` at the current size's context."""
+        side = context_side(*self.size, self.settings.context)
+        template = crop(frame, tuple(centre), side, TEMPLATE_SIZE, self.fill)
+        return self.template_model.template(self._tensor(template).contiguous())
 
     @torch.inference_mode()
     def proposals(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
