@@ -207,6 +207,17 @@ def detector_trunk_state(checkpoint: str) -> dict[str, Tensor]:
     return out
 
 
+def centre_crop(features: Tensor, size: int) -> Tensor:
+    """The central ``size x size`` cells of ``[B, C, H, W]`` features (``H - size`` and ``W - size`` even, so
+    that the crop keeps the centre where it was)."""
+    h, w = features.shape[-2:]
+    if size > min(h, w) or (h - size) % 2 or (w - size) % 2:
+        raise ConfigError(f"model.template_crop={size} does not fit the template's {h}x{w} feature cells symmetrically: "
+                          f"give a size <= {min(h, w)} that differs from it by an even number")
+    top, left = (h - size) // 2, (w - size) // 2
+    return features[..., top : top + size, left : left + size]
+
+
 class TemplateKernels(NamedTuple):
     """What the template branch computes once per target: the head's correlation kernels.
 
@@ -307,6 +318,11 @@ class SiamRPN(nn.Module):
             and pysot) instead of the mean over all sampled anchors (paper): with at most 16 of 64 positive,
             and none in a negative pair, the plain mean weights background 3:1 or more. Both means are
             over the whole batch's sampled anchors.
+        template_crop: keep only the central ``template_crop x template_crop`` cells of the template's
+            features before the head (SiamRPN++, sec. 3.4: 7 of 15): the kernels then see the target and
+            little of the background around it, which otherwise matches the place the target has left.
+            The kernels shrink, so the response grows: ResNet-18's 16 cells cropped to 8 give
+            ``R = 30 - 6 + 1 = 25``. ``None``: the whole template (the paper).
     """
 
     def __init__(
@@ -324,8 +340,12 @@ class SiamRPN(nn.Module):
         reg_weight: float = 1.0,
         smooth_l1_beta: float = 1.0 / 9.0,
         balance_cls: bool = False,
+        template_crop: int | None = None,
     ) -> None:
         super().__init__()
+        if template_crop is not None and template_crop < 1:
+            raise ConfigError(f"model.template_crop={template_crop}: give a number of feature cells >= 1, or null")
+        self.template_crop = template_crop
         self.backbone, self.head = backbone, head
         self.num_anchors = anchor_generator.num_anchors
         self.response_size, self.search_size = response_size, search_size
@@ -354,6 +374,8 @@ class SiamRPN(nn.Module):
         finally:
             for m in norms:
                 m.branch = "search"
+        if self.template_crop is not None:
+            features = centre_crop(features, self.template_crop)
         return self.head.kernels(features)
 
     def for_branch(self, branch: str) -> SiamRPN:
@@ -378,6 +400,9 @@ class SiamRPN(nn.Module):
             features = features.expand(kernels.cls.shape[0], -1, -1, -1)
         cls, reg = self.head(kernels, features)
         b, _, r, _ = cls.shape
+        if r != self.response_size:
+            raise ConfigError(f"model.response_size={self.response_size}, but this backbone and head give {r}x{r} responses "
+                              f"for {searches.shape[-1]}-pixel search crops: set model.response_size={r}")
         # [B, k*2, R, R] -> [B, R, R, k, 2] -> [B, N, 2]: the anchors' (y, x, a) order
         logits = cls.reshape(b, self.num_anchors, 2, r, r).permute(0, 3, 4, 1, 2).reshape(b, -1, 2)
         deltas = reg.reshape(b, self.num_anchors, 4, r, r).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)

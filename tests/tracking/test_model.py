@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou
 
+from frcnn.errors import ConfigError
 from frcnn.modeling.anchors import AnchorGenerator
 from frcnn.tracking.crops import (
     context_side,
@@ -23,6 +24,7 @@ from frcnn.tracking.model import (
     SiameseBatchNorm2d,
     SiamRPN,
     UpChannelHead,
+    centre_crop,
     cross_correlate,
     depthwise_correlate,
 )
@@ -136,16 +138,51 @@ def test_siamrpn_configs_compose_and_build(backbone, head):
     assert demo.model.head.in_channels == demo.model.backbone.out_channels == 64
 
 
-@pytest.mark.parametrize("experiment", ["siamrpn_demo", "siamrpn_shipped", "siamrpn_r18", "siamrpn_r18_shipped"])
+@pytest.mark.parametrize("experiment", ["siamrpn_demo", "siamrpn_shipped", "siamrpn_r18", "siamrpn_r18_shipped", "siamrpn_r18_crop"])
 def test_every_tracking_experiment_builds(experiment):
     from hydra.utils import instantiate
 
     from frcnn.cli import compose_config
 
     cfg = compose_config("siamrpn", [f"experiment={experiment}", "run_dir=/tmp/x"])
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model).eval()
     assert cfg.model.head.in_channels == cfg.model.backbone.out_channels == 64
-    assert model.anchors.shape == (17 * 17 * 5, 4)
+    r = 25 if experiment == "siamrpn_r18_crop" else 17
+    assert model.anchors.shape == (r * r * 5, 4)
+    with torch.no_grad():  # the configured response size is the one the network gives
+        logits, _ = model.respond(model.template(torch.zeros(1, 3, 127, 127)), torch.zeros(1, 3, 255, 255))
+    assert logits.shape == (1, r * r * 5, 2)
+
+
+def test_template_crop_keeps_the_central_cells_and_grows_the_response():
+    features = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(1, 2, 16, 16)
+    torch.testing.assert_close(centre_crop(features, 8), features[..., 4:12, 4:12])
+    torch.testing.assert_close(centre_crop(features, 16), features)
+    for bad in (7, 17):  # off-centre by half a cell, larger than the map
+        with pytest.raises(ConfigError, match=f"template_crop={bad}"):
+            centre_crop(features, bad)
+    torch.manual_seed(0)
+    trunk = ResNet18Trunk(out_channels=16)
+    model = SiamRPN(backbone=trunk, head=DepthwiseHead(in_channels=16, channels=16), anchor_generator=AnchorGenerator(**PAPER_ANCHORS),
+                    response_size=25, template_crop=8).eval()
+    templates = torch.randint(0, 256, (2, 3, 127, 127), dtype=torch.uint8)
+    with torch.no_grad():
+        kernels = model.template(templates)
+        expected = model.head.kernels(model.backbone(model.normalize(templates))[..., 4:12, 4:12])
+        logits, deltas = model.respond(kernels, torch.zeros(2, 3, 255, 255))
+    torch.testing.assert_close(kernels.cls, expected.cls)
+    assert kernels.cls.shape[-2:] == (6, 6) and logits.shape == (2, 25 * 25 * 5, 2) and deltas.shape == (2, 25 * 25 * 5, 4)
+    centres = (model.anchors[..., :2] + model.anchors[..., 2:]).view(25, 25, 5, 2) / 2
+    torch.testing.assert_close(centres[12, 12], torch.full((5, 2), 127.5))  # the centre cell at the crop's centre
+    with pytest.raises(ConfigError, match="template_crop=0"):
+        SiamRPN(backbone=trunk, head=DepthwiseHead(in_channels=16, channels=16), anchor_generator=AnchorGenerator(**PAPER_ANCHORS), template_crop=0)
+
+
+def test_a_response_size_that_the_network_does_not_give_is_named():
+    model = SiamRPN(backbone=ResNet18Trunk(out_channels=16), head=DepthwiseHead(in_channels=16, channels=16),
+                    anchor_generator=AnchorGenerator(**PAPER_ANCHORS), template_crop=8).eval()  # response_size left at 17
+    with torch.no_grad(), pytest.raises(ConfigError, match=r"gives? 25x25 responses .*model.response_size=25"):
+        model.respond(model.template(torch.zeros(1, 3, 127, 127)), torch.zeros(1, 3, 255, 255))
 
 
 @pytest.mark.parametrize("head", [UpChannelHead, DepthwiseHead])

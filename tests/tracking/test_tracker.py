@@ -44,6 +44,21 @@ def test_tracker_follows_a_static_and_a_translating_object(motion):
     assert iou_xywh(boxes, gt[1:]).min() > 0.8
 
 
+@pytest.mark.parametrize("motion", [(0.0, 0.0), (2.0, 1.0)], ids=["static", "translating"])
+def test_a_cropped_template_stays_aligned_with_the_search_crop(motion):
+    """The template's central 7 of 15 cells (SiamRPN++'s crop): 5x5 kernels, a 29 - 5 + 1 = 25-cell response. An
+    off-centre crop or response grid would move the box by a cell (8 px) per frame."""
+    model = SiamRPN(backbone=PoolTrunk(), head=MatchingHead(), anchor_generator=AnchorGenerator(**PAPER_ANCHORS),
+                    response_size=25, template_crop=7)
+    tracker = SiamRPNTracker(model, TrackerSettings())
+    frames, gt = square_sequence(motion)
+    tracker.init(frames[0], gt[0])
+    assert tracker.kernels.cls.shape[-2:] == (5, 5) and tracker.window.shape == (25 * 25 * 5,)
+    boxes = np.stack([tracker.update(frame)[0] for frame in frames[1:]])
+    errors = np.linalg.norm(boxes[:, :2] + boxes[:, 2:] / 2 - gt[1:, :2] - gt[1:, 2:] / 2, axis=1)
+    assert errors.max() < 6 and iou_xywh(boxes, gt[1:]).min() > 0.7  # within a cell (the head's deltas are 0): no drift
+
+
 def test_the_scale_penalty_prefers_the_unchanged_size_and_smoothing_moves_the_size_by_lr_times_score():
     stub = FixedProposals()
     settings = TrackerSettings(penalty_k=0.055, window_influence=0.0, lr=0.295)
