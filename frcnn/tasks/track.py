@@ -6,6 +6,7 @@ annotated frames (``frames/00000001.jpg`` ...) and an animation of the track (``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -58,7 +59,8 @@ def track(cfg: DictConfig) -> Path:
         raise ConfigError(f"animation={cfg.animation!r} is not valid; allowed: {' | '.join(ANIMATIONS)}")
     device = resolve_device(cfg.device, "device")
     box0 = initial_box(cfg)
-    tracker = load_tracker(cfg.checkpoint, device, OmegaConf.to_container(cfg.tracker) if cfg.get("tracker") else None)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.tracker).items() if v is not None} if cfg.get("tracker") else {}
+    tracker = load_tracker(cfg.checkpoint, device, settings or None)
     out = Path(cfg.output_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     boxes, scores, drawn, seconds = [], [], [], 0.0
@@ -83,7 +85,7 @@ def track(cfg: DictConfig) -> Path:
         raise ConfigError(f"sequence={cfg.sequence} has no frames")
     result = out / "track.json"
     record = {"sequence": str(cfg.sequence), "init": [float(v) for v in box0], "boxes_xywh": boxes, "scores": scores,
-              "fps": len(boxes) / seconds}
+              "fps": len(boxes) / seconds, "tracker": dataclasses.asdict(tracker.settings)}
     scored = _against_groundtruth(cfg.sequence, np.asarray(boxes, dtype=np.float64))
     if scored is not None:
         record["groundtruth"] = scored

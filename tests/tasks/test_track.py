@@ -22,9 +22,11 @@ def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "finished at iteration 4" in resumed.stdout
     out = tmp_path / "track"
-    tracked = run_script("track.py", [f"checkpoint={tmp_path / 'run2' / 'last.pt'}", f"sequence={tiny_sequences / 'seq_000'}", f"hydra.run.dir={out}"])
+    tracked = run_script("track.py", [f"checkpoint={tmp_path / 'run2' / 'last.pt'}", f"sequence={tiny_sequences / 'seq_000'}", f"hydra.run.dir={out}",
+                                      "tracker.template_rate=0.1"])  # a setting overridden without Hydra's '+'
     assert tracked.returncode == 0, tracked.stderr
     result = json.loads((out / "track.json").read_text())
+    assert result["tracker"]["template_rate"] == 0.1 and result["tracker"]["penalty_k"] == 0.055  # the rest: the run's values
     assert len(result["boxes_xywh"]) == 10 and result["boxes_xywh"][0] == pytest.approx(list(load_sequence(tiny_sequences / "seq_000").boxes[0]))
     assert (out / "track.gif").is_file() and len(list((out / "frames").glob("*.jpg"))) == 10
     # the sequence has a groundtruth.txt: the track is scored against it, in the file and in one printed line
@@ -38,6 +40,17 @@ def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp
     assert list(scores["families"]["given"]["scores"]) == ["SiamRPN tiny", "SiamRPN tiny + DaSiamRPN selection"]
     assert "share of a wrong believed size corrected" in bench.stdout and (tmp_path / "bench" / "success_given.png").is_file()
     assert list(scores["siamrpn_size_response"]) == ["0.7", "0.85", "1.18", "1.4"]  # frame 5 of each 10-frame sequence probed
+
+
+def test_every_tracker_setting_can_be_overridden_by_track_yaml():
+    import dataclasses
+
+    from frcnn.cli import compose_config
+    from frcnn.tracking.tracker import TrackerSettings
+
+    cfg = compose_config("track", ["sequence=x", "tracker.window_influence=0.3"])
+    assert list(cfg.tracker) == [f.name for f in dataclasses.fields(TrackerSettings)]
+    assert {k: v for k, v in cfg.tracker.items() if v is not None} == {"window_influence": 0.3}
 
 
 @pytest.mark.slow
