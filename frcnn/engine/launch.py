@@ -42,7 +42,7 @@ class TrainingData:
     train_set: Dataset
     collate: Callable[[list[Any]], Any]
     inputs: InputBudget
-    summary: str  # one line for the log and data_report.txt
+    summary: str  # a line per split for the log and data_report.txt
     val_set: Dataset | None = None
     categories: CategoryMap | None = None
 

@@ -47,8 +47,10 @@ def detector_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
         if split is not None:
             split.check_sizes()
     inputs = InputBudget(len(train_set), float(cfg.data.get("max_bad_image_fraction", 0.01)))
-    return TrainingData(train_set, collate, inputs, f"train: {len(train_set)} images; {train_set.report.summary()}",
-                        val_set=val_set, categories=train_set.categories)
+    summary = f"train: {len(train_set)} images; {train_set.report.summary()}"
+    if val_set is not None:
+        summary += f"\nval: {len(val_set)} images; {val_set.report.summary()}"
+    return TrainingData(train_set, collate, inputs, summary, val_set=val_set, categories=train_set.categories)
 
 
 def detector_losses(model: torch.nn.Module, batch: tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]],

@@ -118,7 +118,9 @@ def test_evaluate_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert all(f"| {name} |" in table for name in CLASSES)
     said = capsys.readouterr()
     assert "evaluate: 100%" in said.err  # a progress bar over the images while it works, also when not a terminal
-    lines = said.out.splitlines()
+    report, *lines = said.out.splitlines()
+    assert report.endswith("val.json: 16 images; boxes clipped to the image: 0; boxes dropped: none; crowd regions kept out of training: 0; "
+                           "images without boxes: 0 (0 dropped); unreadable images left out before training (pre-flight check or conversion): 0"), report
     assert lines[0] == " ".join(f"{n}={metrics['stats'][n]:.4f}" for n in STAT_NAMES)
     assert "\n".join(lines[1:-1]) + "\n" == table
     assert lines[-1] == f"COCO AP@[.5:.95] = {metrics['stats']['AP']:.4f}; results in {out}; report: {out / 'report.html'}"

@@ -105,6 +105,8 @@ def test_multirun_sweep_writes_a_run_directory_per_job(tiny_data, tmp_path):
         run = sweep / job
         for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "data_report.txt"):
             assert (run / name).is_file(), (job, name)
+        report = (run / "data_report.txt").read_text().splitlines()  # each split's load report
+        assert report[0].startswith("train: ") and report[1].startswith("val: ") and "boxes dropped" in report[1]
         assert any((run / "tensorboard").iterdir())
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["iteration"] for r in records if "loss" in r] == [1, 2, 3, 4]
