@@ -4,7 +4,7 @@
 #   make track-demo   SiamRPN: generate sequences, train 8 minutes, evaluate it and the shipped tracker against
 #                     OpenCV's trackers on held-out sequences of two families, track one sequence
 #   make shipped-tracker   rebuild the shipped tracker (frcnn/tracking/weights/) from its recipe: the demo's
-#                          detector (make demo, if outputs/demo/best.pt is missing), then 30 minutes of SiamRPN
+#                          detector (make demo, if outputs/demo/best.pt is missing), then 30-45 minutes of SiamRPN
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools

@@ -211,9 +211,9 @@ def centre_crop(features: Tensor, size: int) -> Tensor:
     """The central ``size x size`` cells of ``[B, C, H, W]`` features (``H - size`` and ``W - size`` even, so
     that the crop keeps the centre where it was)."""
     h, w = features.shape[-2:]
-    if size > min(h, w) or (h - size) % 2 or (w - size) % 2:
+    if size < 3 or size > min(h, w) or (h - size) % 2 or (w - size) % 2:
         raise ConfigError(f"model.template_crop={size} does not fit the template's {h}x{w} feature cells symmetrically: "
-                          f"give a size <= {min(h, w)} that differs from it by an even number")
+                          f"give a size from 3 (the head's 3x3 convolutions) to {min(h, w)} that differs from it by an even number")
     top, left = (h - size) // 2, (w - size) // 2
     return features[..., top : top + size, left : left + size]
 

@@ -483,7 +483,7 @@ def test_build_dataset_on_a_voc_layout_trains_and_evaluates_like_the_coco_files(
     assert evaluate_results(val.coco, results)["stats"]["AP"] == pytest.approx(1.0)
 
 
-def test_standalone_evaluation_scores_a_voc_checkpoint_on_its_own_split(synthetic, tmp_path):
+def test_standalone_evaluation_scores_a_voc_checkpoint_on_its_own_split(synthetic, tmp_path, capsys):
     # An untrained model's checkpoint (no training here): evaluate.py finds the VOC validation split through the
     # checkpoint's config, converts it with the checkpoint's class names and scores it with pycocotools.
     import torch
@@ -506,3 +506,5 @@ def test_standalone_evaluation_scores_a_voc_checkpoint_on_its_own_split(syntheti
     metrics = evaluate(compose_config("evaluate", [f"checkpoint={tmp_path / 'best.pt'}", f"output_dir={tmp_path / 'eval'}",
                                                    "device=cpu", "num_workers=0", "proposals=32"]))
     assert list(metrics["per_class_ap"]) == list(names) and 0 <= metrics["stats"]["AP"] <= 1
+    report = capsys.readouterr().out.splitlines()[0]  # the split's load report names its folder, not the converted dict
+    assert report.startswith(f"{voc}") and " images; boxes clipped to the image: 0" in report and "{" not in report, report

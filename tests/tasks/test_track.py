@@ -18,7 +18,8 @@ def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp
     first = run_script("train_tracker.py", tiny_tracker_args(tiny_sequences, run, 2))
     assert first.returncode == 0, first.stderr
     assert "finished at iteration 2" in first.stdout
-    resumed = run_script("train_tracker.py", tiny_tracker_args(tiny_sequences, tmp_path / "run2", 4) + [f"train.resume={run / 'last.pt'}"])
+    resumed = run_script("train_tracker.py", tiny_tracker_args(tiny_sequences, tmp_path / "run2", 4) + [f"train.resume={run / 'last.pt'}",
+                                                                                                    "tracker.penalty_k=0.07"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "finished at iteration 4" in resumed.stdout
     out = tmp_path / "track"
@@ -26,7 +27,7 @@ def test_train_resume_and_track_through_the_clis(run_script, tiny_sequences, tmp
                                       "tracker.template_rate=0.1"])  # a setting overridden without Hydra's '+'
     assert tracked.returncode == 0, tracked.stderr
     result = json.loads((out / "track.json").read_text())
-    assert result["tracker"]["template_rate"] == 0.1 and result["tracker"]["penalty_k"] == 0.055  # the rest: the run's values
+    assert result["tracker"]["template_rate"] == 0.1 and result["tracker"]["penalty_k"] == 0.07  # the rest: the run's values
     assert len(result["boxes_xywh"]) == 10 and result["boxes_xywh"][0] == pytest.approx(list(load_sequence(tiny_sequences / "seq_000").boxes[0]))
     assert (out / "track.gif").is_file() and len(list((out / "frames").glob("*.jpg"))) == 10
     # the sequence has a groundtruth.txt: the track is scored against it, in the file and in one printed line
