@@ -320,6 +320,10 @@ class CocoDetection(Dataset):
             )
         self.report.boxes_dropped[reason] += 1
 
+    def load_summary(self) -> str:
+        """One line for the log: the number of images and what loading dropped or changed (:class:`LoadReport`)."""
+        return f"{len(self)} images; {self.report.summary()}"
+
     def __len__(self) -> int:
         return len(self.records)
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from pycocotools.coco import COCO
 
 from frcnn.config import amp_dtype, resolve_device, validate_evaluate_config
-from frcnn.data.coco import CocoData, CocoDetection, collate, load_coco
+from frcnn.data.coco import CocoDetection, collate, load_coco
 from frcnn.data.formats import split_annotations
 from frcnn.data.images import DEFAULT_MAX_PIXELS
 from frcnn.errors import InputError, MissingFileError
@@ -189,8 +189,7 @@ def _predict_split(cfg: DictConfig) -> tuple[list[dict[str, Any]], COCO, str]:
     # The checkpoint's own split in its own format (a VOC or YOLO split is converted with its class names).
     annotations = cfg.annotations or split_annotations(train_cfg, "val", categories)
     dataset = CocoDetection(images, annotations, category_map=categories, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
-    print(f"{annotations.source if isinstance(annotations, CocoData) else annotations}: {len(dataset)} images; "
-          f"{dataset.report.summary()}", flush=True)
+    print(f"{dataset.annotation_file}: {dataset.load_summary()}", flush=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), collate_fn=collate)
     results = predict(model, loader, categories, device, amp_dtype=amp_dtype(cfg.amp, "amp"), progress=bool(cfg.get("progress", True)))
     # A model may know categories the split lacks (an imported COCO model's 10 unused ids): not scored.

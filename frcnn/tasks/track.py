@@ -59,8 +59,8 @@ def track(cfg: DictConfig) -> Path:
         raise ConfigError(f"animation={cfg.animation!r} is not valid; allowed: {' | '.join(ANIMATIONS)}")
     device = resolve_device(cfg.device, "device")
     box0 = initial_box(cfg)
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.tracker).items() if v is not None} if cfg.get("tracker") else {}
-    tracker = load_tracker(cfg.checkpoint, device, settings or None)
+    given = {k: v for k, v in OmegaConf.to_container(cfg.tracker).items() if v is not None} if cfg.get("tracker") else {}
+    tracker = load_tracker(cfg.checkpoint, device, given)  # null: the run's value
     out = Path(cfg.output_dir)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     boxes, scores, drawn, seconds = [], [], [], 0.0

@@ -47,9 +47,7 @@ def detector_data(cfg: DictConfig, dist: DistInfo) -> TrainingData:
         if split is not None:
             split.check_sizes()
     inputs = InputBudget(len(train_set), float(cfg.data.get("max_bad_image_fraction", 0.01)))
-    summary = f"train: {len(train_set)} images; {train_set.report.summary()}"
-    if val_set is not None:
-        summary += f"\nval: {len(val_set)} images; {val_set.report.summary()}"
+    summary = f"train: {train_set.load_summary()}" + (f"\nval: {val_set.load_summary()}" if val_set is not None else "")
     return TrainingData(train_set, collate, inputs, summary, val_set=val_set, categories=train_set.categories)
 
 

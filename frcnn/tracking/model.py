@@ -343,8 +343,8 @@ class SiamRPN(nn.Module):
         template_crop: int | None = None,
     ) -> None:
         super().__init__()
-        if template_crop is not None and template_crop < 1:
-            raise ConfigError(f"model.template_crop={template_crop}: give a number of feature cells >= 1, or null")
+        if template_crop is not None and template_crop < 3:  # the fit to the feature map: centre_crop, on the first template
+            raise ConfigError(f"model.template_crop={template_crop}: give at least 3 feature cells (the head's 3x3 convolutions), or null")
         self.template_crop = template_crop
         self.backbone, self.head = backbone, head
         self.num_anchors = anchor_generator.num_anchors
